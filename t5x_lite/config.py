@@ -1,0 +1,231 @@
+"""Model configuration: the T5Config dataclass, the model-name grammar, and derived numbers.
+
+Every gin file binds exactly one function, `model_config`, which turns a released model name
+(`t5-efficient-base-el16-dl8`, `t5-v1_1-small`, ...) plus optional overrides into a `T5Config`.
+"""
+
+import dataclasses
+import functools
+import re
+
+import gin
+
+from t5x_lite.errors import UserError
+
+FEED_FORWARD_PROJS = ("relu", "gated-gelu")
+DTYPES = ("float32", "bfloat16")
+# Rematerialisation policies, applied per layer (see network.remat_policy):
+#   none                nothing is recomputed (fastest, most memory)
+#   full                everything is recomputed in the backward pass (least memory)
+#   minimal             matmul outputs without batch dimensions are saved (T5X's 'minimal')
+#   save_dots           every matmul output is saved; elementwise ops are recomputed
+#   save_attention_out  only each layer's attention and mlp outputs are saved
+REMAT_POLICIES = ("none", "full", "minimal", "save_dots", "save_attention_out")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Dimensions and execution options of a T5 encoder-decoder.
+
+  `dtype` is the activation dtype; parameters are always float32.
+  """
+  name: str
+  d_model: int
+  d_ff: int
+  num_heads: int
+  d_kv: int
+  num_encoder_layers: int
+  num_decoder_layers: int
+  feed_forward_proj: str
+  tie_word_embeddings: bool
+  vocab_size: int = 32128
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+  dropout_rate: float = 0.0
+  dtype: str = "float32"
+  scan_layers: bool = True
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    for field in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
+                  "num_decoder_layers", "relative_attention_num_buckets",
+                  "relative_attention_max_distance"):
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"model {self.name!r}: {field} must be a positive integer, got {value!r}")
+    if self.feed_forward_proj not in FEED_FORWARD_PROJS:
+      raise UserError(f"model {self.name!r}: feed_forward_proj must be one of "
+                      f"{', '.join(FEED_FORWARD_PROJS)}, got {self.feed_forward_proj!r}")
+    if self.dtype not in DTYPES:
+      raise UserError(f"model {self.name!r}: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise UserError(f"model {self.name!r}: remat_policy must be one of {', '.join(REMAT_POLICIES)}, "
+                      f"got {self.remat_policy!r}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise UserError(f"model {self.name!r}: dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+    if not self.layer_norm_epsilon > 0:
+      raise UserError(f"model {self.name!r}: layer_norm_epsilon must be positive, "
+                      f"got {self.layer_norm_epsilon!r}")
+    if self.relative_attention_num_buckets < 4:
+      # The bucket function splits the buckets in halves (direction) and halves again (exact/log).
+      raise UserError(f"model {self.name!r}: relative_attention_num_buckets must be at least 4")
+
+  @property
+  def inner_dim(self) -> int:
+    """Width of the joined attention heads (num_heads * d_kv)."""
+    return self.num_heads * self.d_kv
+
+
+# (d_model, d_ff, num_heads, num_layers, d_kv) of the released HF configs.
+EFFICIENT_SIZES = {
+    "tiny": (256, 1024, 4, 4, 64),
+    "mini": (384, 1536, 8, 4, 64),
+    "small": (512, 2048, 8, 6, 64),
+    "base": (768, 3072, 12, 12, 64),
+    "large": (1024, 4096, 16, 24, 64),
+    "xl": (1024, 16384, 32, 24, 128),
+    "xxl": (1024, 65536, 128, 24, 128),
+}
+V1_1_SIZES = {
+    "small": (512, 1024, 6, 8, 64),
+    "base": (768, 2048, 12, 12, 64),
+    "large": (1024, 2816, 16, 24, 64),
+    "xl": (2048, 5120, 32, 24, 64),
+    "xxl": (4096, 10240, 64, 24, 64),
+}
+FAMILIES = {"t5-efficient": EFFICIENT_SIZES, "t5-v1_1": V1_1_SIZES}
+# Suffix -> the field(s) it sets. Note: HF's released `t5-efficient-base-ff2000` ships d_ff=2048;
+# the grammar gives what the name says (2000).
+SUFFIXES = {
+    "nl": ("num_encoder_layers", "num_decoder_layers"),
+    "el": ("num_encoder_layers",),
+    "dl": ("num_decoder_layers",),
+    "ff": ("d_ff",),
+    "dm": ("d_model",),
+    "kv": ("d_kv",),
+    "nh": ("num_heads",),
+}
+GRAMMAR = ("t5-efficient-{" + "|".join(EFFICIENT_SIZES) + "} or t5-v1_1-{" + "|".join(V1_1_SIZES)
+           + "}, optionally followed by suffixes -{" + "|".join(SUFFIXES) + "}N (e.g. t5-efficient-base-el16-dl8)")
+_NAME_RE = re.compile(r"^(t5-efficient|t5-v1_1)-([a-z]+)((?:-[a-z]+\d+)*)$")
+
+
+def resolve_model_name(name: str) -> T5Config:
+  """Parses a model name such as `t5-efficient-tiny-nl32` into its T5Config."""
+  m = _NAME_RE.match(name.strip().lower()) if isinstance(name, str) else None
+  if not m or m.group(2) not in FAMILIES[m.group(1)]:
+    raise UserError(f"unknown model name {name!r}; expected {GRAMMAR}")
+  family, size, suffixes = m.groups()
+  d_model, d_ff, num_heads, num_layers, d_kv = FAMILIES[family][size]
+  dims = dict(d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
+              num_encoder_layers=num_layers, num_decoder_layers=num_layers)
+  for suffix in filter(None, suffixes.split("-")):
+    key, value = re.match(r"^([a-z]+)(\d+)$", suffix).groups()
+    if key not in SUFFIXES or int(value) <= 0:
+      raise UserError(f"bad suffix {suffix!r} in model name {name!r}; expected {GRAMMAR}")
+    for field in SUFFIXES[key]:
+      dims[field] = int(value)
+  v1_0 = family == "t5-efficient"
+  return T5Config(name=name, feed_forward_proj="relu" if v1_0 else "gated-gelu",
+                  tie_word_embeddings=v1_0, **dims)
+
+
+@gin.configurable
+def model_config(name: str = gin.REQUIRED,
+                 vocab_size: int | None = None,
+                 d_model: int | None = None,
+                 d_ff: int | None = None,
+                 num_heads: int | None = None,
+                 d_kv: int | None = None,
+                 num_encoder_layers: int | None = None,
+                 num_decoder_layers: int | None = None,
+                 feed_forward_proj: str | None = None,
+                 tie_word_embeddings: bool | None = None,
+                 dropout_rate: float = 0.0,
+                 dtype: str = "float32",
+                 scan_layers: bool = True,
+                 remat_policy: str = "none") -> T5Config:
+  """The model every gin file configures: a named model, with optional overrides.
+
+  Dimension overrides left as None keep what the name says. Model gins bind only `name` (and
+  dimensions); run gins bind dtype, dropout_rate, scan_layers and remat_policy.
+  """
+  cfg = resolve_model_name(name)
+  dims = dict(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
+              num_encoder_layers=num_encoder_layers, num_decoder_layers=num_decoder_layers,
+              feed_forward_proj=feed_forward_proj, tie_word_embeddings=tie_word_embeddings)
+  overrides = {k: v for k, v in dims.items() if v is not None}
+  return dataclasses.replace(cfg, dropout_rate=dropout_rate, dtype=dtype, scan_layers=scan_layers,
+                             remat_policy=remat_policy, **overrides)
+
+
+def hf_config_dict(cfg: T5Config) -> dict:
+  """The Hugging Face `config.json` contents for this model (what an export writes)."""
+  return {
+      "architectures": ["T5ForConditionalGeneration"],
+      "model_type": "t5",
+      "d_model": cfg.d_model,
+      "d_ff": cfg.d_ff,
+      "d_kv": cfg.d_kv,
+      "num_heads": cfg.num_heads,
+      "num_layers": cfg.num_encoder_layers,
+      "num_decoder_layers": cfg.num_decoder_layers,
+      "vocab_size": cfg.vocab_size,
+      "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
+      "relative_attention_max_distance": cfg.relative_attention_max_distance,
+      "dropout_rate": cfg.dropout_rate,
+      "layer_norm_epsilon": cfg.layer_norm_epsilon,
+      "feed_forward_proj": cfg.feed_forward_proj,
+      "tie_word_embeddings": cfg.tie_word_embeddings,
+      "is_encoder_decoder": True,
+      "use_cache": True,
+      "pad_token_id": 0,
+      "eos_token_id": 1,
+      "decoder_start_token_id": 0,
+      "initializer_factor": 1.0,
+      "torch_dtype": "float32",
+      "dtype": "float32",
+  }
+
+
+@functools.lru_cache(maxsize=None)
+def num_params(cfg: T5Config) -> int:
+  """Exact parameter count, from the shapes of the Flax init (nothing is allocated)."""
+  import jax  # Imported here so that reading configs stays light.
+  from t5x_lite import models
+  abstract = models.EncoderDecoderModel(cfg).abstract_params(input_length=1, target_length=1)
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(abstract))
+
+
+def train_flops_per_example(cfg: T5Config, input_length: int, target_length: int) -> float:
+  """Training matmul FLOPs for one (input, target) example: 3 x forward (forward + backward).
+
+  A matmul [m, k] x [k, n] counts 2*m*n*k. With d = d_model, a = num_heads * d_kv, f = d_ff,
+  e = input_length, t = target_length, V = vocab_size and m = 2 (relu) or 3 (gated-gelu):
+    encoder layer:  2*e*d*4a (q,k,v,o) + 4*e*e*a (scores, values) + 2*e*d*f*m (mlp)
+    decoder layer:  2*t*d*4a + 4*t*t*a (self-attention)
+                  + 2*t*d*2a (q,o) + 2*e*d*2a (k,v) + 4*t*e*a (cross-attention)
+                  + 2*t*d*f*m (mlp)
+    logits:         2*t*d*V
+  Causal attention is counted in full (the masked half is still computed). Norms, softmax,
+  embedding lookups and the relative position bias are left out.
+  """
+  d, a, f, v = cfg.d_model, cfg.inner_dim, cfg.d_ff, cfg.vocab_size
+  e, t = input_length, target_length
+  m = 3 if cfg.feed_forward_proj == "gated-gelu" else 2
+  encoder_layer = 2 * e * d * 4 * a + 4 * e * e * a + 2 * e * d * f * m
+  decoder_layer = (2 * t * d * 4 * a + 4 * t * t * a
+                   + 2 * t * d * 2 * a + 2 * e * d * 2 * a + 4 * t * e * a
+                   + 2 * t * d * f * m)
+  forward = (cfg.num_encoder_layers * encoder_layer + cfg.num_decoder_layers * decoder_layer
+             + 2 * t * d * v)
+  return 3.0 * forward
+
+
+FLOPS_FORMULA = "3 x forward matmul FLOPs (2mnk, attention and logits included) / (input + target tokens)"
+
+
+def flops_per_token(cfg: T5Config, input_length: int = 512, target_length: int = 114) -> float:
+  """Training FLOPs per token, where tokens are input plus target tokens of an example."""
+  return train_flops_per_example(cfg, input_length, target_length) / (input_length + target_length)

@@ -1,0 +1,201 @@
+"""T5 building blocks in Flax linen: norm, embedding, relative position bias, attention, MLP.
+
+Parameters are float32 and carry logical axis names; activations run in the config's dtype.
+No biases anywhere, and attention logits are not scaled by 1/sqrt(d_kv) (the query init is).
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5x_lite.config import T5Config
+
+# Added to attention logits where the mask is off; finite so fully masked rows stay finite.
+NEG_INF = -1e10
+
+# Initializers as T5X uses them.
+embedding_init = nn.initializers.normal(stddev=1.0)
+attention_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+mlp_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def activation_dtype(cfg: T5Config):
+  return jnp.dtype(cfg.dtype)
+
+
+def constrain(x, *names):
+  """Names an activation's axes so that the partitioning rules can shard it."""
+  return nn.with_logical_constraint(x, names)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, no bias; computed in float32."""
+  cfg: T5Config
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(variance + self.cfg.layer_norm_epsilon) * scale
+    return y.astype(activation_dtype(self.cfg))
+
+
+class Embed(nn.Module):
+  """Token embedding, shared by encoder input, decoder input and (when tied) the logits."""
+  cfg: T5Config
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(embedding_init, ("vocab", "embed")),
+        (self.cfg.vocab_size, self.cfg.d_model), jnp.float32)
+
+  def __call__(self, tokens):
+    # A gather, not a one-hot matmul: cheap and exact.
+    x = jnp.take(self.embedding, tokens, axis=0).astype(activation_dtype(self.cfg))
+    return constrain(x, "batch", "length", "embed")  # [batch, length, embed]
+
+  def attend(self, x):
+    """Tied output projection: [batch, length, embed] -> float32 [batch, length, vocab]."""
+    dtype = activation_dtype(self.cfg)
+    return jnp.einsum("bld,vd->blv", x, self.embedding.astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class Dense(nn.Module):
+  """A bias-free projection of the last axis with a named 2-D float32 kernel."""
+  features: int
+  axes: tuple[str, str]
+  init: nn.initializers.Initializer
+  dtype: jnp.dtype = jnp.float32
+  out_dtype: jnp.dtype | None = None  # e.g. float32 logits from bfloat16 activations
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.with_logical_partitioning(self.init, self.axes),
+                        (x.shape[-1], self.features), jnp.float32)
+    return jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype),
+                      preferred_element_type=self.out_dtype)
+
+
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
+                             max_distance: int):
+  """Maps key_position - query_position to a bucket, exactly as HF's T5 does.
+
+  Half the buckets hold exact small distances, the rest grow logarithmically up to max_distance.
+  The encoder tells left from right (bidirectional); the decoder only looks back.
+  """
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  # Clamp below at max_exact only where the small branch is taken anyway (avoids log(0)).
+  far = jnp.maximum(distance, max_exact).astype(jnp.float32)
+  if_large = max_exact + (jnp.log(far / max_exact) / math.log(max_distance / max_exact)
+                          * (num_buckets - max_exact)).astype(relative_position.dtype)
+  if_large = jnp.minimum(if_large, num_buckets - 1)
+  return buckets + jnp.where(is_small, distance, if_large)
+
+
+class RelativePositionBias(nn.Module):
+  """One learned bias per (bucket, head); one table per stack, shared by all its layers."""
+  cfg: T5Config
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, query_positions, key_positions):
+    """Positions [batch, q] and [batch, k] -> float32 bias [batch, heads, q, k]."""
+    table = self.param(
+        "rel_embedding", nn.with_logical_partitioning(embedding_init, ("relpos_buckets", "heads")),
+        (self.cfg.relative_attention_num_buckets, self.cfg.num_heads), jnp.float32)
+    relative = key_positions[:, None, :] - query_positions[:, :, None]  # [batch, q, k]
+    buckets = relative_position_bucket(relative.astype(jnp.int32), self.bidirectional,
+                                       self.cfg.relative_attention_num_buckets,
+                                       self.cfg.relative_attention_max_distance)
+    bias = jnp.take(table, buckets, axis=0)  # [batch, q, k, heads]
+    return jnp.transpose(bias, (0, 3, 1, 2))
+
+
+def mask_to_bias(mask):
+  """Boolean mask [batch, 1, q, k] -> additive float32 bias."""
+  return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
+
+
+class Attention(nn.Module):
+  """Multi-head attention without 1/sqrt(d) scaling; the query init is scaled instead.
+
+  `bias` [batch, heads|1, q, k] carries both the relative position bias and the mask.
+  With `decode=True` keys and values of past steps live in the 'cache' collection and
+  each call processes one new token at position `decode_step`.
+  """
+  cfg: T5Config
+  enable_dropout: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv, bias, decode: bool = False, decode_step=None):
+    cfg = self.cfg
+    dtype = activation_dtype(cfg)
+    query_init = lambda key, shape, dt: attention_init(key, shape, dt) / math.sqrt(cfg.d_kv)
+    project = lambda name, init: Dense(cfg.inner_dim, ("embed", "joined_kv"), init, dtype, name=name)
+
+    def split_heads(x):  # [batch, length, joined_kv] -> [batch, length, heads, kv]
+      x = x.reshape(x.shape[:-1] + (cfg.num_heads, cfg.d_kv))
+      return constrain(x, "batch", "length", "heads", "kv")
+
+    query = split_heads(project("query", query_init)(inputs_q))
+    key = split_heads(project("key", attention_init)(inputs_kv))
+    value = split_heads(project("value", attention_init)(inputs_kv))
+
+    if decode:
+      is_initialized = self.has_variable("cache", "cached_key")
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+      if is_initialized:  # One new token: write it at decode_step and attend to the whole cache.
+        index = (0, decode_step, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, index)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, index)
+        key, value = cached_key.value, cached_value.value
+
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits + bias, axis=-1).astype(dtype)  # [batch, heads, q, k]
+    if self.enable_dropout and cfg.dropout_rate > 0:
+      weights = nn.Dropout(cfg.dropout_rate, deterministic=False)(weights)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, q, heads, kv]
+    out = constrain(out, "batch", "length", "heads", "kv")
+    out = out.reshape(out.shape[:2] + (cfg.inner_dim,))
+    out = Dense(cfg.d_model, ("joined_kv", "embed"), attention_init, dtype, name="out")(out)
+    return constrain(out, "batch", "length", "embed")  # [batch, q, embed]
+
+
+def gelu_new(x):
+  """HF `gelu_new`: the tanh approximation of GELU."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+class MLP(nn.Module):
+  """relu: wo(relu(wi x)); gated-gelu (v1.1): wo(gelu(wi_0 x) * wi_1 x)."""
+  cfg: T5Config
+  enable_dropout: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    dtype = activation_dtype(cfg)
+    up = lambda name: Dense(cfg.d_ff, ("embed", "mlp"), mlp_init, dtype, name=name)(x)
+    if cfg.feed_forward_proj == "gated-gelu":
+      h = gelu_new(up("wi_0")) * up("wi_1")
+    else:
+      h = jax.nn.relu(up("wi"))
+    h = constrain(h, "batch", "length", "mlp")  # [batch, length, mlp]
+    if self.enable_dropout and cfg.dropout_rate > 0:
+      h = nn.Dropout(cfg.dropout_rate, deterministic=False)(h)
+    out = Dense(cfg.d_model, ("mlp", "embed"), mlp_init, dtype, name="wo")(h)
+    return constrain(out, "batch", "length", "embed")

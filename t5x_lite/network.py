@@ -1,0 +1,231 @@
+"""The T5 encoder-decoder as a Flax linen module (layers, stacks, masks, logits).
+
+Parameter tree (scanned layers stack each layer's params on a leading 'layers' axis under
+`layers`; unscanned layers are `layers_0`, `layers_1`, ...):
+  token_embedder/embedding                               [vocab, embed]
+  encoder/relpos_bias/rel_embedding                      [relpos_buckets, heads]
+  encoder/layers/pre_attention_layer_norm/scale          [layers, embed]
+  encoder/layers/attention/{query,key,value}/kernel      [layers, embed, joined_kv]
+  encoder/layers/attention/out/kernel                    [layers, joined_kv, embed]
+  encoder/layers/pre_mlp_layer_norm/scale
+  encoder/layers/mlp/{wi | wi_0, wi_1}/kernel            [layers, embed, mlp]
+  encoder/layers/mlp/wo/kernel                           [layers, mlp, embed]
+  encoder/encoder_norm/scale
+  decoder/relpos_bias/rel_embedding
+  decoder/layers/{pre_self_attention_layer_norm, self_attention,
+                  pre_cross_attention_layer_norm, encoder_decoder_attention,
+                  pre_mlp_layer_norm, mlp}/...
+  decoder/decoder_norm/scale
+  decoder/logits_dense/kernel                            [embed, vocab]  (untied models only)
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from t5x_lite.config import T5Config
+from t5x_lite.layers import (MLP, Attention, Embed, Dense, RelativePositionBias, RMSNorm,
+                             activation_dtype, constrain, mask_to_bias, mlp_init)
+
+
+def remat_policy(name: str):
+  """The jax.checkpoint policy behind a config's remat_policy name (see config.REMAT_POLICIES)."""
+  policies = jax.checkpoint_policies
+  return {
+      "full": policies.nothing_saveable,
+      "minimal": policies.dots_with_no_batch_dims_saveable,
+      "save_dots": policies.checkpoint_dots,
+      "save_attention_out": policies.save_only_these_names("attention_out", "mlp_out"),
+  }[name]
+
+
+def dropout(cfg: T5Config, enable: bool, x):
+  if enable and cfg.dropout_rate > 0:
+    return nn.Dropout(cfg.dropout_rate, deterministic=False)(x)
+  return x
+
+
+class EncoderLayer(nn.Module):
+  cfg: T5Config
+  enable_dropout: bool = False
+
+  @nn.compact
+  def __call__(self, x, bias):  # x: [batch, length, embed]; bias: [batch, heads, length, length]
+    cfg, drop = self.cfg, self.enable_dropout
+    h = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
+    h = Attention(cfg, drop, name="attention")(h, h, bias)
+    x = x + dropout(cfg, drop, checkpoint_name(h, "attention_out"))
+    h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
+    h = MLP(cfg, drop, name="mlp")(h)
+    x = x + dropout(cfg, drop, checkpoint_name(h, "mlp_out"))
+    return constrain(x, "batch", "length", "embed"), None  # (carry, output) for nn.scan
+
+
+class DecoderLayer(nn.Module):
+  cfg: T5Config
+  enable_dropout: bool = False
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, bias, encoded, cross_bias, decode_step):
+    cfg, drop = self.cfg, self.enable_dropout
+    h = RMSNorm(cfg, name="pre_self_attention_layer_norm")(x)
+    h = Attention(cfg, drop, name="self_attention")(h, h, bias, self.decode, decode_step)
+    x = x + dropout(cfg, drop, checkpoint_name(h, "attention_out"))
+    h = RMSNorm(cfg, name="pre_cross_attention_layer_norm")(x)
+    h = Attention(cfg, drop, name="encoder_decoder_attention")(h, encoded, cross_bias)
+    x = x + dropout(cfg, drop, checkpoint_name(h, "attention_out"))
+    h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
+    h = MLP(cfg, drop, name="mlp")(h)
+    x = x + dropout(cfg, drop, checkpoint_name(h, "mlp_out"))
+    return constrain(x, "batch", "length", "embed"), None
+
+
+def layer_stack(cfg: T5Config, layer_cls, num_layers: int, num_args: int, **layer_kwargs):
+  """Builds `num_layers` layers (call inside a compact method); returns x, *args -> x.
+
+  Scanned, one layer is traced and compiled whatever the depth. Remat wraps each layer.
+  """
+  if cfg.remat_policy != "none":
+    layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy),
+                         prevent_cse=not cfg.scan_layers)
+  if cfg.scan_layers:
+    scanned = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast,) * num_args, length=num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})(
+                          cfg=cfg, name="layers", **layer_kwargs)
+    return lambda x, *args: scanned(x, *args)[0]
+  layers = [layer_cls(cfg=cfg, name=f"layers_{i}", **layer_kwargs) for i in range(num_layers)]
+
+  def apply(x, *args):
+    for layer in layers:
+      x = layer(x, *args)[0]
+    return x
+  return apply
+
+
+def default_positions(tokens, positions):
+  if positions is not None:
+    return positions
+  return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
+def attention_mask(query_valid, key_valid, query_segments=None, key_segments=None, causal=False):
+  """[batch, q] and [batch, k] -> boolean [batch, 1, q, k]: both valid, same segment, causal."""
+  mask = query_valid[:, :, None] & key_valid[:, None, :]
+  if query_segments is not None:
+    mask &= query_segments[:, :, None] == key_segments[:, None, :]
+  if causal:
+    q, k = query_valid.shape[1], key_valid.shape[1]
+    mask &= jnp.arange(q)[:, None] >= jnp.arange(k)[None, :]
+  return mask[:, None]
+
+
+class Encoder(nn.Module):
+  cfg: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, positions=None, enable_dropout=False):
+    cfg = self.cfg
+    x = dropout(cfg, enable_dropout, self.shared_embedding(tokens))  # [batch, length, embed]
+    positions = default_positions(tokens, positions)
+    bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(positions, positions)
+    valid = tokens > 0
+    bias = bias + mask_to_bias(attention_mask(valid, valid, segment_ids, segment_ids))
+    x = layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, 1, enable_dropout=enable_dropout)(x, bias)
+    x = RMSNorm(cfg, name="encoder_norm")(x)
+    return dropout(cfg, enable_dropout, x)
+
+
+class Decoder(nn.Module):
+  cfg: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoded, encoder_input_tokens, decoder_input_tokens,
+               decoder_target_tokens=None, encoder_segment_ids=None, decoder_segment_ids=None,
+               decoder_positions=None, enable_dropout=False, decode=False):
+    cfg = self.cfg
+    batch, length = decoder_input_tokens.shape
+    x = dropout(cfg, enable_dropout, self.shared_embedding(decoder_input_tokens))
+    relpos = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
+    encoder_valid = encoder_input_tokens > 0
+
+    decode_step = None
+    if decode:
+      initialized = self.has_variable("cache", "step")
+      step = self.variable("cache", "step", lambda: jnp.zeros((), jnp.int32))
+      # Its shape records the cache length chosen when the cache was made.
+      key_positions = self.variable("cache", "key_positions",
+                                    lambda: jnp.arange(length, dtype=jnp.int32))
+    if decode and initialized:
+      # One token at position `step`, attending to cached keys 0..step.
+      decode_step = step.value
+      query_pos = jnp.full((batch, 1), decode_step, jnp.int32)
+      key_pos = jnp.broadcast_to(key_positions.value, (batch,) + key_positions.value.shape)
+      bias = relpos(query_pos, key_pos) + mask_to_bias((key_pos <= decode_step)[:, None, None, :])
+      cross_mask = attention_mask(jnp.ones((batch, 1), bool), encoder_valid)
+      step.value = decode_step + 1
+    else:
+      # Padding comes from the targets: the inputs start with token 0 (decoder start = pad id).
+      if decoder_target_tokens is not None:
+        valid = decoder_target_tokens > 0
+      elif decoder_segment_ids is not None:
+        valid = decoder_segment_ids > 0
+      else:
+        valid = jnp.ones((batch, length), bool)
+      positions = default_positions(decoder_input_tokens, decoder_positions)
+      bias = relpos(positions, positions) + mask_to_bias(
+          attention_mask(valid, valid, decoder_segment_ids, decoder_segment_ids, causal=True))
+      cross_mask = attention_mask(valid, encoder_valid, decoder_segment_ids, encoder_segment_ids)
+
+    stack = layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, 4,
+                        enable_dropout=enable_dropout, decode=decode)
+    x = stack(x, bias, encoded, mask_to_bias(cross_mask), decode_step)
+    x = dropout(cfg, enable_dropout, RMSNorm(cfg, name="decoder_norm")(x))
+
+    if cfg.tie_word_embeddings:
+      # v1.0: rescale before the tied projection (the embedding is normal(1.0)).
+      logits = self.shared_embedding.attend(x * jnp.asarray(cfg.d_model**-0.5, x.dtype))
+    else:
+      logits = Dense(cfg.vocab_size, ("embed", "vocab"), mlp_init, activation_dtype(cfg),
+                     out_dtype=jnp.float32, name="logits_dense")(x)
+    return constrain(logits.astype(jnp.float32), "batch", "length", "vocab")  # [batch, length, vocab]
+
+
+class Transformer(nn.Module):
+  """T5 encoder-decoder: tokens in, float32 logits [batch, target_length, vocab] out."""
+  cfg: T5Config
+
+  def setup(self):
+    self.token_embedder = Embed(self.cfg)
+    self.encoder = Encoder(self.cfg, self.token_embedder)
+    self.decoder = Decoder(self.cfg, self.token_embedder)
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
+             enable_dropout=False):
+    """[batch, input_length] -> [batch, input_length, embed]."""
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
+             encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
+             enable_dropout=False, decode=False):
+    """Logits for the decoder inputs given the encoder output.
+
+    With decode=True, the first call (cache collection empty and mutable) sizes the cache from
+    `decoder_input_tokens` [batch, max_length]; each later call feeds one token [batch, 1].
+    """
+    return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                        encoder_segment_ids, decoder_segment_ids, decoder_positions,
+                        enable_dropout, decode)
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
+               encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
+               decoder_positions=None, enable_dropout=False):
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                          enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                       encoder_segment_ids, decoder_segment_ids, decoder_positions, enable_dropout)
