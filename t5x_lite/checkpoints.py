@@ -1,0 +1,109 @@
+"""Orbax checkpoints of the train state, the data position and the operative config.
+
+Layout under MODEL_DIR/checkpoints/<step>/ (managed by orbax.CheckpointManager, which writes a
+step to a temporary directory and renames it when complete, so a crash mid-save never leaves a
+step that looks complete):
+  state/  parameters, optimizer state, step and RNG (StandardSave, sharded, async)
+  meta/   JSON: step, batches consumed per process, the operative gin config
+The tf.data iterator of each process (exact position, shuffle buffers included) is saved beside
+it in MODEL_DIR/data_state/<step>/process_<i>/, written before the orbax save and renamed into
+place, and is only used together with a complete orbax step.
+"""
+
+import logging
+import os
+import shutil
+from typing import Any, Callable
+
+import gin
+import jax
+import orbax.checkpoint as ocp
+
+from t5x_lite.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@gin.configurable
+class Checkpointer:
+
+  def __init__(self, model_dir: str, max_to_keep: int | None = 3, keep_period: int | None = None,
+               async_save: bool = True):
+    self.model_dir = os.path.abspath(model_dir)
+    self.directory = os.path.join(self.model_dir, "checkpoints")
+    self.data_directory = os.path.join(self.model_dir, "data_state")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, keep_period=keep_period, create=True,
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "meta"))
+
+  # -- saving ------------------------------------------------------------------------------------
+  def save(self, step: int, state: Any, meta: dict, save_data_iterator: Callable[[str], None] | None,
+           force: bool = True) -> None:
+    """Starts saving `state` at `step` (asynchronously); the data position is written first."""
+    if save_data_iterator is not None:
+      final = self._data_path(step)
+      tmp = final + ".tmp"
+      shutil.rmtree(tmp, ignore_errors=True)
+      save_data_iterator(tmp)
+      shutil.rmtree(final, ignore_errors=True)
+      os.makedirs(os.path.dirname(final), exist_ok=True)
+      os.replace(tmp, final)
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+    self._prune_data_states()
+
+  def _data_path(self, step: int) -> str:
+    return os.path.join(self.data_directory, str(step), f"process_{jax.process_index()}")
+
+  def _prune_data_states(self) -> None:
+    if not os.path.isdir(self.data_directory):
+      return
+    keep = {str(s) for s in self.manager.all_steps()}
+    for name in os.listdir(self.data_directory):
+      if name not in keep and jax.process_index() == 0:
+        shutil.rmtree(os.path.join(self.data_directory, name), ignore_errors=True)
+
+  # -- restoring ---------------------------------------------------------------------------------
+  def all_steps(self) -> list[int]:
+    self.manager.reload()
+    return sorted(self.manager.all_steps())
+
+  def data_state_path(self, step: int) -> str | None:
+    path = self._data_path(step)
+    return path if os.path.isdir(path) else None
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
+    """Restores into the shardings of `abstract_state`: the latest complete step, or `step`.
+
+    A latest step that cannot be read is reported by name and the previous one is used.
+    Returns None when there is no checkpoint.
+    """
+    steps = self.all_steps()
+    if step is not None:
+      if step not in steps:
+        raise UserError(f"no checkpoint for step {step} in {self.directory}; available: {steps}")
+      steps = [step]
+    for candidate in reversed(steps):
+      try:
+        restored = self.manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        return candidate, restored.state, dict(restored.meta)
+      except Exception as e:  # corrupt, truncated or incompatible: say which, try the previous
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        if step is not None or candidate == steps[0]:
+          raise UserError(f"checkpoint {os.path.join(self.directory, str(candidate))} cannot be "
+                          f"restored: {reason}") from None
+        log.warning("checkpoint %s cannot be restored (%s); trying the previous one",
+                    os.path.join(self.directory, str(candidate)), reason)
+        print(f"warning: checkpoint {os.path.join(self.directory, str(candidate))} cannot be "
+              f"restored ({reason}); using the previous one", flush=True)
+    return None
+
+  def close(self) -> None:
+    self.wait()
+    self.manager.close()

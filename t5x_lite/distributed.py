@@ -1,0 +1,65 @@
+"""Multi-process start-up through JAX's own runtime (jax.distributed), never home-made.
+
+Sources, in order: explicit flags (`--coordinator_address`, `--num_processes`, `--process_id`),
+the environment (T5X_LITE_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID, as launch/local.sh
+sets them), then JAX's cluster auto-detection (Cloud TPU pods, SLURM) when `--multi_host` or a
+cluster is detected. A single process needs none of it.
+"""
+
+import os
+import socket
+
+import jax
+
+from t5x_lite.errors import UserError
+
+_ENV = "T5X_LITE_"
+
+
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(_ENV + name)
+  return int(value) if value not in (None, "") else None
+
+
+def _in_cluster() -> bool:
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return True
+  return "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+  host, _, port = address.rpartition(":")
+  try:
+    socket.getaddrinfo(host, int(port))
+  except (OSError, ValueError):
+    raise UserError(f"coordinator address {address!r} cannot be resolved; use HOST:PORT") from None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, multi_host: bool = False,
+               timeout_s: int = 120) -> None:
+  """Initialises jax.distributed when this run has more than one process; bounded in time."""
+  coordinator_address = coordinator_address or os.environ.get(_ENV + "COORDINATOR_ADDRESS")
+  num_processes = num_processes if num_processes is not None else _env_int("NUM_PROCESSES")
+  process_id = process_id if process_id is not None else _env_int("PROCESS_ID")
+
+  explicit = coordinator_address is not None
+  if not explicit and not multi_host and not _in_cluster():
+    return
+  if explicit:
+    if num_processes is None or process_id is None:
+      raise UserError("--coordinator_address needs --num_processes and --process_id")
+    if not 0 <= process_id < num_processes:
+      raise UserError(f"process_id {process_id} is outside [0, {num_processes})")
+    _check_reachable(coordinator_address, timeout_s)
+  # CPU processes exchange collectives through gloo (loopback or a real network).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id, initialization_timeout=timeout_s)
+  except Exception as e:  # jax raises XlaRuntimeError/RuntimeError with long multi-line texts
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    where = coordinator_address or "the auto-detected coordinator"
+    raise UserError(f"could not join the job at {where} within {timeout_s}s: {first}") from None
+  if num_processes is not None and jax.process_count() != num_processes:
+    raise UserError(f"expected {num_processes} processes, the runtime reports {jax.process_count()}")

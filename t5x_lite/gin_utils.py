@@ -1,0 +1,78 @@
+"""Gin flag handling shared by every entry point (T5X-style flags).
+
+Flags: `--gin_file=PATH` (repeatable; searched in the cwd and the repo's `gin/`),
+`--gin_bindings=BINDING` (repeatable) and the shorthand `--gin.NAME=VALUE`.
+"""
+
+import os
+import pathlib
+import re
+from typing import Sequence
+
+import gin
+
+from t5x_lite.errors import UserError
+
+# The repo's gin/ directory (the package is installed in editable mode from the repo).
+REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+
+
+def gin_search_path() -> list[str]:
+  extra = [p for p in os.environ.get("T5X_LITE_GIN_PATH", "").split(os.pathsep) if p]
+  return [os.getcwd(), *extra, str(REPO_GIN_DIR)]
+
+
+def _resolve_gin_file(name: str) -> str:
+  for root in gin_search_path():
+    candidate = pathlib.Path(root) / name
+    if candidate.is_file():
+      return str(candidate)
+  if pathlib.Path(name).is_file():
+    return name
+  raise UserError(f"gin file {name!r} not found; searched {', '.join(gin_search_path())}")
+
+
+def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+  """Separates gin flags from the rest: (gin_files, gin_bindings, other_args)."""
+  files, bindings, rest = [], [], []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    m = re.match(r"^--(gin_file|gin_bindings|gin_binding)(=(.*))?$", arg)
+    if m:
+      value = m.group(3)
+      if value is None:
+        if i + 1 >= len(args):
+          raise UserError(f"flag {arg} needs a value")
+        i += 1
+        value = args[i]
+      (files if m.group(1) == "gin_file" else bindings).append(value)
+    elif arg.startswith("--gin."):
+      name, sep, value = arg[len("--gin."):].partition("=")
+      if not sep:
+        raise UserError(f"flag {arg} must look like --gin.NAME=VALUE")
+      bindings.append(f"{name} = {value}")
+    else:
+      rest.append(arg)
+    i += 1
+  return files, bindings, rest
+
+
+def _one_line(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return text[0] if text else type(e).__name__
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = True) -> None:
+  """Parses gin files and bindings; any mistake becomes a one-line UserError."""
+  for root in gin_search_path():
+    gin.add_config_file_search_path(root)
+  resolved = [_resolve_gin_file(f) for f in files]
+  try:
+    gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=finalize,
+                                        skip_unknown=False)
+  except IOError as e:
+    raise UserError(f"gin include not found: {_one_line(e)}; searched {', '.join(gin_search_path())}") from None
+  except (ValueError, SyntaxError, KeyError, TypeError, NameError, AttributeError) as e:
+    raise UserError(f"bad gin configuration: {_one_line(e)}") from None
