@@ -1,0 +1,55 @@
+"""Task registration that follows gin.
+
+`import tasks` runs before gin is parsed, but data locations and vocabularies live in gin. So each
+of our tasks is registered through a builder (a function returning a `seqio.Task` built from the
+gin-configurable settings it calls) and `refresh()` rebuilds them all from the current gin config.
+`get_dataset` and `get_vocabulary` call `refresh()`; tasks registered directly with seqio by users
+are left untouched.
+"""
+
+from typing import Callable, Optional
+
+import seqio
+
+from t5x_lite.errors import UserError
+
+# name -> (builder, prepare): `prepare` runs before reading (e.g. build the quickstart corpus,
+# check that a TFDS dataset exists) and raises UserError when the data cannot be found.
+_BUILDERS: dict[str, tuple[Callable[[], seqio.Task], Optional[Callable[[], None]]]] = {}
+
+
+def _register(name: str) -> None:
+  builder, _ = _BUILDERS[name]
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add_provider(name, builder())
+
+
+def task_builder(name: str, prepare: Optional[Callable[[], None]] = None):
+  """Decorator: registers `name` now (with gin defaults) and again at every `refresh()`."""
+  def decorate(builder):
+    _BUILDERS[name] = (builder, prepare)
+    _register(name)
+    return builder
+  return decorate
+
+
+def refresh(mixture_or_task_name: str):
+  """Rebuilds our tasks from gin, prepares the ones `mixture_or_task_name` uses, returns it."""
+  for name in _BUILDERS:
+    _register(name)
+  try:
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  except ValueError:
+    known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
+    raise UserError(f"unknown task or mixture {mixture_or_task_name!r}; registered: "
+                    f"{', '.join(known) or 'none (was `tasks` imported?)'}") from None
+  leaves = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  for task in leaves:
+    prepare = _BUILDERS.get(task.name, (None, None))[1]
+    if prepare:
+      prepare()
+  return provider
+
+
+def our_task_names() -> list[str]:
+  return sorted(_BUILDERS)

@@ -1,0 +1,156 @@
+"""Data sources for span-corruption tasks: raw C4 JSON shards, TFDS C4, local text and JSONL.
+
+Every source yields {"text": tf.string} documents with invalid UTF-8 replaced by U+FFFD and empty
+documents removed. Reading is pure TF (no py_function), so iterator checkpoints work.
+The gin-configurable `*_config` functions hold the locations; tasks call them when (re)built.
+"""
+
+import os
+from typing import Callable, Mapping, Optional
+
+import gin
+import seqio
+import tensorflow as tf
+
+from t5x_lite.data import text_decoding
+from t5x_lite.errors import UserError
+
+SPLITS = ("train", "validation")
+
+
+@gin.configurable("c4_tfds")
+def c4_tfds_config(data_dir: Optional[str] = None, version: str = "3.1.0"):
+  """TFDS `c4/en` prepared under `data_dir` (local or gs://); None means TFDS's default dir."""
+  return data_dir, version
+
+
+@gin.configurable("c4_json")
+def c4_json_config(data_dir: Optional[str] = None):
+  """Directory holding `c4-train.*-of-*.json.gz` and `c4-validation.*-of-*.json.gz`."""
+  return data_dir
+
+
+@gin.configurable("text_corpus")
+def text_corpus_config(train_files: Optional[str] = None, validation_files: Optional[str] = None):
+  """File patterns of plain-text corpora: one document per line (.gz files are decompressed)."""
+  return {"train": train_files, "validation": validation_files}
+
+
+@gin.configurable("jsonl_corpus")
+def jsonl_corpus_config(train_files: Optional[str] = None, validation_files: Optional[str] = None,
+                        text_field: str = "text"):
+  """File patterns of JSON-lines corpora, the document text in `text_field`."""
+  return {"train": train_files, "validation": validation_files}, text_field
+
+
+def clean_documents(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Repairs UTF-8, strips surrounding whitespace and drops empty documents."""
+  ds = ds.map(lambda t: tf.strings.strip(text_decoding.repair_utf8(t)),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.filter(lambda t: tf.strings.length(t) > 0)
+  return ds.map(lambda t: {"text": t})
+
+
+def _lines(path):
+  compression = tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
+  return tf.data.TextLineDataset(path, compression_type=compression)
+
+
+def text_lines_reader(path) -> tf.data.Dataset:
+  return clean_documents(_lines(path))
+
+
+def jsonl_reader(text_field: str) -> Callable[[tf.Tensor], tf.data.Dataset]:
+  def read(path):
+    texts = _lines(path).map(lambda l: text_decoding.json_string_field(l, text_field),
+                             num_parallel_calls=tf.data.AUTOTUNE)
+    return clean_documents(texts)
+  return read
+
+
+class CorpusFiles(seqio.FileDataSource):
+  """A FileDataSource whose missing or unconfigured file patterns are one-line user errors."""
+
+  def __init__(self, split_to_pattern: Mapping[str, Optional[str]], json_field: Optional[str],
+               setting: str):
+    self.json_field = json_field  # None: plain text, one document per line.
+    self._setting = setting  # The gin binding to suggest when a split has no pattern.
+    self._patterns = dict(split_to_pattern)
+    reader = jsonl_reader(json_field) if json_field else text_lines_reader
+    super().__init__(read_file_fn=reader,
+                     split_to_filepattern={s: p or "" for s, p in split_to_pattern.items()})
+
+  def list_shards(self, split: str):
+    pattern = self._patterns.get(split)
+    if not pattern:
+      raise UserError(f"no files configured for split {split!r}: bind {self._setting}")
+    files = seqio.utils.list_files(os.path.expanduser(pattern))
+    if not files:
+      raise UserError(f"no files match {pattern!r} (split {split!r}; set by {self._setting})")
+    return files
+
+
+def c4_json_source() -> CorpusFiles:
+  data_dir = c4_json_config()
+  patterns = {s: os.path.join(data_dir, f"c4-{s}.*-of-*.json.gz") if data_dir else None
+              for s in SPLITS}
+  return CorpusFiles(patterns, "text", "c4_json.data_dir")
+
+
+def text_source() -> CorpusFiles:
+  return CorpusFiles(text_corpus_config(), None,
+                     "text_corpus.train_files / text_corpus.validation_files")
+
+
+def jsonl_source() -> CorpusFiles:
+  patterns, field = jsonl_corpus_config()
+  return CorpusFiles(patterns, field,
+                     "jsonl_corpus.train_files / jsonl_corpus.validation_files")
+
+
+def c4_tfds_source() -> seqio.TfdsDataSource:
+  data_dir, version = c4_tfds_config()
+  return seqio.TfdsDataSource(tfds_name=f"c4/en:{version}", tfds_data_dir=data_dir,
+                              splits=SPLITS)
+
+
+def check_c4_tfds() -> None:
+  """Fails with one line naming the dataset, version and directory when it is not prepared."""
+  data_dir, version = c4_tfds_config()
+  if data_dir is None:
+    import tensorflow_datasets as tfds
+    data_dir = tfds.core.constants.DATA_DIR
+  base = os.path.join(os.path.expanduser(data_dir), "c4", "en")
+  if not tf.io.gfile.exists(os.path.join(base, version, "dataset_info.json")):
+    found = sorted(tf.io.gfile.listdir(base)) if tf.io.gfile.isdir(base) else []
+    found = [v.rstrip("/") for v in found if v[:1].isdigit()]
+    raise UserError(
+        f"TFDS dataset c4/en:{version} not found in {data_dir} (no {base}/{version}/dataset_info.json; "
+        f"versions there: {', '.join(found) or 'none'}); bind c4_tfds.data_dir / c4_tfds.version "
+        "or prepare it with `tfds build c4/en`")
+
+
+def document_stats(source: "CorpusFiles", split: str, max_documents: Optional[int] = None):
+  """Counts over the raw lines of a file source: documents kept, empty ones skipped, bad bytes.
+
+  The training path repairs and skips silently (counters would make it stateful); this scan
+  reports what it does. Used by `inspect_data --stats`.
+  """
+  field = source.json_field
+
+  def line_stats(line):
+    text = text_decoding.json_string_field(line, field) if field else text_decoding.repair_utf8(line)
+    return text_decoding.count_invalid_utf8(line), tf.strings.length(tf.strings.strip(text))
+
+  files = source.list_shards(split)
+  ds = tf.data.Dataset.from_tensor_slices(files).flat_map(_lines).map(line_stats)
+  if max_documents:
+    ds = ds.take(max_documents)
+  stats = {"documents": 0, "empty_skipped": 0, "documents_with_invalid_utf8": 0,
+           "invalid_utf8_sequences_replaced": 0}
+  for bad, length in ds.batch(1024).as_numpy_iterator():
+    stats["documents"] += int((length > 0).sum())
+    stats["empty_skipped"] += int((length == 0).sum())
+    stats["documents_with_invalid_utf8"] += int((bad > 0).sum())
+    stats["invalid_utf8_sequences_replaced"] += int(bad.sum())
+  return stats

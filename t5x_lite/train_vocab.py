@@ -1,0 +1,112 @@
+"""Trains a SentencePiece unigram vocabulary with T5's special ids (pad 0, eos 1, unk 2, no bos).
+
+  python -m t5x_lite.train_vocab --input='corpus/*.txt' --output=vocabs/my --vocab_size=32000
+  python -m t5x_lite.train_vocab --input='c4/c4-train.0000*-of-01024.json.gz' --input_format=jsonl \\
+      --output=vocabs/c4 --vocab_size=32000
+
+Writes PREFIX.model and PREFIX.vocab. Use it through
+`seqio.SentencePieceVocabulary('PREFIX.model', extra_ids=100)` (gin: `task_vocabulary.path`),
+which appends the 100 sentinels <extra_id_99> .. <extra_id_0> after the pieces.
+"""
+
+import argparse
+import glob
+import gzip
+import io
+import json
+import os
+from typing import Iterator
+
+from t5x_lite.errors import UserError, run_main
+
+# Lines longer than this many bytes are cut into pieces for training (SentencePiece skips them).
+_MAX_SENTENCE_BYTES = 4096
+
+
+def list_files(pattern: str) -> list[str]:
+  if "://" in pattern:
+    import tensorflow as tf  # Only remote (gs://) patterns need TF's file system.
+    files = tf.io.gfile.glob(pattern)
+  else:
+    files = glob.glob(os.path.expanduser(pattern))
+  if not files:
+    raise UserError(f"no files match {pattern!r}")
+  return sorted(files)
+
+
+def _open_text(path: str) -> io.TextIOBase:
+  if "://" in path:
+    import tensorflow as tf
+    raw = tf.io.gfile.GFile(path, "rb")
+  else:
+    raw = open(path, "rb")
+  if path.endswith(".gz"):
+    raw = gzip.GzipFile(fileobj=raw)
+  # Bad bytes become U+FFFD rather than stopping the run.
+  return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+
+
+def iter_sentences(files: list[str], input_format: str = "text",
+                   json_field: str = "text") -> Iterator[str]:
+  """Non-empty lines (paragraphs) of every document, cut to SentencePiece's line limit."""
+  for path in files:
+    with _open_text(path) as f:
+      for line_no, line in enumerate(f, 1):
+        if input_format == "jsonl":
+          try:
+            text = json.loads(line).get(json_field, "")
+          except (json.JSONDecodeError, AttributeError):
+            raise UserError(f"{path}:{line_no}: not a JSON object line") from None
+          if not isinstance(text, str):
+            raise UserError(f"{path}:{line_no}: field {json_field!r} is not a string")
+        else:
+          text = line
+        for paragraph in text.split("\n"):
+          paragraph = paragraph.strip()
+          while paragraph:
+            yield paragraph[:_MAX_SENTENCE_BYTES // 4]  # Characters are at most 4 bytes.
+            paragraph = paragraph[_MAX_SENTENCE_BYTES // 4:]
+
+
+def train_vocab(input_pattern: str, output_prefix: str, vocab_size: int,
+                input_format: str = "text", json_field: str = "text",
+                max_sentences: int = 5_000_000) -> str:
+  """Trains the model; returns the path of PREFIX.model."""
+  import sentencepiece as spm
+
+  if input_format not in ("text", "jsonl"):
+    raise UserError(f"--input_format must be text or jsonl, got {input_format!r}")
+  files = list_files(input_pattern)
+  out_dir = os.path.dirname(os.path.abspath(output_prefix))
+  os.makedirs(out_dir, exist_ok=True)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter_sentences(files, input_format, json_field),
+        model_prefix=output_prefix, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        input_sentence_size=max_sentences, shuffle_input_sentence=True,
+        num_threads=os.cpu_count() or 1, minloglevel=2)
+  except RuntimeError as e:  # E.g. a corpus too small for the requested vocab size.
+    raise UserError(f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}") from None
+  return output_prefix + ".model"
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--input", required=True, help="glob of corpus files (.gz ok, gs:// ok)")
+  parser.add_argument("--output", required=True, help="output prefix: writes PREFIX.model/.vocab")
+  parser.add_argument("--vocab_size", type=int, default=32000)
+  parser.add_argument("--input_format", choices=("text", "jsonl"), default="text",
+                      help="text: one document per line; jsonl: one JSON object per line")
+  parser.add_argument("--json_field", default="text", help="field holding the text (jsonl)")
+  parser.add_argument("--max_sentences", type=int, default=5_000_000,
+                      help="sample at most this many lines for training")
+  args = parser.parse_args()
+  path = train_vocab(args.input, args.output, args.vocab_size, args.input_format,
+                     args.json_field, args.max_sentences)
+  print(path)
+  return 0
+
+
+if __name__ == "__main__":
+  run_main(main)
