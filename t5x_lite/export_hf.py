@@ -1,0 +1,103 @@
+"""`python -m t5x_lite.export_hf --model_dir=DIR --output_dir=OUT [--step=N] [--dtype=float32|bfloat16]`
+
+Writes a Hugging Face T5 directory from a checkpoint: config.json, generation_config.json,
+model.safetensors and, when the run's SentencePiece vocabulary can be found, the tokenizer files.
+`T5ForConditionalGeneration.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)` load it.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from t5x_lite import hf_files
+from t5x_lite.config import hf_config_dict
+from t5x_lite.errors import UserError, run_main
+
+GENERATION_CONFIG = {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
+
+
+def _vocabulary(model_dir: str, vocab: str | None, meta: dict) -> tuple[bytes | None, str, str]:
+  """(SentencePiece bytes or None, where from, why not): --vocab, MODEL_DIR/spiece.model, task."""
+  if vocab:
+    if not os.path.isfile(vocab):
+      raise UserError(f"--vocab file {vocab} does not exist")
+    with open(vocab, "rb") as f:
+      return f.read(), vocab, ""
+  beside = os.path.join(model_dir, "spiece.model")
+  if os.path.isfile(beside):  # what import_hf copies in
+    with open(beside, "rb") as f:
+      return f.read(), beside, ""
+  data, why = hf_files.task_sentencepiece(meta)
+  return data, f"task {meta.get('mixture_or_task_name')!r}", why
+
+
+def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str = "float32",
+           overwrite: bool = False, vocab: str | None = None, log=print) -> dict:
+  """Exports one checkpoint; returns a summary (step, paths, whether a tokenizer was written)."""
+  import ml_dtypes
+  from safetensors.numpy import save_file
+  from t5x_lite import hf_mapping
+
+  if dtype not in ("float32", "bfloat16"):
+    raise UserError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+  model_dir = os.path.abspath(model_dir)
+  hf_files.check_output_dir(os.path.abspath(output_dir), overwrite)
+  restored = hf_files.restore_params(model_dir, step)
+  cfg = restored.cfg
+  why = hf_files.hf_incompatibility(cfg)
+  if why:
+    raise UserError(f"cannot export {cfg.name!r} to HF: {why}")
+
+  state = hf_mapping.to_hf_state_dict(restored.params, cfg)
+  for key, value in state.items():
+    if not np.isfinite(value).all():
+      raise UserError(f"checkpoint step {restored.step} has non-finite values in {key}; "
+                      "export an earlier step with --step")
+  np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
+  state = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in state.items()}
+
+  spm_bytes, source, why_not = _vocabulary(model_dir, vocab, restored.meta)
+  if spm_bytes is not None:
+    pieces = hf_files.check_sentencepiece(spm_bytes, source)
+    if pieces + hf_files.EXTRA_IDS > cfg.vocab_size:
+      raise UserError(f"vocabulary {source} has {pieces} pieces + {hf_files.EXTRA_IDS} extra ids, "
+                      f"more than the model's vocab_size {cfg.vocab_size}")
+
+  hf_config = hf_config_dict(cfg)
+  hf_config.update(torch_dtype=dtype, dtype=dtype)
+  with hf_files.staged_output_dir(output_dir, overwrite) as tmp:
+    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    hf_files.write_json(os.path.join(tmp, "config.json"), hf_config)
+    hf_files.write_json(os.path.join(tmp, "generation_config.json"), GENERATION_CONFIG)
+    if spm_bytes is not None:
+      lengths = restored.meta.get("task_feature_lengths") or {}
+      hf_files.write_tokenizer_files(tmp, spm_bytes, int(lengths.get("inputs", 512)))
+
+  log(f"exported step {restored.step} of {model_dir} ({cfg.name}, {dtype}) to "
+      f"{os.path.abspath(output_dir)}")
+  if spm_bytes is None:
+    log(f"no tokenizer exported: {why_not}; pass --vocab=PATH/spiece.model to include one")
+  return {"step": restored.step, "output_dir": os.path.abspath(output_dir),
+          "tokenizer": spm_bytes is not None}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m t5x_lite.export_hf", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model_dir", required=True, help="the run's MODEL_DIR")
+  parser.add_argument("--output_dir", required=True, help="the HF directory to write")
+  parser.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--vocab", default=None,
+                      help="SentencePiece model to ship (default: MODEL_DIR/spiece.model, else "
+                           "the run's task vocabulary)")
+  parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  export(args.model_dir, args.output_dir, args.step, args.dtype, args.overwrite, args.vocab)
+  return 0
+
+
+if __name__ == "__main__":
+  run_main(main)

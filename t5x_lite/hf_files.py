@@ -1,0 +1,269 @@
+"""Shared pieces of export, import and inference: params-only restore, the HF config and
+tokenizer files, and all-or-nothing output directories.
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, NamedTuple
+
+from t5x_lite.config import T5Config
+from t5x_lite.errors import UserError
+
+EXTRA_IDS = 100
+# T5Config fields with no counterpart in HF's T5Config: they only say how our code runs.
+EXECUTION_ONLY_FIELDS = ("name", "dtype", "scan_layers", "remat_policy")
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+def config_from_meta(meta: dict, where: str) -> T5Config:
+  """The T5Config a checkpoint was trained with (meta['model_config'])."""
+  saved = meta.get("model_config")
+  if not isinstance(saved, dict):
+    raise UserError(f"checkpoint {where} has no model_config in its meta")
+  known = {f.name for f in dataclasses.fields(T5Config)}
+  unknown = sorted(set(saved) - known)
+  if unknown:
+    # Written by a newer version with options this one (and maybe HF) cannot run.
+    raise UserError(f"checkpoint {where} has model options this version does not know: "
+                    f"{', '.join(unknown)}")
+  return T5Config(**saved)
+
+
+def hf_incompatibility(cfg: T5Config) -> str | None:
+  """Why HF's T5 cannot represent `cfg`, or None.
+
+  Every T5Config field must either map onto an HF config key or only describe execution; a field
+  added later without an HF mapping blocks the export unless it still holds its default.
+  """
+  from t5x_lite.config import hf_config_dict
+  hf_keys = set(hf_config_dict(cfg))
+  renamed = {"num_encoder_layers": "num_layers"}
+  for f in dataclasses.fields(T5Config):
+    if f.name in EXECUTION_ONLY_FIELDS or renamed.get(f.name, f.name) in hf_keys:
+      continue
+    if f.default is dataclasses.MISSING or getattr(cfg, f.name) != f.default:
+      return f"HF's T5 has no equivalent of {f.name}={getattr(cfg, f.name)!r}"
+  if cfg.feed_forward_proj not in ("relu", "gated-gelu"):
+    return f"HF's T5 has no feed_forward_proj {cfg.feed_forward_proj!r}"
+  return None
+
+
+# -- params-only restore ---------------------------------------------------------------------------
+
+class Restored(NamedTuple):
+  step: int
+  cfg: T5Config
+  params: Any      # jax arrays on one device
+  meta: dict
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  """Orbax warns about every option a read-only manager ignores; those lines help nobody."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _read_only_manager(directory: str):
+  import orbax.checkpoint as ocp
+  # The `state` item is written with StandardSave; reading it through the PyTree handler (same
+  # on-disk format) allows a partial restore of `params` without the optimizer state.
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  with _quiet_absl():
+    return ocp.CheckpointManager(directory, options=options, item_handlers={
+        "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+
+
+def _reason(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def restore_params(model_dir: str, step: int | None = None, device=None) -> Restored:
+  """Restores only the params of a checkpoint (the latest complete one, or `step`) onto one device.
+
+  The model comes from the checkpoint's own meta, so no gin is needed. Like training, a latest
+  step that cannot be read is reported by name and the previous one is used.
+  """
+  import jax
+  import orbax.checkpoint as ocp
+  from t5x_lite.models import EncoderDecoderModel
+
+  directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise UserError(f"no checkpoints in {model_dir} (expected {directory}/<step>/)")
+  manager = _read_only_manager(directory)
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise UserError(f"no complete checkpoint in {directory}")
+  if step is not None:
+    if step not in steps:
+      raise UserError(f"no checkpoint for step {step} in {directory}; available: {steps}")
+    steps = [step]
+  device = device or jax.local_devices()[0]
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  for candidate in reversed(steps):
+    where = os.path.join(directory, str(candidate))
+    try:
+      with _quiet_absl():
+        meta = dict(manager.restore(candidate, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta)
+      cfg = config_from_meta(meta, where)
+      abstract = EncoderDecoderModel(cfg).abstract_params()
+      restore_args = jax.tree.map(
+          lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
+          abstract)
+      with _quiet_absl():
+        state = manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": abstract}, restore_args={"params": restore_args},
+            partial_restore=True))).state
+      return Restored(candidate, cfg, state["params"], meta)
+    except UserError:
+      raise
+    except Exception as e:  # corrupt, truncated or incompatible: say which, try the previous
+      if step is not None or candidate == steps[0]:
+        raise UserError(f"checkpoint {where} cannot be restored: {_reason(e)}") from None
+      print(f"warning: checkpoint {where} cannot be restored ({_reason(e)}); "
+            "using the previous one", flush=True)
+  raise AssertionError("unreachable")
+
+
+# -- tokenizer files -------------------------------------------------------------------------------
+
+def extra_id_tokens(n: int = EXTRA_IDS) -> list[str]:
+  return [f"<extra_id_{i}>" for i in range(n)]
+
+
+def check_sentencepiece(model_bytes: bytes, source: str) -> int:
+  """Validates a T5 SentencePiece model (pad 0, eos 1, unk 2, no extra ids); returns its size."""
+  import sentencepiece as spm
+  try:
+    sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+  except Exception as e:
+    raise UserError(f"{source} is not a SentencePiece model: {_reason(e)}") from None
+  ids = (sp.pad_id(), sp.eos_id(), sp.unk_id())
+  if ids != (0, 1, 2):
+    raise UserError(f"{source} has pad/eos/unk ids {ids}; T5 needs (0, 1, 2)")
+  if sp.piece_to_id("<extra_id_0>") != sp.unk_id():
+    raise UserError(f"{source} already contains <extra_id_*> pieces; give the model without them")
+  return sp.get_piece_size()
+
+
+def _strip_extra_ids(model_bytes: bytes) -> bytes:
+  """seqio's in-memory model has the extra ids appended as pieces: drop them again."""
+  from sentencepiece import sentencepiece_model_pb2
+  proto = sentencepiece_model_pb2.ModelProto.FromString(model_bytes)
+  while proto.pieces and proto.pieces[-1].piece.startswith("<extra_id_"):
+    proto.pieces.pop()
+  return proto.SerializeToString()
+
+
+def _read_bytes(path: str) -> bytes:
+  if "://" in path:  # gs:// and friends, as seqio reads them
+    import tensorflow as tf
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return f.read()
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def sentencepiece_bytes_of(vocab) -> bytes:
+  """The plain SentencePiece model behind a seqio SentencePieceVocabulary."""
+  path = getattr(vocab, "sentencepiece_model_file", None)
+  if isinstance(path, str) and path:
+    return _read_bytes(path)
+  data = getattr(vocab, "sentencepiece_model", None) or getattr(vocab, "sp_model", None)
+  if not data:
+    raise UserError(f"vocabulary {type(vocab).__name__} has no SentencePiece model")
+  return _strip_extra_ids(data)
+
+
+def task_sentencepiece(meta: dict) -> tuple[bytes | None, str]:
+  """(model bytes, '') from the run's task vocabulary, or (None, why not)."""
+  task = meta.get("mixture_or_task_name")
+  if not task:
+    return None, "the checkpoint names no task"
+  try:
+    import gin
+    import tasks  # noqa: F401  (registers the seqio tasks)
+    from t5x_lite.data import pipeline
+    # Vocabulary paths can be gin bindings of the run: apply the run's saved config.
+    if meta.get("gin_config"):
+      gin.clear_config()
+      gin.parse_config(meta["gin_config"], skip_unknown=True)
+    try:
+      vocab = pipeline.get_vocabulary(task)
+      return sentencepiece_bytes_of(vocab), ""
+    finally:
+      gin.clear_config()
+  except Exception as e:
+    return None, f"the vocabulary of task {task!r} is not available ({_reason(e)})"
+
+
+def write_tokenizer_files(out_dir: str, model_bytes: bytes, model_max_length: int = 512) -> None:
+  """spiece.model + the configs with which `AutoTokenizer`/`T5TokenizerFast` load it.
+
+  HF appends the 100 extra ids after the pieces in reverse, so <extra_id_0> is the last id
+  (pieces + 99): the same id as seqio's sentinel.
+  """
+  with open(os.path.join(out_dir, "spiece.model"), "wb") as f:
+    f.write(model_bytes)
+  specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+              "additional_special_tokens": extra_id_tokens()}
+  write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
+  write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+      "tokenizer_class": "T5Tokenizer", "extra_ids": EXTRA_IDS,
+      "model_max_length": model_max_length, "legacy": True, **specials})
+
+
+def write_json(path: str, value: dict) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+    f.write("\n")
+
+
+# -- all-or-nothing output directories -------------------------------------------------------------
+
+def check_output_dir(out_dir: str, overwrite: bool, flag: str = "--overwrite") -> None:
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise UserError(f"{out_dir} exists and is not a directory")
+  if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+    hint = f" (pass {flag} to replace it)" if flag else ""
+    raise UserError(f"output directory {out_dir} exists and is not empty{hint}")
+
+
+@contextlib.contextmanager
+def staged_output_dir(out_dir: str, overwrite: bool = False, flag: str | None = "--overwrite"):
+  """Yields a temporary sibling of `out_dir`, renamed into place only if the body succeeds.
+
+  A crash leaves at most a `.<name>.tmp-*` directory beside it, never a half-written `out_dir`.
+  """
+  out_dir = os.path.abspath(out_dir)
+  check_output_dir(out_dir, overwrite, flag)
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  try:
+    yield tmp
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
+    if os.path.isdir(out_dir):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+      os.replace(out_dir, os.path.join(old, "x"))
+      os.replace(tmp, out_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise

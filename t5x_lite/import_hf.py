@@ -1,0 +1,271 @@
+"""`python -m t5x_lite.import_hf --hf_dir=DIR --model_dir=OUT [--run_gin_file=runs/pretrain.gin]
+[--gin_file=MODEL.gin] [--allow_pickle]`
+
+Turns a Hugging Face T5 directory (config.json + model.safetensors) into a step-0 checkpoint that
+pretraining continues from, with a fresh optimizer state built from the run gin, and writes
+OUT/model.gin binding the model. Continue with:
+  python -m t5x_lite.train --gin_file=OUT/model.gin --gin_file=runs/pretrain.gin \
+    --gin.MODEL_DIR="'OUT'"
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+from t5x_lite import config, gin_utils, hf_files
+from t5x_lite.config import T5Config
+from t5x_lite.errors import UserError, run_main
+
+# Dimensions a model gin binds (model_config arguments), in the order model.gin lists them.
+GIN_DIMS = ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
+            "num_decoder_layers", "feed_forward_proj", "tie_word_embeddings")
+# HF T5Config defaults for keys a config.json may leave out.
+HF_DEFAULTS = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6,
+               "num_heads": 8, "feed_forward_proj": "relu", "tie_word_embeddings": True,
+               "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+               "layer_norm_epsilon": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
+               "decoder_start_token_id": 0}
+# Fixed in our model and not bindable in a model gin: an HF config must agree with these.
+FIXED = {"relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+         "layer_norm_epsilon": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
+         "decoder_start_token_id": 0}
+_SUFFIX_OF = {"d_model": "dm", "d_ff": "ff", "num_heads": "nh", "d_kv": "kv"}
+
+
+# -- config -------------------------------------------------------------------------------------
+
+def dims_from_hf_config(hf: dict, source: str) -> dict:
+  """model_config arguments for an HF T5 config.json; refuses what our T5 cannot hold."""
+  if hf.get("model_type") != "t5" or hf.get("is_encoder_decoder") is False:
+    raise UserError(f"{source} is not a T5 encoder-decoder config (model_type "
+                    f"{hf.get('model_type')!r})")
+  get = lambda key: hf[key] if hf.get(key) is not None else HF_DEFAULTS[key]
+  for key, ours in FIXED.items():
+    value = get(key)
+    if value != ours and not (isinstance(ours, float) and abs(value - ours) <= 1e-12):
+      raise UserError(f"{source} has {key}={value!r}; this project's T5 fixes it at {ours!r}")
+  proj = get("feed_forward_proj")
+  if proj not in config.FEED_FORWARD_PROJS:
+    raise UserError(f"{source} has feed_forward_proj={proj!r}; supported: "
+                    f"{', '.join(config.FEED_FORWARD_PROJS)}")
+  num_layers = get("num_layers")
+  # transformers 5 always writes tie_word_embeddings=true and says with scale_decoder_outputs
+  # whether logits are rescaled (v1.0); older configs say it with tie_word_embeddings alone.
+  # Our model rescales exactly when it ties.
+  scaled = hf.get("scale_decoder_outputs", get("tie_word_embeddings"))
+  return dict(vocab_size=get("vocab_size"), d_model=get("d_model"), d_ff=get("d_ff"),
+              num_heads=get("num_heads"), d_kv=get("d_kv"), num_encoder_layers=num_layers,
+              num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
+              feed_forward_proj=proj, tie_word_embeddings=bool(scaled))
+
+
+def model_name_for(dims: dict) -> str:
+  """The shortest released-style name (size + suffixes) that spells these dimensions."""
+  family = "t5-efficient" if dims["feed_forward_proj"] == "relu" else "t5-v1_1"
+  best = None
+  for size, (d_model, d_ff, heads, layers, d_kv) in config.FAMILIES[family].items():
+    base = dict(d_model=d_model, d_ff=d_ff, num_heads=heads, d_kv=d_kv)
+    suffixes = [f"{_SUFFIX_OF[k]}{dims[k]}" for k in _SUFFIX_OF if dims[k] != base[k]]
+    enc, dec = dims["num_encoder_layers"], dims["num_decoder_layers"]
+    if enc == dec:
+      suffixes += [f"nl{enc}"] if enc != layers else []
+    else:
+      suffixes += ([f"el{enc}"] if enc != layers else []) + ([f"dl{dec}"] if dec != layers else [])
+    name = "-".join([family, size, *suffixes])
+    if best is None or len(suffixes) < best[0]:
+      best = (len(suffixes), name)
+  return best[1]
+
+
+def model_gin_text(name: str, dims: dict, source: str) -> str:
+  lines = [f"# The model of the Hugging Face T5 checkpoint {source}, imported as step 0.",
+           "# Combine with a run gin (e.g. runs/pretrain.gin) to continue pretraining.",
+           "from t5x_lite import config", "", f"model_config.name = {name!r}"]
+  lines += [f"model_config.{k} = {dims[k]!r}" for k in GIN_DIMS]
+  return "\n".join(lines) + "\n"
+
+
+def check_against_model_gin(dims: dict, gin_file: str) -> None:
+  """An import must agree with a model gin the user means to train with: name what differs."""
+  import gin
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin([gin_file], [], finalize=False)
+    cfg = config.model_config()
+  finally:
+    gin.clear_config()
+  for key in GIN_DIMS:
+    if getattr(cfg, key) != dims[key]:
+      raise UserError(f"{gin_file} has {key}={getattr(cfg, key)!r} but the HF model has "
+                      f"{dims[key]!r}")
+
+
+# -- weights ------------------------------------------------------------------------------------
+
+def load_hf_state_dict(hf_dir: str, allow_pickle: bool) -> dict:
+  from safetensors.numpy import load_file
+  single = os.path.join(hf_dir, "model.safetensors")
+  index = os.path.join(hf_dir, "model.safetensors.index.json")
+  if os.path.isfile(single):
+    return load_file(single)
+  if os.path.isfile(index):
+    with open(index, encoding="utf-8") as f:
+      shards = sorted(set(json.load(f)["weight_map"].values()))
+    state = {}
+    for shard in shards:
+      state.update(load_file(os.path.join(hf_dir, shard)))
+    return state
+  pickle_path = os.path.join(hf_dir, "pytorch_model.bin")
+  if os.path.isfile(pickle_path):
+    if not allow_pickle:
+      raise UserError(f"{hf_dir} has only pytorch_model.bin (a pickle, which can run code when "
+                      "loaded); pass --allow_pickle if you trust it")
+    try:
+      import torch
+    except ImportError:
+      raise UserError("reading pytorch_model.bin needs torch (pip install torch)") from None
+    return dict(torch.load(pickle_path, map_location="cpu", weights_only=True))
+  raise UserError(f"no model.safetensors (or model.safetensors.index.json) in {hf_dir}")
+
+
+def _with_output_embedding(state: dict, dims: dict, source: str) -> dict:
+  """Reconciles lm_head.weight with how the logits are computed.
+
+  Rescaled logits need the tied embedding; unscaled logits with no lm_head.weight (a tied,
+  unscaled transformers 5 model) get a copy of shared.weight as their own output embedding.
+  """
+  shared, head = state.get("shared.weight"), state.get("lm_head.weight")
+  if shared is None or head is None:
+    if not dims["tie_word_embeddings"] and shared is not None:
+      state = {**state, "lm_head.weight": np.array(shared)}
+    return state
+  if dims["tie_word_embeddings"] and not np.array_equal(np.asarray(shared), np.asarray(head)):
+    raise UserError(f"{source} rescales the logits (v1.0) but has an lm_head.weight unlike "
+                    "shared.weight; this project's T5 ties the two in that case")
+  return state
+
+
+# -- run gin ------------------------------------------------------------------------------------
+
+def _bound(name: str):
+  """A gin binding of the parsed run config with macros resolved, or None."""
+  import gin
+  try:
+    value = gin.query_parameter(name)
+  except (ValueError, KeyError):
+    return None
+  if isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
+    return _bound(f"{value.scoped_selector}/macro.value")
+  return value
+
+
+# -- import -------------------------------------------------------------------------------------
+
+def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = "runs/pretrain.gin",
+              gin_file: str | None = None, allow_pickle: bool = False, log=print) -> T5Config:
+  """Writes the step-0 checkpoint and model.gin; returns the model's config."""
+  import gin
+  import jax
+  import jax.numpy as jnp
+  from t5x_lite import checkpoints, hf_mapping, partitioning
+  from t5x_lite.models import EncoderDecoderModel
+  from t5x_lite.trainer import Trainer, TrainState
+
+  hf_dir, model_dir = os.path.abspath(hf_dir), os.path.abspath(model_dir)
+  config_path = os.path.join(hf_dir, "config.json")
+  if not os.path.isfile(config_path):
+    raise UserError(f"no config.json in {hf_dir}")
+  # Never write into a run that has checkpoints or a model gin: checked before any work.
+  hf_files.check_output_dir(model_dir, overwrite=False, flag=None)
+  try:
+    with open(config_path, encoding="utf-8") as f:
+      hf_config = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {config_path}: {e}") from None
+  dims = dims_from_hf_config(hf_config, config_path)
+  if gin_file:
+    check_against_model_gin(dims, gin_file)
+  name = model_name_for(dims)
+  state_dict = _with_output_embedding(load_hf_state_dict(hf_dir, allow_pickle), dims, hf_dir)
+
+  spm_path = os.path.join(hf_dir, "spiece.model")
+  spm_bytes = None
+  if os.path.isfile(spm_path):
+    with open(spm_path, "rb") as f:
+      spm_bytes = f.read()
+    pieces = hf_files.check_sentencepiece(spm_bytes, spm_path)
+    if pieces + hf_files.EXTRA_IDS > dims["vocab_size"]:
+      raise UserError(f"{spm_path} has {pieces} pieces + {hf_files.EXTRA_IDS} extra ids, more "
+                      f"than the model's vocab_size {dims['vocab_size']}")
+
+  # The run gin decides what the checkpoint must match when training restores it: scan layout,
+  # optimizer state structure, activation dtype.
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin([run_gin_file], [], finalize=False)
+    cfg = config.model_config(name=name, **dims)
+    params = hf_mapping.from_hf_state_dict(state_dict, cfg)
+    model = EncoderDecoderModel(cfg)
+    mesh = partitioning.make_mesh(1, devices=jax.local_devices()[:1])
+    trainer = Trainer(model, mesh, partitioning.logical_axis_rules(), {"inputs": 1, "targets": 1})
+    expected = jax.tree.structure(trainer.abstract_params)
+    if jax.tree.structure(params) != expected:
+      raise UserError(f"the HF weights do not form the params of {name!r}")
+    shardings = trainer.state_shardings
+    params = jax.device_put(jax.tree.map(jnp.asarray, params), shardings.params)
+    opt_state = jax.jit(trainer.optimizer.init, out_shardings=shardings.opt_state)(params)
+    # The same dropout key as a fresh run with seed 0 (Trainer.init_state).
+    rng = jax.device_put(jax.random.split(jax.random.PRNGKey(0))[1], shardings.rng)
+    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+                       params=params, opt_state=opt_state, rng=rng)
+    lengths = _bound("train.task_feature_lengths")
+    meta = {"step": 0, "batches_consumed": 0, "model_config": dataclasses.asdict(cfg),
+            "gin_config": gin.config_str(), "mixture_or_task_name": _bound("train.mixture_or_task_name"),
+            "task_feature_lengths": dict(lengths) if isinstance(lengths, dict) else None,
+            "imported_from": os.path.basename(hf_dir)}
+    with hf_files.staged_output_dir(model_dir, overwrite=False, flag=None) as tmp:
+      ckpt = checkpoints.Checkpointer(tmp, async_save=False)
+      ckpt.save(0, state, meta, None)
+      ckpt.close()
+      with open(os.path.join(tmp, "model.gin"), "w", encoding="utf-8") as f:
+        f.write(model_gin_text(name, dims, os.path.basename(hf_dir)))
+      if spm_bytes is not None:
+        shutil.copyfile(spm_path, os.path.join(tmp, "spiece.model"))
+  finally:
+    gin.clear_config()
+
+  log(f"imported {hf_dir} as step 0 of {model_dir} (model {name}, scan_layers={cfg.scan_layers})")
+  log(f"continue pretraining: python -m t5x_lite.train --gin_file={model_dir}/model.gin "
+      f"--gin_file={run_gin_file} --gin.MODEL_DIR=\"'{model_dir}'\"")
+  if spm_bytes is not None:
+    log(f"its vocabulary is {model_dir}/spiece.model: train with "
+        f"--gin.task_vocabulary.path=\"'{model_dir}/spiece.model'\" so the data uses the same ids")
+  else:
+    log(f"{hf_dir} has no spiece.model: make sure the run's vocabulary is the one the model "
+        "was trained with")
+  return cfg
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m t5x_lite.import_hf", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--hf_dir", required=True, help="HF T5 directory (config.json + weights)")
+  parser.add_argument("--model_dir", required=True, help="new MODEL_DIR (must be empty or absent)")
+  parser.add_argument("--run_gin_file", default="runs/pretrain.gin",
+                      help="the run gin training will use (optimizer, scan_layers, dtype)")
+  parser.add_argument("--gin_file", default=None,
+                      help="a model gin the HF dimensions must agree with")
+  parser.add_argument("--allow_pickle", action="store_true",
+                      help="allow reading pytorch_model.bin (pickle) when no safetensors exist")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  import_hf(args.hf_dir, args.model_dir, args.run_gin_file, args.gin_file, args.allow_pickle)
+  return 0
+
+
+if __name__ == "__main__":
+  run_main(main)
