@@ -1,0 +1,168 @@
+"""Real orbax checkpoints: restore on other meshes, corrupt latest steps, a save killed mid-flight."""
+
+import os
+
+# 8 CPU devices (conftest sets the same); must happen before jax is imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import dataclasses  # noqa: E402
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from t5x_lite import checkpoints, hf_files, partitioning  # noqa: E402
+from t5x_lite.config import resolve_model_name  # noqa: E402
+from t5x_lite.errors import UserError  # noqa: E402
+from t5x_lite.models import EncoderDecoderModel  # noqa: E402
+from t5x_lite.trainer import Trainer  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CFG = dataclasses.replace(resolve_model_name("t5-efficient-tiny-dm64-ff128-nl2"), vocab_size=256)
+LENGTHS = {"inputs": 16, "targets": 8}
+# A failed (corrupt) orbax read leaves an asyncio callback behind that reports a closed loop.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def make_trainer(num_partitions: int, devices=None) -> Trainer:
+  mesh = partitioning.make_mesh(num_partitions, devices)
+  return Trainer(EncoderDecoderModel(CFG), mesh, partitioning.logical_axis_rules(), LENGTHS)
+
+
+def meta(step: int) -> dict:
+  return {"step": step, "model_config": dataclasses.asdict(CFG), "gin_config": "",
+          "mixture_or_task_name": "unused", "task_feature_lengths": LENGTHS,
+          "batches_consumed": step}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """Steps 1 and 2 (different values) saved from an 8x1 mesh; returns (model_dir, states)."""
+  model_dir = tmp_path_factory.mktemp("run")
+  trainer = make_trainer(1)
+  assert dict(trainer.mesh.shape) == {"data": 8, "model": 1}
+  states = {1: trainer.init_state(1), 2: trainer.init_state(2)}
+  ckpt = checkpoints.Checkpointer(str(model_dir))
+  for step, state in states.items():
+    ckpt.save(step, state, meta(step), None)
+  ckpt.close()
+  return model_dir, {s: jax.device_get(st) for s, st in states.items()}
+
+
+def assert_same_values(restored, expected):
+  leaves = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), b)),
+                                        restored, expected))
+  assert leaves and all(leaves)
+
+
+def copy_run(model_dir, dst) -> pathlib.Path:
+  shutil.copytree(model_dir, dst)
+  return pathlib.Path(dst)
+
+
+def corrupt_state(model_dir: pathlib.Path, step: int) -> None:
+  """Truncates every array data file of a step's state, as an interrupted copy would."""
+  files = [p for p in (model_dir / "checkpoints" / str(step) / "state").rglob("*")
+           if p.is_file() and "d" in p.parent.name]
+  assert files
+  for p in files:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+
+
+@pytest.mark.parametrize("num_partitions", [4, 1])
+def test_restore_on_another_mesh(saved, num_partitions):
+  model_dir, states = saved
+  trainer = make_trainer(num_partitions)
+  assert dict(trainer.mesh.shape) == {"data": 8 // num_partitions, "model": num_partitions}
+  ckpt = checkpoints.Checkpointer(str(model_dir))
+  step, state, got_meta = ckpt.restore(trainer.abstract_state())
+  ckpt.close()
+  assert step == 2 and got_meta == meta(2)
+  assert_same_values(state, states[2])
+  shardings = jax.tree.leaves(jax.tree.map(lambda a, s: a.sharding == s, state,
+                                           trainer.state_shardings))
+  assert all(shardings)
+  if num_partitions == 4:  # the vocabulary really is split over `model` now
+    embedding = state.params["token_embedder"]["embedding"]
+    assert len(embedding.addressable_shards) == 8 and embedding.addressable_shards[0].data.shape == (64, 64)
+
+
+def test_restore_on_one_device(saved):
+  model_dir, states = saved
+  device = jax.devices()[3]
+  trainer = make_trainer(1, devices=[device])
+  ckpt = checkpoints.Checkpointer(str(model_dir))
+  step, state, _ = ckpt.restore(trainer.abstract_state(), step=1)
+  ckpt.close()
+  assert step == 1 and state.params["encoder"]["encoder_norm"]["scale"].devices() == {device}
+  assert_same_values(state, states[1])
+  # The params-only restore used by export and inference: no optimizer, no gin, one device.
+  restored = hf_files.restore_params(str(model_dir), device=device)
+  assert restored.step == 2 and restored.cfg == CFG
+  assert_same_values(restored.params, states[2].params)
+  assert {d for leaf in jax.tree.leaves(restored.params) for d in leaf.devices()} == {device}
+
+
+def test_corrupt_latest_falls_back(saved, tmp_path, capsys):
+  model_dir = copy_run(saved[0], tmp_path / "run")
+  corrupt_state(model_dir, 2)
+  trainer = make_trainer(2)
+  ckpt = checkpoints.Checkpointer(str(model_dir))
+  step, state, _ = ckpt.restore(trainer.abstract_state())
+  ckpt.close()
+  assert step == 1
+  assert_same_values(state, saved[1][1])
+  assert f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be restored" in capsys.readouterr().out
+  restored = hf_files.restore_params(str(model_dir))
+  assert restored.step == 1
+  assert f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be restored" in capsys.readouterr().out
+
+
+def test_only_corrupt_checkpoint_is_a_user_error(saved, tmp_path):
+  model_dir = copy_run(saved[0], tmp_path / "run")
+  shutil.rmtree(model_dir / "checkpoints" / "1")
+  corrupt_state(model_dir, 2)
+  trainer = make_trainer(1)
+  ckpt = checkpoints.Checkpointer(str(model_dir))
+  with pytest.raises(UserError, match=r"checkpoints/2 cannot be restored"):
+    ckpt.restore(trainer.abstract_state())
+  ckpt.close()
+  with pytest.raises(UserError, match=r"checkpoints/2 cannot be restored"):
+    hf_files.restore_params(str(model_dir))
+  with pytest.raises(UserError, match="no checkpoints in"):
+    hf_files.restore_params(str(tmp_path / "elsewhere"))
+
+
+KILL_MID_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    import jax.numpy as jnp
+    from t5x_lite import checkpoints
+    ckpt = checkpoints.Checkpointer(sys.argv[1])
+    # Big enough that the background write is still running when the process dies.
+    ckpt.save(3, {"big": jnp.ones((96, 1024, 1024), jnp.float32)}, {"step": 3}, None)
+    print("saving", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_sigkill_during_save_leaves_no_complete_step(saved, tmp_path):
+  model_dir = copy_run(saved[0], tmp_path / "run")
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "-c", KILL_MID_SAVE, str(model_dir)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == -9 and "saving" in done.stdout, done.stderr
+  leftovers = [p for p in os.listdir(model_dir / "checkpoints") if p not in ("1", "2")]
+  assert leftovers and all("tmp" in p for p in leftovers), leftovers  # killed mid-write
+  trainer = make_trainer(1)
+  ckpt = checkpoints.Checkpointer(str(model_dir))
+  assert ckpt.all_steps() == [1, 2]
+  step, state, _ = ckpt.restore(trainer.abstract_state())
+  ckpt.close()
+  assert step == 2
+  assert_same_values(state, saved[1][2])
+  assert hf_files.restore_params(str(model_dir)).step == 2
