@@ -1,0 +1,87 @@
+"""Prints the examples a training run would read, from the same gin files as training.
+
+  python -m t5x_lite.inspect_data --gin_file=runs/quickstart.gin --num_examples=3 --decode
+  python -m t5x_lite.inspect_data --gin_file=... --stats   # document counts, skipped, bad bytes
+
+Reads MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS and the task/vocabulary bindings. Prints one JSON
+object per line, {"inputs": [...], "targets": [...]}: ids after span corruption and EOS, before
+packing; --decode adds "inputs_text"/"targets_text" with sentinels shown as <extra_id_N>.
+"""
+
+import argparse
+import importlib
+import itertools
+import json
+import sys
+
+import gin
+
+from t5x_lite.errors import UserError, run_main
+from t5x_lite.gin_utils import parse_gin, split_gin_flags
+
+# Modules whose gin configurables may appear in run gin files besides the data ones.
+_OTHER_CONFIGURABLE_MODULES = ("t5x_lite.train",)
+
+
+def _import_configurables() -> None:
+  import tasks  # noqa: F401  (registers the tasks)
+  from t5x_lite.data import pipeline  # noqa: F401
+  for name in _OTHER_CONFIGURABLE_MODULES:
+    try:
+      importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      if e.name != name:  # A real missing dependency, not an optional module.
+        raise
+
+
+def _macro(name: str):
+  try:
+    return gin.query_parameter(f"{name}/macro.value")
+  except ValueError:
+    raise UserError(f"the gin files do not set {name}; pass --gin.{name}=...") from None
+
+
+def main() -> int:
+  files, bindings, rest = split_gin_flags(sys.argv[1:])
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--split", default="train")
+  parser.add_argument("--num_examples", type=int, default=5)
+  parser.add_argument("--decode", action="store_true", help="add the decoded text")
+  parser.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+                      help="shuffle as training does (default)")
+  parser.add_argument("--seed", type=int, default=None, help="default: the pipeline's default seed")
+  parser.add_argument("--stats", action="store_true",
+                      help="count documents, empty ones skipped and invalid UTF-8 instead")
+  args = parser.parse_args(rest)
+
+  _import_configurables()
+  parse_gin(files, bindings)
+  from t5x_lite.data import pipeline, registry, sources
+
+  name = _macro("MIXTURE_OR_TASK_NAME")
+  provider = registry.refresh(name)
+  if args.stats:
+    leaves = getattr(provider, "tasks", None) or [provider]
+    for task in leaves:
+      if not isinstance(task.source, sources.CorpusFiles):
+        raise UserError(f"--stats reads local file corpora; task {task.name!r} is not one")
+      stats = sources.document_stats(task.source, args.split)
+      print(json.dumps({"task": task.name, "split": args.split, **stats}), flush=True)
+    return 0
+
+  lengths = dict(_macro("TASK_FEATURE_LENGTHS"))
+  seed = pipeline.DEFAULT_SEED if args.seed is None else args.seed
+  ds = provider.get_dataset(sequence_length=lengths, split=args.split, shuffle=args.shuffle,
+                            seed=seed, num_epochs=1)
+  vocab = pipeline.get_vocabulary(name)
+  for ex in itertools.islice(ds.as_numpy_iterator(), args.num_examples):
+    out = {"inputs": ex["inputs"].tolist(), "targets": ex["targets"].tolist()}
+    if args.decode:
+      out["inputs_text"] = vocab.decode(out["inputs"])
+      out["targets_text"] = vocab.decode(out["targets"])
+    print(json.dumps(out, ensure_ascii=False), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  run_main(main)

@@ -1,0 +1,126 @@
+"""get_dataset / DataIterator on real seqio pipelines over a tiny local corpus and vocabulary."""
+
+import gin
+import numpy as np
+import pytest
+
+import tasks  # noqa: F401  (registers the tasks)
+from t5x_lite.data import pipeline, testing
+from t5x_lite.errors import UserError
+
+LENGTHS = {"inputs": 32, "targets": 8}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("corpus")
+  docs = testing.make_documents(160, seed=1, max_words=60)
+  return {
+      "train": testing.write_text_shards(root, "train", docs[:140], num_shards=4),
+      "validation": testing.write_text_shards(root, "validation", docs[140:], num_shards=1),
+      "jsonl": testing.write_jsonl_shards(root, "jsonl", docs, num_shards=2, field="body"),
+      "vocab": testing.train_tiny_vocab(root),
+  }
+
+
+@pytest.fixture
+def configured(corpus):
+  gin.clear_config()
+  gin.parse_config([
+      f"text_corpus.train_files = '{corpus['train']}'",
+      f"text_corpus.validation_files = '{corpus['validation']}'",
+      f"jsonl_corpus.train_files = '{corpus['jsonl']}'",
+      "jsonl_corpus.text_field = 'body'",
+      f"task_vocabulary.path = '{corpus['vocab']}'",
+  ])
+  yield corpus
+  gin.clear_config()
+
+
+def take(ds, n):
+  return [{k: v.numpy() for k, v in b.items()} for b in ds.take(n)]
+
+
+def test_features_shapes_and_dtypes(configured):
+  batch = take(pipeline.get_dataset("text_span_corruption", LENGTHS, "train", 4), 1)[0]
+  assert set(batch) == {"encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                        "decoder_loss_weights"}
+  assert batch["encoder_input_tokens"].shape == (4, 32)
+  assert batch["decoder_target_tokens"].shape == (4, 8)
+  assert all(v.dtype == np.int32 for v in batch.values())
+  # Full segments: inputs and targets fill their lengths exactly and end with EOS (1).
+  assert (batch["encoder_input_tokens"][:, -1] == 1).all()
+  assert (batch["decoder_target_tokens"][:, -1] == 1).all()
+  np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:],
+                                batch["decoder_target_tokens"][:, :-1])
+  assert (batch["decoder_input_tokens"][:, 0] == 0).all()
+  vocab = pipeline.get_vocabulary("text_span_corruption")
+  assert batch["decoder_target_tokens"][0, 0] == vocab.vocab_size - 1  # <extra_id_0>
+
+
+def test_packing_adds_segments_and_positions(configured):
+  batch = take(pipeline.get_dataset("jsonl_span_corruption", {"inputs": 64, "targets": 16}, "train",
+                                    2, use_packing=True), 1)[0]
+  for k in ("encoder_segment_ids", "encoder_positions", "decoder_segment_ids", "decoder_positions"):
+    assert batch[k].shape[0] == 2 and batch[k].dtype == np.int32
+  # Segments fill the lengths exactly, so each row holds one example starting at position 0.
+  assert (batch["encoder_segment_ids"][:, 0] == 1).all() and (batch["encoder_positions"][:, 0] == 0).all()
+
+
+def test_shards_read_disjoint_data(configured):
+  rows = []
+  for shard in range(2):
+    ds = pipeline.get_dataset("text_span_corruption", LENGTHS, "train", 4, shard_id=shard,
+                              num_shards=2, shuffle=False, repeat=False)
+    batches = take(ds, 1000)
+    assert batches and batches[0]["encoder_input_tokens"].shape == (2, 32)
+    rows.append({r.tobytes() for b in batches for r in b["encoder_input_tokens"]})
+  assert rows[0] and rows[1] and not rows[0] & rows[1]
+
+
+def test_batch_must_divide_into_shards(configured):
+  with pytest.raises(UserError, match="not divisible"):
+    pipeline.get_dataset("text_span_corruption", LENGTHS, "train", 6, shard_id=0, num_shards=4)
+
+
+def test_unknown_task_lists_known_names(configured):
+  with pytest.raises(UserError, match="unknown task.*quickstart_span_corruption"):
+    pipeline.get_dataset("no_such_task", LENGTHS, "train", 2)
+
+
+def test_same_seed_same_batches_other_seed_differs(configured):
+  get = lambda seed: take(pipeline.get_dataset("text_span_corruption", LENGTHS, "train", 4,
+                                               seed=seed), 2)
+  a, b, c = get(3), get(3), get(4)
+  assert all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+  assert not all(np.array_equal(x["encoder_input_tokens"], y["encoder_input_tokens"])
+                 for x, y in zip(a, c))
+
+
+def test_iterator_restore_continues_at_next_batch(configured, tmp_path):
+  make = lambda: pipeline.DataIterator(
+      pipeline.get_dataset("text_span_corruption", LENGTHS, "train", 4, seed=5))
+  it = make()
+  for _ in range(3):
+    next(it)
+  it.save(str(tmp_path / "it"))
+  expected = [next(it) for _ in range(4)]  # Crosses an epoch boundary of the tiny corpus too.
+  restored = make()
+  restored.restore(str(tmp_path / "it"))
+  assert restored.state() == {"batches": 3}
+  got = [next(restored) for _ in range(4)]
+  for e, g in zip(expected, got):
+    for k in e:
+      np.testing.assert_array_equal(e[k], g[k])
+
+
+def test_restore_from_missing_directory_is_a_user_error(configured, tmp_path):
+  it = pipeline.DataIterator(pipeline.get_dataset("text_span_corruption", LENGTHS, "train", 2))
+  with pytest.raises(UserError, match="no data iterator checkpoint"):
+    it.restore(str(tmp_path / "nothing"))
+
+
+def test_validation_split(configured):
+  batches = take(pipeline.get_dataset("text_span_corruption", LENGTHS, "validation", 2,
+                                      shuffle=False, repeat=False), 1000)
+  assert 0 < len(batches) < 100
