@@ -1,0 +1,127 @@
+"""`python -m t5x_lite.infer --model_dir=DIR --input="text with <extra_id_0> ..." [--step=N]
+[--max_decode_length=N] [--ids] [--vocab=spiece.model] [--dtype=float32|bfloat16]`
+
+Greedy decoding (with the key/value cache) from a checkpoint on one device. Prints one decoded
+line per --input (repeatable), or with --ids one JSON object per input:
+{"input_ids": [... 1], "output_ids": [... through the first EOS]}.
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from t5x_lite import hf_files
+from t5x_lite.errors import UserError, run_main
+from t5x_lite.models import EOS_ID, PAD_ID
+
+DEFAULT_MAX_DECODE_LENGTH = 64
+
+
+def load_vocabulary(model_dir: str, vocab: str | None, meta: dict):
+  """seqio vocabulary: --vocab, else MODEL_DIR/spiece.model (an import), else the run's task."""
+  import seqio
+  path = vocab or os.path.join(model_dir, "spiece.model")
+  if vocab and not os.path.isfile(vocab):
+    raise UserError(f"--vocab file {vocab} does not exist")
+  if os.path.isfile(path):
+    with open(path, "rb") as f:
+      hf_files.check_sentencepiece(f.read(), path)
+    return seqio.SentencePieceVocabulary(path, extra_ids=hf_files.EXTRA_IDS)
+  data, why = hf_files.task_sentencepiece(meta)
+  if data is None:
+    raise UserError(f"no vocabulary: {why}; pass --vocab=PATH/spiece.model")
+  # seqio reads vocabularies from files: load from a temporary copy, then drop it.
+  fd, path = tempfile.mkstemp(suffix=".model")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    vocab = seqio.SentencePieceVocabulary(path, extra_ids=hf_files.EXTRA_IDS)
+    vocab.vocab_size  # noqa: B018  (loads the model now, while the file exists)
+  finally:
+    os.remove(path)
+  return vocab
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_greedy_decode(cfg):
+  """One compiled decode per model config, shared by every Decoder of this process."""
+  import jax
+  from t5x_lite.models import EncoderDecoderModel
+  return jax.jit(EncoderDecoderModel(cfg).greedy_decode, static_argnums=2)
+
+
+class Decoder:
+  """Params of one checkpoint on one device and a jitted greedy decode."""
+
+  def __init__(self, model_dir: str, step: int | None = None, dtype: str = "float32"):
+    from t5x_lite.models import EncoderDecoderModel
+    restored = hf_files.restore_params(model_dir, step)
+    self.step, self.meta, self.params = restored.step, restored.meta, restored.params
+    # Params are float32; float32 activations give the same tokens as a float32 HF export.
+    self.cfg = dataclasses.replace(restored.cfg, dtype=dtype, dropout_rate=0.0)
+    self.model = EncoderDecoderModel(self.cfg)
+    self._decode = _jitted_greedy_decode(self.cfg)
+
+  def default_max_decode_length(self) -> int:
+    lengths = self.meta.get("task_feature_lengths") or {}
+    return int(lengths.get("targets", DEFAULT_MAX_DECODE_LENGTH))
+
+  def generate(self, input_ids: list[list[int]], max_decode_length: int) -> list[list[int]]:
+    """Each input (EOS included) -> its greedy output through the first EOS (or the limit)."""
+    for ids in input_ids:
+      bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
+      if bad:
+        raise UserError(f"token id {bad[0]} is outside the model's vocab_size {self.cfg.vocab_size}")
+    length = max(len(ids) for ids in input_ids)
+    batch = np.full((len(input_ids), length), PAD_ID, np.int32)
+    for row, ids in enumerate(input_ids):
+      batch[row, :len(ids)] = ids
+    tokens = np.asarray(self._decode(self.params, batch, max_decode_length))
+    outputs = []
+    for row in tokens.tolist():
+      end = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
+      outputs.append(row[:end])
+    return outputs
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m t5x_lite.infer", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model_dir", required=True)
+  parser.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+  parser.add_argument("--input", action="append", required=True,
+                      help="input text (repeatable; decoded as one batch)")
+  parser.add_argument("--max_decode_length", type=int, default=None,
+                      help="default: the run's target length, else 64")
+  parser.add_argument("--ids", action="store_true", help="print token ids as JSON")
+  parser.add_argument("--vocab", default=None, help="SentencePiece model (default: "
+                      "MODEL_DIR/spiece.model, else the run's task vocabulary)")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="activation dtype")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  if args.max_decode_length is not None and args.max_decode_length < 1:
+    raise UserError(f"--max_decode_length must be positive, got {args.max_decode_length}")
+  model_dir = os.path.abspath(args.model_dir)
+  decoder = Decoder(model_dir, args.step, args.dtype)
+  vocab = load_vocabulary(model_dir, args.vocab, decoder.meta)
+  if vocab.vocab_size > decoder.cfg.vocab_size:
+    raise UserError(f"the vocabulary has {vocab.vocab_size} ids but the model only "
+                    f"{decoder.cfg.vocab_size}")
+  inputs = [list(vocab.encode(text)) + [EOS_ID] for text in args.input]
+  outputs = decoder.generate(inputs, args.max_decode_length or decoder.default_max_decode_length())
+  for input_ids, output_ids in zip(inputs, outputs):
+    if args.ids:
+      print(json.dumps({"input_ids": input_ids, "output_ids": output_ids}), flush=True)
+    else:
+      print(vocab.decode(output_ids), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  run_main(main)
