@@ -35,6 +35,19 @@ def cross_entropy_with_z_loss(logits, targets, weights, z_loss: float):
   return loss * weights, z_part * weights
 
 
+def normalize_loss(loss_sum, weight_sum, loss_normalizing_factor: None | str | float):
+  """Applies a loss_normalizing_factor (see EncoderDecoderModel.loss_fn) to a summed loss."""
+  if loss_normalizing_factor is None:
+    return loss_sum
+  if loss_normalizing_factor == "num_target_tokens":
+    return loss_sum / jnp.maximum(weight_sum, 1.0)
+  if (isinstance(loss_normalizing_factor, (int, float)) and not isinstance(loss_normalizing_factor, bool)
+      and loss_normalizing_factor > 0):
+    return loss_sum / loss_normalizing_factor
+  raise UserError(f"loss_normalizing_factor must be None, 'num_target_tokens' or a positive number, "
+                  f"got {loss_normalizing_factor!r}")
+
+
 class EncoderDecoderModel:
   """A T5 config and its Flax module, with everything a trainer or evaluator calls."""
 
@@ -98,16 +111,7 @@ class EncoderDecoderModel:
     aux = {"loss": loss_sum, "z_loss": z_sum, "cross_ent_loss": loss_sum - z_sum,
            "weight_sum": weight_sum, "correct": correct,
            "num_examples": jnp.asarray(targets.shape[0], jnp.float32)}
-    if loss_normalizing_factor is None:
-      loss = loss_sum
-    elif loss_normalizing_factor == "num_target_tokens":
-      loss = loss_sum / jnp.maximum(weight_sum, 1.0)
-    elif isinstance(loss_normalizing_factor, (int, float)) and loss_normalizing_factor > 0:
-      loss = loss_sum / loss_normalizing_factor
-    else:
-      raise UserError(f"loss_normalizing_factor must be None, 'num_target_tokens' or a positive "
-                      f"number, got {loss_normalizing_factor!r}")
-    return loss, aux
+    return normalize_loss(loss_sum, weight_sum, loss_normalizing_factor), aux
 
   # ---- inference -----------------------------------------------------------------------------
 
