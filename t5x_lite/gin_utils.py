@@ -4,6 +4,8 @@ Flags: `--gin_file=PATH` (repeatable; searched in the cwd and the repo's `gin/`)
 `--gin_bindings=BINDING` (repeatable) and the shorthand `--gin.NAME=VALUE`.
 """
 
+import contextlib
+import logging
 import os
 import pathlib
 import re
@@ -59,6 +61,23 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str
   return files, bindings, rest
 
 
+class _DropPathNotFound(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Path not found")
+
+
+@contextlib.contextmanager
+def _quiet_include_search():
+  """gin logs an error for every search-path entry an `include` is not in; only a miss in all
+  of them is an error, and that one raises."""
+  noise = _DropPathNotFound()
+  logging.getLogger().addFilter(noise)
+  try:
+    yield
+  finally:
+    logging.getLogger().removeFilter(noise)
+
+
 def _one_line(e: Exception) -> str:
   text = str(e).strip().splitlines()
   return text[0] if text else type(e).__name__
@@ -70,8 +89,9 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
     gin.add_config_file_search_path(root)
   resolved = [_resolve_gin_file(f) for f in files]
   try:
-    gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=finalize,
-                                        skip_unknown=False)
+    with _quiet_include_search():
+      gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=finalize,
+                                          skip_unknown=False)
   except IOError as e:
     raise UserError(f"gin include not found: {_one_line(e)}; searched {', '.join(gin_search_path())}") from None
   except (ValueError, SyntaxError, KeyError, TypeError, NameError, AttributeError) as e:

@@ -46,27 +46,39 @@ def per_layer(tx: optax.GradientTransformation, stacked: Any) -> optax.GradientT
   With scan over layers a parameter holds all layers on axis 0. Adafactor's factoring, update
   clipping and parameter scale are per-tensor statistics, so without this a scanned model would
   train differently from an unscanned one. `stacked` is a tree of bools like the params.
+  Stacks of different depth (encoder and decoder) are vmapped separately; every sub-state keeps
+  the full parameter tree (None elsewhere) so its paths still name the parameters.
   """
 
-  def split(tree):
-    a = jax.tree.map(lambda x, s: x if s else None, tree, stacked)
-    b = jax.tree.map(lambda x, s: None if s else x, tree, stacked)
-    return a, b
+  def depths(tree):
+    return sorted({x.shape[0] for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(stacked)) if s})
 
-  def merge(a, b):
-    return jax.tree.map(lambda s, x, y: x if s else y, stacked, a, b,
+  def select(tree, depth):
+    """The leaves stacked `depth` deep (depth None: the unstacked ones); None elsewhere."""
+    return jax.tree.map(
+        lambda x, s: x if (s and x.shape[0] == depth) or (not s and depth is None) else None,
+        tree, stacked)
+
+  def merge(parts):
+    return jax.tree.map(lambda *xs: next(x for x in xs if x is not None), *parts,
                         is_leaf=lambda x: x is None)
 
   def init(params):
-    layered, flat = split(params)
-    return jax.vmap(tx.init)(layered), tx.init(flat)
+    groups = depths(params)
+    return (tuple(jax.vmap(tx.init)(select(params, d)) for d in groups),
+            tx.init(select(params, None)))
 
   def update(grads, state, params=None):
-    layered_g, flat_g = split(grads)
-    layered_p, flat_p = split(params) if params is not None else (None, None)
-    layered_u, layered_s = jax.vmap(tx.update)(layered_g, state[0], layered_p)
-    flat_u, flat_s = tx.update(flat_g, state[1], flat_p)
-    return merge(layered_u, flat_u), (layered_s, flat_s)
+    groups = depths(grads)
+    updates, layered_states = [], []
+    for d, sub_state in zip(groups, state[0]):
+      p = select(params, d) if params is not None else None
+      u, new_state = jax.vmap(tx.update)(select(grads, d), sub_state, p)
+      updates.append(u)
+      layered_states.append(new_state)
+    p = select(params, None) if params is not None else None
+    flat_u, flat_state = tx.update(select(grads, None), state[1], p)
+    return merge([*updates, flat_u]), (tuple(layered_states), flat_state)
 
   return optax.GradientTransformation(init, update)
 

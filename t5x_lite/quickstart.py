@@ -30,14 +30,14 @@ def main() -> int:
   print(f"quickstart corpus: {corpus['train']} (vocabulary {vocab}), ready in "
         f"{time.time() - started:.0f}s", flush=True)
 
-  from t5x_lite import train
+  from t5x_lite import training
   import tasks  # noqa: F401
   files, bindings, rest = gin_utils.split_gin_flags(extra)
   if rest:
     parser.error(f"unknown arguments {rest}")
   gin_utils.parse_gin([*GIN_FILES, *files], [f"MODEL_DIR = {model_dir!r}", *bindings])
   started = time.time()
-  result = train.train()
+  result = training.train()
   train_seconds = time.time() - started
 
   exported = None

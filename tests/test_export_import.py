@@ -98,10 +98,7 @@ def quiet(*_):
   pass
 
 
-CASES = [("v1_0", 2, 3, False), ("v1_1", 3, 2, False), ("v1_0", 2, 2, True), ("v1_1", 2, 2, True)]
-# Scanned stacks of different depths: optimizers.per_layer vmaps the encoder and decoder stacks in
-# one call, so the Trainer cannot be built for them yet.
-SCANNED_UNEQUAL = ("v1_1", 3, 1, True)
+CASES = [("v1_0", 2, 3, False), ("v1_1", 3, 2, False), ("v1_0", 2, 2, True), ("v1_1", 3, 1, True)]
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +123,7 @@ def imported(tmp_path_factory, spm_path):
 CASE_IDS = lambda c: f"{c[0]}-el{c[1]}-dl{c[2]}-scan{c[3]}"  # noqa: E731
 
 
-@pytest.mark.parametrize("case", CASES + [pytest.param(SCANNED_UNEQUAL, marks=pytest.mark.xfail(
-    strict=True, raises=ValueError, reason="optimizers.per_layer: one vmap over stacks of "
-    "different depths"))], ids=CASE_IDS)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_import_export_round_trip(case, imported, tmp_path):
   model, hf_dir, model_dir, _ = imported(case)
   version = case[0]

@@ -1,0 +1,212 @@
+"""The training loop: data, steps, evaluation, metrics, checkpoints and resumption.
+
+Configured by gin as `train.*` (see gin/runs/pretrain.gin); the CLI is t5x_lite/train.py.
+"""
+
+import dataclasses
+import math
+import os
+import signal
+import time
+
+import gin
+import jax
+import numpy as np
+
+from t5x_lite import checkpoints, config, flops, partitioning
+from t5x_lite import optimizers  # noqa: F401  (registers gin configurables)
+from t5x_lite.data import pipeline
+from t5x_lite.errors import UserError
+from t5x_lite.metrics_writer import MetricsWriter
+from t5x_lite.models import EncoderDecoderModel
+from t5x_lite.trainer import LossConfig, Trainer
+
+
+class _Preemption:
+  """SIGTERM asks for a save at the next step boundary and a clean exit."""
+
+  def __init__(self):
+    self.requested = False
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+
+def _first_nonfinite(pending: list[tuple[int, dict]]) -> int | None:
+  for step, metrics in pending:
+    if not math.isfinite(float(metrics["loss"])):
+      return step
+  return None
+
+
+def evaluate(trainer: Trainer, state, eval_dataset, eval_steps: int) -> dict:
+  totals = {"loss_sum": 0.0, "num_correct": 0.0, "num_tokens": 0.0}
+  for batch in eval_dataset.take(eval_steps).as_numpy_iterator():
+    out = jax.device_get(trainer.eval_step(state, batch))
+    for k in totals:
+      totals[k] += float(out[k])
+  n = max(totals["num_tokens"], 1.0)
+  return {"eval_loss": totals["loss_sum"] / n, "eval_accuracy": totals["num_correct"] / n}
+
+
+def _write_config(model_dir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
+      f.write(gin.operative_config_str())
+
+
+@gin.configurable(denylist=["stop_at_step"])
+def train(model_dir: str | None = None,
+          train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: dict = gin.REQUIRED,
+          num_partitions: int = 1,
+          num_microbatches: int = 1,
+          checkpoint_period: int = 1000,
+          eval_period: int = 1000,
+          eval_steps: int = 10,
+          log_period: int = 10,
+          seed: int = 0,
+          use_packing: bool = False,
+          peak_flops_per_device: float | None = None,
+          stop_at_step: int | None = None) -> dict:
+  """Trains until `train_steps`; returns the last train and eval metrics.
+
+  `stop_at_step` (not a gin binding) ends the run early with a checkpoint, as a preemption would.
+  """
+  if not model_dir:
+    raise UserError("MODEL_DIR is not set; pass --gin.MODEL_DIR=\"'/path/to/run'\"")
+  model_dir = os.path.abspath(os.path.expanduser(model_dir))
+  for name, value in (("TRAIN_STEPS", train_steps), ("BATCH_SIZE", batch_size),
+                      ("CHECKPOINT_PERIOD", checkpoint_period), ("EVAL_PERIOD", eval_period)):
+    if not isinstance(value, int) or value < 1:
+      raise UserError(f"{name} must be a positive integer, got {value!r}")
+  os.makedirs(model_dir, exist_ok=True)
+
+  cfg = config.model_config()
+  model = EncoderDecoderModel(cfg)
+  mesh = partitioning.make_mesh(num_partitions)
+  data_parallel = mesh.shape["data"]
+  if batch_size % data_parallel:
+    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by the data-parallel size "
+                    f"{data_parallel} ({jax.device_count()} devices / NUM_PARTITIONS={num_partitions})")
+  if batch_size % (data_parallel * num_microbatches) and num_microbatches > 1:
+    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by num_microbatches={num_microbatches} "
+                    f"x data-parallel size {data_parallel}")
+  vocab_size = pipeline.get_vocabulary(mixture_or_task_name).vocab_size
+  if vocab_size > cfg.vocab_size:
+    raise UserError(f"task {mixture_or_task_name!r} has {vocab_size} tokens but the model's "
+                    f"vocab_size is {cfg.vocab_size}")
+
+  trainer = Trainer(model, mesh, partitioning.logical_axis_rules(), task_feature_lengths,
+                    num_microbatches=num_microbatches, loss_config=LossConfig())
+  ckpt = checkpoints.Checkpointer(model_dir)
+  writer = MetricsWriter(model_dir)
+  shard = dict(shard_id=jax.process_index(), num_shards=jax.process_count())
+  train_iter = pipeline.DataIterator(pipeline.get_dataset(
+      mixture_or_task_name, task_feature_lengths, "train", batch_size, shuffle=True, seed=seed,
+      use_packing=use_packing, **shard))
+  eval_dataset = pipeline.get_dataset(
+      mixture_or_task_name, task_feature_lengths, "validation", batch_size, shuffle=False,
+      seed=seed, use_packing=use_packing, repeat=True, **shard)
+
+  restored = ckpt.restore(trainer.abstract_state())
+  if restored is None:
+    state = trainer.init_state(seed)
+    step = 0
+  else:
+    step, state, meta = restored
+    data_path = ckpt.data_state_path(step)
+    if data_path is not None:
+      train_iter.restore(data_path)
+    elif meta.get("batches_consumed", 0) != 0:
+      raise UserError(f"checkpoint step {step} in {ckpt.directory} has no data position for "
+                      f"process {jax.process_index()} in {ckpt.data_directory}")
+    # else: a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh.
+    writer.console(f"resumed from step {step} ({ckpt.directory})")
+
+  flops_per_example = config.train_flops_per_example(
+      cfg, task_feature_lengths["inputs"], task_feature_lengths["targets"])
+  peak = peak_flops_per_device or flops.peak_flops_per_device()
+  tokens_per_step = batch_size * (task_feature_lengths["inputs"] + task_feature_lengths["targets"])
+  lr_schedule = optimizers.rsqrt_schedule()
+
+  def save(at_step: int, state) -> None:
+    meta = {"step": at_step, "batches_consumed": train_iter.state()["batches"],
+            "model_config": dataclasses.asdict(cfg), "gin_config": gin.config_str(),
+            "mixture_or_task_name": mixture_or_task_name,
+            "task_feature_lengths": dict(task_feature_lengths)}
+    ckpt.save(at_step, state, meta, train_iter.save)
+
+  last_eval = {}
+  if step == 0:
+    last_eval = {"step": 0, **evaluate(trainer, state, eval_dataset, eval_steps)}
+    writer.write(last_eval)
+    writer.console(f"step {0:>7d} | eval loss {last_eval['eval_loss']:.4f} | "
+                   f"eval acc {last_eval['eval_accuracy']:.4f}")
+
+  preemption = _Preemption()
+  end_step = min(train_steps, stop_at_step) if stop_at_step else train_steps
+  pending: list[tuple[int, dict]] = []
+  last_saved = step if restored is not None else None
+  last_log_time = started = time.time()
+  first_step, last_log_step, last_train = step, step, {}
+  config_written = False
+  while step < end_step:
+    batch = next(train_iter)
+    state, metrics = trainer.train_step(state, batch)
+    step += 1
+    pending.append((step, metrics))
+    if not config_written:
+      _write_config(model_dir)
+      config_written = True
+
+    is_last = step == end_step
+    do_log = step % log_period == 0 or is_last
+    do_eval = step % eval_period == 0 or step == train_steps
+    do_save = step % checkpoint_period == 0 or is_last or preemption.requested
+    if do_log or do_eval or do_save:
+      bad_step = _first_nonfinite(pending)
+      if bad_step is not None:
+        ckpt.wait()
+        good = f"the last good checkpoint is step {last_saved} in {ckpt.directory}" if last_saved \
+            is not None else "no checkpoint was written"
+        raise UserError(f"loss is {float(dict(pending)[bad_step]['loss'])} at step {bad_step}; "
+                        f"stopping ({good})")
+    if do_log:
+      host_metrics = jax.device_get(pending[-1][1])
+      now = time.time()
+      step_time = (now - last_log_time) / max(step - last_log_step, 1)
+      last_log_time, last_log_step = now, step
+      record = {"step": step, "loss": float(host_metrics["loss"]),
+                "accuracy": float(host_metrics["accuracy"]),
+                "z_loss": float(host_metrics["z_loss"]),
+                "learning_rate": float(lr_schedule(step - 1)),
+                "grad_norm": float(host_metrics["grad_norm"]),
+                "tokens_per_second": tokens_per_step / step_time, "step_time_s": step_time,
+                "mfu": (flops_per_example * batch_size / step_time / (peak * jax.device_count()))
+                       if peak else None}
+      writer.write(record)
+      writer.train_line(record, train_steps, started, first_step)
+      last_train = record
+    if do_log or do_eval or do_save:
+      pending.clear()
+    if do_eval:
+      last_eval = {"step": step, **evaluate(trainer, state, eval_dataset, eval_steps)}
+      writer.write(last_eval)
+      writer.console(f"step {step:>7d} | eval loss {last_eval['eval_loss']:.4f} | "
+                     f"eval acc {last_eval['eval_accuracy']:.4f}")
+      last_log_time = time.time()  # keep eval time out of the step time
+    if do_save:
+      save(step, state)
+      last_saved = step
+      last_log_time = time.time()  # nor the blocking part of the save
+      if preemption.requested:
+        writer.console(f"SIGTERM: saved step {step}, exiting")
+        break
+  ckpt.close()
+  _write_config(model_dir)
+  writer.close()
+  return {"step": step, **last_train, **{k: v for k, v in last_eval.items() if k != "step"}}

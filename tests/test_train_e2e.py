@@ -1,0 +1,165 @@
+"""The train command end to end on a tiny local corpus: metrics, eval, resume, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+import tasks  # noqa: F401
+from t5x_lite import gin_utils, hf_files, training
+from t5x_lite.data import testing
+from t5x_lite.errors import UserError
+
+TINY = [
+    "model_config.name = 't5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
+    "model_config.vocab_size = 256",
+    "MIXTURE_OR_TASK_NAME = 'text_span_corruption'",
+    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
+    "BATCH_SIZE = 8",
+    "train.eval_steps = 2",
+    "train.log_period = 2",
+]
+GIN_FILES = ["runs/quickstart.gin"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("corpus")
+  docs = testing.make_documents(200, seed=3, max_words=80)
+  return [
+      f"text_corpus.train_files = '{testing.write_text_shards(root, 'train', docs[:180], 2)}'",
+      f"text_corpus.validation_files = '{testing.write_text_shards(root, 'val', docs[180:], 1)}'",
+      f"task_vocabulary.path = '{testing.train_tiny_vocab(root, vocab_size=100)}'",
+  ]
+
+
+def bindings(corpus, model_dir, steps, period, extra=()):
+  return [*TINY, *corpus, f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}",
+          f"CHECKPOINT_PERIOD = {period}", f"EVAL_PERIOD = {period}", *extra]
+
+
+def train_in_process(corpus, model_dir, steps, period=2, stop_at_step=None, extra=()):
+  gin.clear_config()
+  gin_utils.parse_gin(GIN_FILES, bindings(corpus, model_dir, steps, period, extra))
+  try:
+    return training.train(stop_at_step=stop_at_step)
+  finally:
+    gin.clear_config()
+
+
+def train_command(corpus, model_dir, steps, period=2, extra=()):
+  cmd = [sys.executable, "-m", "t5x_lite.train"]
+  cmd += [f"--gin_file={f}" for f in GIN_FILES]
+  cmd += [f"--gin_bindings={b}" for b in bindings(corpus, model_dir, steps, period, extra)]
+  return cmd
+
+
+def final_params(model_dir):
+  return jax.device_get(hf_files.restore_params(str(model_dir)).params)
+
+
+def assert_bit_identical(a, b):
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+    assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus, tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("reference")
+  result = train_in_process(corpus, model_dir, steps=8, period=4)
+  return model_dir, result
+
+
+def test_metrics_config_and_eval(reference_run):
+  model_dir, result = reference_run
+  records = [json.loads(l) for l in open(model_dir / "metrics.jsonl")]
+  train_records = [r for r in records if "loss" in r]
+  eval_records = [r for r in records if "eval_loss" in r]
+  for key in ("step", "loss", "accuracy", "learning_rate", "tokens_per_second", "step_time_s",
+              "mfu", "grad_norm"):
+    assert key in train_records[0], key
+  assert [r["step"] for r in eval_records] == [0, 4, 8]
+  assert eval_records[-1]["eval_loss"] < eval_records[0]["eval_loss"]  # it learns
+  assert all(np.isfinite(r["loss"]) for r in train_records)
+  assert result["step"] == 8
+  config = (model_dir / "config.gin").read_text()
+  assert "BATCH_SIZE = 8" in config and "train.batch_size = %BATCH_SIZE" in config
+  assert "adafactor.decay_rate = 0.8" in config
+  assert sorted(os.listdir(model_dir / "checkpoints"))[-1] == "8"
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(model_dir / "tensorboard"))
+
+
+def test_stop_and_resume_is_bit_identical(corpus, reference_run, tmp_path):
+  ref_dir, _ = reference_run
+  train_in_process(corpus, tmp_path, steps=8, period=4, stop_at_step=4)
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [4]
+  result = train_in_process(corpus, tmp_path, steps=8, period=4)
+  assert result["step"] == 8
+  assert_bit_identical(final_params(tmp_path), final_params(ref_dir))
+
+
+def test_sigkill_then_restart_is_bit_identical(corpus, reference_run, tmp_path):
+  ref_dir, _ = reference_run
+  cmd = train_command(corpus, tmp_path, steps=8, period=4)
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 180
+  try:
+    while not (tmp_path / "checkpoints" / "4").is_dir():
+      assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 4"
+      time.sleep(0.2)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "resumed from step" in out.stdout
+  assert_bit_identical(final_params(tmp_path), final_params(ref_dir))
+
+
+def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
+  cmd = train_command(corpus, tmp_path, steps=10_000, period=10_000)
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  deadline = time.time() + 180
+  while not (tmp_path / "metrics.jsonl").exists() or "loss" not in (tmp_path / "metrics.jsonl").read_text():
+    assert proc.poll() is None and time.time() < deadline, "training did not start"
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0
+  assert "SIGTERM: saved step" in out
+  assert len([s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]) == 1
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(corpus, tmp_path):
+  # A learning rate of 1e30 blows the parameters up within a few steps.
+  with pytest.raises(UserError, match=r"at step \d+; stopping \(the last good checkpoint is step 2"):
+    train_in_process(corpus, tmp_path, steps=40, period=2, extra=[
+        "optimizers.rsqrt_schedule.base_learning_rate = 1e30",
+        "optimizers.adafactor.clipping_threshold = None",
+        "optimizers.adafactor.multiply_by_parameter_scale = False"])
+
+
+def run_cli(args):
+  return subprocess.run([sys.executable, "-m", "t5x_lite.train", *args], capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gin_file=runs/nope.gin"], "gin file 'runs/nope.gin' not found; searched"),
+    (["--gin_file=runs/quickstart.gin", "--gin.train.no_such_flag=1"], "no_such_flag"),
+    (["--gin_file=runs/quickstart.gin", "--gin.MODEL_DIR='/tmp/x'", "--gin.BATCH_SIZE=7",
+      "--gin.model_config.name='t5-efficient-tiny'"], "BATCH_SIZE=7 is not divisible by the data-parallel size 8"),
+])
+def test_user_errors_are_one_line(args, message):
+  out = run_cli(args)
+  assert out.returncode != 0
+  lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
