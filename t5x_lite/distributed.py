@@ -6,8 +6,11 @@ sets them), then JAX's cluster auto-detection (Cloud TPU pods, SLURM) when `--mu
 cluster is detected. A single process needs none of it.
 """
 
+import math
 import os
 import socket
+import sys
+import time
 
 import jax
 
@@ -27,12 +30,33 @@ def _in_cluster() -> bool:
   return "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]
 
 
-def _check_reachable(address: str, timeout_s: float) -> None:
+def _resolve(address: str) -> tuple[str, int]:
   host, _, port = address.rpartition(":")
   try:
     socket.getaddrinfo(host, int(port))
+    return host, int(port)
   except (OSError, ValueError):
     raise UserError(f"coordinator address {address!r} cannot be resolved; use HOST:PORT") from None
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> float:
+  """Waits until the coordinator accepts TCP connections; returns the seconds left.
+
+  jax's client aborts the whole process (a C++ CHECK failure, no Python exception) when it cannot
+  register in time, so an unreachable coordinator is detected here, where it can be named.
+  """
+  host, port = _resolve(address)
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host, port), timeout=min(2.0, timeout_s)):
+        return max(deadline - time.monotonic(), 0.0)
+    except OSError as e:
+      reason = e.strerror or type(e).__name__
+      if time.monotonic() + 0.5 >= deadline:
+        raise UserError(f"coordinator {address} is not reachable after {timeout_s:g}s ({reason}); "
+                        "is process 0 running and the address/port right?") from None
+    time.sleep(0.5)
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -51,7 +75,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       raise UserError("--coordinator_address needs --num_processes and --process_id")
     if not 0 <= process_id < num_processes:
       raise UserError(f"process_id {process_id} is outside [0, {num_processes})")
-    _check_reachable(coordinator_address, timeout_s)
+    if process_id == 0:
+      _resolve(coordinator_address)  # process 0 serves the coordinator itself
+    else:
+      # The rest of the budget (at least a few seconds) bounds registration with all peers.
+      timeout_s = max(int(math.ceil(_wait_for_coordinator(coordinator_address, timeout_s))), 5)
+  where = coordinator_address or "the auto-detected coordinator"
+  # If registration still fails, jax aborts without a Python error: say first what it waits for.
+  who = f"process {process_id} of {num_processes}" if explicit else "this process"
+  print(f"{who}: joining the job at {where} (timeout {timeout_s}s)", file=sys.stderr, flush=True)
   # CPU processes exchange collectives through gloo (loopback or a real network).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
@@ -59,7 +91,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                process_id=process_id, initialization_timeout=timeout_s)
   except Exception as e:  # jax raises XlaRuntimeError/RuntimeError with long multi-line texts
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-    where = coordinator_address or "the auto-detected coordinator"
     raise UserError(f"could not join the job at {where} within {timeout_s}s: {first}") from None
   if num_processes is not None and jax.process_count() != num_processes:
     raise UserError(f"expected {num_processes} processes, the runtime reports {jax.process_count()}")
