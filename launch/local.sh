@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Runs `python -m t5x_lite.train` as NUM_PROCESSES local CPU processes joined by jax.distributed,
+# the same code path as a multi-host pod (gloo collectives, coordinator on 127.0.0.1).
+#
+#   launch/local.sh NUM_PROCESSES [train flags...]
+#   launch/local.sh 2 --gin_file=models/quickstart_tiny.gin --gin_file=runs/quickstart.gin \
+#     --gin.MODEL_DIR="'runs/local2'"
+#
+# Environment:
+#   DEVICES_PER_PROCESS  CPU devices per process (default 2); the mesh spans all processes' devices
+#   LOG_DIR              per-process logs process_<i>.log (default MODEL_DIR/logs, else a tmp dir)
+#   PYTHON               interpreter with t5x_lite installed (default python3)
+#   COORDINATOR_PORT     fixed coordinator port (default: a free one)
+#   KILL_GRACE_S         seconds between SIGTERM and SIGKILL when stopping (default 10)
+# Process 0 also prints to the console. If one process fails, all are stopped and the exit status
+# is that process's. Ctrl-C / SIGTERM are forwarded as SIGTERM, which saves a checkpoint and exits.
+set -euo pipefail
+if (( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501 )); then
+  echo "error: $0 needs bash >= 5.1 (wait -n -p), this is $BASH_VERSION" >&2
+  exit 2
+fi
+
+usage() {
+  echo "usage: $0 NUM_PROCESSES [python -m t5x_lite.train flags...]" >&2
+  exit 2
+}
+[[ $# -ge 1 && $1 =~ ^[1-9][0-9]*$ ]] || usage
+num_processes=$1
+shift
+devices=${DEVICES_PER_PROCESS:-2}
+[[ $devices =~ ^[1-9][0-9]*$ ]] || { echo "error: DEVICES_PER_PROCESS=$devices is not a positive integer" >&2; exit 2; }
+python=${PYTHON:-python3}
+grace=${KILL_GRACE_S:-10}
+
+# A free port: bind port 0 and release it (a tiny race, acceptable on one machine).
+port=${COORDINATOR_PORT:-$("$python" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+address=127.0.0.1:$port
+
+if [[ -z ${LOG_DIR:-} ]]; then
+  model_dir=""
+  for arg in "$@"; do
+    [[ $arg == --gin.MODEL_DIR=* ]] && model_dir=${arg#--gin.MODEL_DIR=}
+  done
+  model_dir=${model_dir//\'/}
+  model_dir=${model_dir//\"/}
+  if [[ -n $model_dir && $model_dir != None && $model_dir != *://* ]]; then
+    LOG_DIR=$model_dir/logs
+  else
+    LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/t5x_lite_local.XXXXXX")
+  fi
+fi
+mkdir -p "$LOG_DIR"
+echo "local.sh: $num_processes processes x $devices CPU devices, coordinator $address, logs in $LOG_DIR/process_<i>.log"
+
+# Each process runs as its own job (set -m: own process group), so one `kill -- -PGID` reaches
+# everything it started.
+set -m
+pids=()
+
+stop_all() {
+  local signal=$1 pid waited=0
+  for pid in "${pids[@]}"; do
+    kill "-$signal" -- "-$pid" 2>/dev/null || true
+  done
+  # Peers blocked in a collective never reach a step boundary: escalate after the grace period.
+  while (( waited < grace * 10 )); do
+    local alive=0
+    for pid in "${pids[@]}"; do
+      kill -0 -- "-$pid" 2>/dev/null && alive=1  # anyone left in its group
+    done
+    (( alive )) || return 0
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  for pid in "${pids[@]}"; do
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
+}
+
+# shellcheck disable=SC2317  # invoked from the traps below
+on_signal() {
+  trap - INT TERM
+  echo "local.sh: $1, stopping all processes (SIGTERM, then SIGKILL after ${grace}s)" >&2
+  stop_all TERM
+  wait || true
+  exit "$2"
+}
+trap 'on_signal interrupted 130' INT
+trap 'on_signal terminated 143' TERM
+# Whatever ends this script (set -e included) must not leave processes behind.
+trap 'stop_all KILL' EXIT
+
+for ((i = 0; i < num_processes; i++)); do
+  log=$LOG_DIR/process_$i.log
+  echo "=== $(date -u +%FT%TZ) process $i of $num_processes: $python -m t5x_lite.train $*" >>"$log"
+  run=(env JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=
+    "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$devices"
+    "T5X_LITE_COORDINATOR_ADDRESS=$address" "T5X_LITE_NUM_PROCESSES=$num_processes"
+    "T5X_LITE_PROCESS_ID=$i" "$python" -m t5x_lite.train "$@")
+  if (( i == 0 )); then
+    ( set -o pipefail; "${run[@]}" 2>&1 | tee -a "$log" ) &
+  else
+    "${run[@]}" >>"$log" 2>&1 &
+  fi
+  pids+=("$!")
+done
+set +m  # jobs keep their own process groups; no job-status chatter from here on
+
+# Reap processes as they finish; the first failure stops the rest.
+status=0
+running=("${pids[@]}")
+while (( ${#running[@]} )); do
+  rc=0
+  done_pid=""
+  wait -n -p done_pid "${running[@]}" || rc=$?
+  failed="?"
+  for i in "${!pids[@]}"; do
+    [[ ${pids[$i]} == "$done_pid" ]] && failed=$i
+  done
+  if [[ $failed == "?" ]]; then
+    running=()
+  else
+    unset "running[$failed]"
+  fi
+  if (( rc != 0 )); then
+    status=$rc
+    echo "local.sh: process $failed exited with status $rc; stopping the others" \
+      "(log: $LOG_DIR/process_$failed.log)" >&2
+    if [[ $failed != 0 && -f $LOG_DIR/process_$failed.log ]]; then
+      tail -n 5 "$LOG_DIR/process_$failed.log" | sed "s/^/  process $failed: /" >&2
+    fi
+    stop_all TERM
+    break
+  fi
+done
+wait 2>/dev/null || true
+trap - EXIT
+exit "$status"
