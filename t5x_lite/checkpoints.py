@@ -10,18 +10,17 @@ it in MODEL_DIR/data_state/<step>/process_<i>/, written before the orbax save an
 place, and is only used together with a complete orbax step.
 """
 
-import logging
 import os
 import shutil
+import time
 from typing import Any, Callable
 
 import gin
 import jax
+import jax.experimental.multihost_utils
 import orbax.checkpoint as ocp
 
 from t5x_lite.errors import UserError
-
-log = logging.getLogger(__name__)
 
 
 @gin.configurable
@@ -98,11 +97,21 @@ class Checkpointer:
         if step is not None or candidate == steps[0]:
           raise UserError(f"checkpoint {os.path.join(self.directory, str(candidate))} cannot be "
                           f"restored: {reason}") from None
-        log.warning("checkpoint %s cannot be restored (%s); trying the previous one",
-                    os.path.join(self.directory, str(candidate)), reason)
+        moved = self._quarantine(candidate)
         print(f"warning: checkpoint {os.path.join(self.directory, str(candidate))} cannot be "
-              f"restored ({reason}); using the previous one", flush=True)
+              f"restored ({reason}); moved to {moved}, using the previous one", flush=True)
     return None
+
+  def _quarantine(self, step: int) -> str:
+    """Renames an unreadable step out of the manager's sight (kept for inspection, never deleted),
+    so that training past it can write that step again."""
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.directory, f"unreadable.{step}.{int(time.time())}")
+    if jax.process_index() == 0 and os.path.isdir(source):
+      os.replace(source, target)
+    jax.experimental.multihost_utils.sync_global_devices(f"quarantine_{step}")
+    self.manager.reload()
+    return target
 
   def close(self) -> None:
     self.wait()

@@ -118,6 +118,14 @@ def test_corrupt_latest_falls_back(saved, tmp_path, capsys):
   assert step == 1
   assert_same_values(state, saved[1][1])
   assert f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be restored" in capsys.readouterr().out
+  # The unreadable step is kept aside (never deleted), so training can write step 2 again.
+  assert [p.name.split(".")[:2] for p in (model_dir / "checkpoints").glob("unreadable.*")] == [["unreadable", "2"]]
+  assert checkpoints.Checkpointer(str(model_dir)).all_steps() == [1]
+
+
+def test_params_restore_skips_corrupt_latest(saved, tmp_path, capsys):
+  model_dir = copy_run(saved[0], tmp_path / "run")
+  corrupt_state(model_dir, 2)
   restored = hf_files.restore_params(str(model_dir))
   assert restored.step == 1
   assert f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be restored" in capsys.readouterr().out

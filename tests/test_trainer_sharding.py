@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from t5x_lite import config, partitioning
+from t5x_lite import config, hf_mapping, partitioning
 from t5x_lite.models import EncoderDecoderModel
 from t5x_lite.trainer import Trainer
 
@@ -97,7 +97,25 @@ def test_step0_loss_near_log_vocab(single_device):
 
 
 def test_scan_and_unrolled_layers_train_alike():
-  # Adafactor runs per layer on stacked params, so scan changes nothing numerically.
-  _, scanned, scanned_losses = run((1, 1), tiny_config(scan_layers=True), steps=2)
-  _, unrolled, unrolled_losses = run((1, 1), tiny_config(scan_layers=False), steps=2)
-  np.testing.assert_allclose(scanned_losses, unrolled_losses, rtol=1e-5)
+  # Adafactor runs per layer on stacked params, so scan changes nothing numerically: start both
+  # layouts from the same weights and compare the losses and the updated weights.
+  scanned_cfg, unrolled_cfg = tiny_config(scan_layers=True), tiny_config(scan_layers=False)
+  runs = {}
+  for cfg in (scanned_cfg, unrolled_cfg):
+    mesh = partitioning.make_mesh(1, devices=jax.devices()[:1])
+    trainer = Trainer(EncoderDecoderModel(cfg), mesh, partitioning.DEFAULT_RULES, LENGTHS)
+    state = trainer.init_state(seed=0)
+    if cfg is unrolled_cfg:  # the scanned run's initial weights, unstacked
+      params = hf_mapping.from_hf_state_dict(runs["scanned_init"], cfg)
+      params = jax.device_put(params, trainer.state_shardings.params)
+      state = state.replace(params=params, opt_state=trainer.optimizer.init(params))
+    else:
+      runs["scanned_init"] = hf_mapping.to_hf_state_dict(jax.device_get(state.params), cfg)
+    losses = []
+    for batch in random_batches(2, 8):
+      state, metrics = trainer.train_step(state, batch)
+      losses.append(float(metrics["loss"]))
+    runs[cfg.scan_layers] = (np.array(losses), hf_mapping.to_hf_state_dict(jax.device_get(state.params), cfg))
+  np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
+  for name, value in runs[True][1].items():
+    np.testing.assert_allclose(value, runs[False][1][name], rtol=1e-5, atol=1e-6, err_msg=name)
