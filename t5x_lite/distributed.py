@@ -4,6 +4,9 @@ Sources, in order: explicit flags (`--coordinator_address`, `--num_processes`, `
 the environment (T5X_LITE_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID, as launch/local.sh
 sets them), then JAX's cluster auto-detection (Cloud TPU pods, SLURM) when `--multi_host` or a
 cluster is detected. A single process needs none of it.
+
+Under SLURM, jax gives each process only the GPU numbered SLURM_LOCALID (one process per GPU).
+T5X_LITE_LOCAL_DEVICE_IDS (e.g. `0,1,2,3,4,5,6,7`) overrides that, for one process per node.
 """
 
 import math
@@ -80,6 +83,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     else:
       # The rest of the budget (at least a few seconds) bounds registration with all peers.
       timeout_s = max(int(math.ceil(_wait_for_coordinator(coordinator_address, timeout_s))), 5)
+  local_ids = os.environ.get(_ENV + "LOCAL_DEVICE_IDS", "").strip()
+  try:
+    local_device_ids = [int(i) for i in local_ids.split(",")] if local_ids else None
+  except ValueError:
+    raise UserError(f"{_ENV}LOCAL_DEVICE_IDS={local_ids!r} is not a comma-separated list of "
+                    "device numbers") from None
   where = coordinator_address or "the auto-detected coordinator"
   # If registration still fails, jax aborts without a Python error: say first what it waits for.
   who = f"process {process_id} of {num_processes}" if explicit else "this process"
@@ -88,7 +97,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=timeout_s)
+                               process_id=process_id, local_device_ids=local_device_ids,
+                               initialization_timeout=timeout_s)
   except Exception as e:  # jax raises XlaRuntimeError/RuntimeError with long multi-line texts
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     raise UserError(f"could not join the job at {where} within {timeout_s}s: {first}") from None
