@@ -1,0 +1,315 @@
+"""Truly multi-process training on one machine (launch/local.sh, gloo), its failures, and the
+launch scripts' syntax.
+
+The expensive test trains 2 processes x 2 CPU devices with a stop and a resume, and compares the
+final parameters with one process on 4 devices fed the same global batches.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from t5x_lite import distributed
+from t5x_lite.data import testing
+from t5x_lite.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+LOCAL_SH = REPO / "launch" / "local.sh"
+LAUNCH_SCRIPTS = sorted(p for p in (REPO / "launch").iterdir() if p.suffix in (".sh", ".sbatch"))
+TIMEOUT_S = 420  # per subprocess: generous for a loaded 2-core CI machine, never a hang
+
+# 6 steps as 3 + resume + 3. After 6 Adafactor steps the 2-process and 1-process parameters differ
+# only by float32 summation order (gloo's ring all-reduce vs the in-process one): measured max
+# |diff| about 5e-7 on values up to ~4, so the tolerance is ~4 orders of magnitude below what a
+# wrong batch, shard order or resume position would give (~1e-2).
+STEPS, STOP = 6, 3
+ATOL, RTOL = 2e-6, 1e-5
+
+# One process reading what NUM_SHARDS processes would: shard i fills rows [i*b/n, (i+1)*b/n) of the
+# global batch, which is where jax.make_array_from_process_local_data puts process i's rows when
+# each process's devices are contiguous along `data` (as make_mesh lays them out on CPU).
+AS_IF_SHARDED = """
+import sys
+import tensorflow as tf
+from t5x_lite import errors, train
+from t5x_lite.data import pipeline
+
+n = int(sys.argv[1])
+get_dataset = pipeline.get_dataset
+
+def as_if_sharded(*args, shard_id=0, num_shards=1, **kwargs):
+  assert (shard_id, num_shards) == (0, 1), (shard_id, num_shards)
+  parts = tuple(get_dataset(*args, shard_id=i, num_shards=n, **kwargs) for i in range(n))
+  return tf.data.Dataset.zip(parts).map(
+      lambda *bs: {k: tf.concat([b[k] for b in bs], 0) for k in bs[0]})
+
+pipeline.get_dataset = as_if_sharded
+errors.run_main(lambda: train.main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("mp_corpus")
+  docs = testing.make_documents(160, seed=1, max_words=60)
+  return {
+      "train": testing.write_text_shards(root, "train", docs[:140], num_shards=4),
+      "validation": testing.write_text_shards(root, "validation", docs[140:], num_shards=1),
+      "vocab": testing.train_tiny_vocab(root),
+  }
+
+
+def train_flags(corpus, model_dir, *extra) -> list[str]:
+  return [
+      "--gin_file=models/quickstart_tiny.gin", "--gin_file=runs/quickstart.gin",
+      f"--gin.MODEL_DIR='{model_dir}'",
+      "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
+      f"--gin.text_corpus.train_files='{corpus['train']}'",
+      f"--gin.text_corpus.validation_files='{corpus['validation']}'",
+      f"--gin.task_vocabulary.path='{corpus['vocab']}'",
+      "--gin.model_config.name='t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
+      "--gin.model_config.vocab_size=256",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+      "--gin.BATCH_SIZE=8", f"--gin.TRAIN_STEPS={STEPS}", f"--gin.CHECKPOINT_PERIOD={STOP}",
+      "--gin.EVAL_PERIOD=1000", "--gin.train.eval_steps=1", *extra]
+
+
+# Compile time dominates these runs: skip LLVM's optimisations (a tiny model runs fast anyway).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def child_env(tmp_path, **extra) -> dict:
+  env = dict(os.environ)
+  env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS=FAST_COMPILE,  # local.sh appends the device count
+             PYTHON=sys.executable, KILL_GRACE_S="5",
+             # The resume compiles the same programs again: share them through jax's disk cache.
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  env.update(extra)
+  return env
+
+
+def run(cmd, env, timeout=TIMEOUT_S) -> subprocess.CompletedProcess:
+  """Runs in its own session so that a timeout can stop everything it started."""
+  proc = subprocess.Popen([str(c) for c in cmd], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate()
+    pytest.fail(f"{cmd[:2]} did not finish in {timeout}s:\n{out[-3000:]}\n{err[-3000:]}")
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def closed_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def final_loss(model_dir) -> float:
+  records = [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
+  return [r for r in records if r.get("step") == STEPS and "loss" in r][-1]["loss"]
+
+
+# -- (a) 2 processes x 2 devices, stopped and resumed == 1 process x 4 devices ---------------------
+
+def test_two_processes_stop_resume_match_one_process(corpus, tmp_path):
+  two, one = tmp_path / "two_processes", tmp_path / "one_process"
+  env = child_env(tmp_path, DEVICES_PER_PROCESS="2")
+
+  first = run([LOCAL_SH, 2, *train_flags(corpus, two), f"--stop_at_step={STOP}"], env)
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  assert f"logs in {two}/logs" in first.stdout
+  assert sorted(os.listdir(two / "checkpoints")) == [str(STOP)]
+  assert sorted(os.listdir(two / "data_state" / str(STOP))) == ["process_0", "process_1"]
+  assert (two / "logs" / "process_1.log").read_text().strip()
+
+  second = run([LOCAL_SH, 2, *train_flags(corpus, two)], env)
+  assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+  assert f"resumed from step {STOP}" in second.stdout
+  assert str(STEPS) in os.listdir(two / "checkpoints")
+
+  ref_env = child_env(
+      tmp_path, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count=4")
+  # Evaluation reads only the params; the reference skips it (one compilation less).
+  ref = run([sys.executable, "-c", AS_IF_SHARDED, 2,
+             *train_flags(corpus, one, "--gin.train.eval_steps=0")], ref_env)
+  assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+
+  from t5x_lite import hf_files
+  import jax
+  a, b = hf_files.restore_params(str(two)), hf_files.restore_params(str(one))
+  assert a.step == b.step == STEPS
+  flat_a = jax.tree_util.tree_leaves_with_path(a.params)
+  flat_b = dict(jax.tree_util.tree_leaves_with_path(b.params))
+  assert len(flat_a) == len(flat_b)
+  worst = 0.0
+  for path, x in flat_a:
+    x, y = np.asarray(x), np.asarray(flat_b[path])
+    worst = max(worst, float(np.max(np.abs(x - y))))
+    np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL, err_msg=jax.tree_util.keystr(path))
+  print(f"2x2 processes (stop/resume) vs 1x4: max |param diff| {worst:.2e} after {STEPS} steps")
+  assert abs(final_loss(two) - final_loss(one)) < 1e-5
+
+
+# -- (b) an unreachable coordinator ----------------------------------------------------------------
+
+def test_unreachable_coordinator_fails_in_time_naming_it(tmp_path):
+  address = f"127.0.0.1:{closed_port()}"
+  started = time.monotonic()
+  done = run([sys.executable, "-m", "t5x_lite.train", "--gin_file=models/quickstart_tiny.gin",
+              "--gin_file=runs/quickstart.gin", f"--coordinator_address={address}",
+              "--num_processes=2", "--process_id=1", "--distributed_timeout_s=10"],
+             child_env(tmp_path), timeout=180)
+  elapsed = time.monotonic() - started
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert f"coordinator {address} is not reachable after 10s" in done.stderr
+  assert elapsed < 120  # 10s of waiting plus imports on a slow machine; never jax's abort
+
+
+def test_coordinator_wait_is_bounded_and_named():
+  address = f"127.0.0.1:{closed_port()}"
+  started = time.monotonic()
+  with pytest.raises(UserError, match=f"coordinator {address} is not reachable after 1s"):
+    distributed.initialize(address, num_processes=2, process_id=1, timeout_s=1)
+  assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_processes=2, process_id=2), r"process_id 2 is outside \[0, 2\)"),
+    (dict(num_processes=None, process_id=0), "needs --num_processes and --process_id"),
+])
+def test_bad_process_numbers_are_named(kwargs, message, monkeypatch):
+  for name in ("NUM_PROCESSES", "PROCESS_ID"):
+    monkeypatch.delenv(f"T5X_LITE_{name}", raising=False)
+  with pytest.raises(UserError, match=message):
+    distributed.initialize("127.0.0.1:1", **kwargs)
+
+
+def test_bad_local_device_ids_are_named(monkeypatch):
+  monkeypatch.setenv("T5X_LITE_LOCAL_DEVICE_IDS", "0,one")
+  with pytest.raises(UserError, match="T5X_LITE_LOCAL_DEVICE_IDS='0,one'"):
+    distributed.initialize("127.0.0.1:1", num_processes=2, process_id=0)
+
+
+# -- (c) processes x devices that the mesh cannot use ---------------------------------------------
+
+def test_partitions_not_dividing_all_processes_devices(corpus, tmp_path):
+  done = run([LOCAL_SH, 2, *train_flags(corpus, tmp_path / "run"), "--gin.NUM_PARTITIONS=3"],
+             child_env(tmp_path, DEVICES_PER_PROCESS="2", LOG_DIR=str(tmp_path / "logs")))
+  assert done.returncode == 2
+  # Both processes see the global device count (2 x 2), not their local one.
+  assert "NUM_PARTITIONS=3 does not divide the 4 devices" in done.stdout + done.stderr
+  assert "stopping the others" in done.stderr
+  for i in range(2):
+    assert "NUM_PARTITIONS=3" in (tmp_path / "logs" / f"process_{i}.log").read_text()
+
+
+# -- the launcher's own process handling (a stand-in for python, no jax) ---------------------------
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "$$" >"$PIDS/$T5X_LITE_PROCESS_ID"
+echo "process $T5X_LITE_PROCESS_ID: $T5X_LITE_COORDINATOR_ADDRESS $T5X_LITE_NUM_PROCESSES $XLA_FLAGS"
+if [[ $T5X_LITE_PROCESS_ID == "$FAIL" ]]; then sleep 0.5; echo "process $FAIL failed"; exit 3; fi
+trap "$ON_TERM" TERM
+sleep 300 &
+wait
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+  path = tmp_path / "fake_python"
+  path.write_text(FAKE_PYTHON)
+  path.chmod(0o755)
+  (tmp_path / "pids").mkdir()
+  return path
+
+
+def fake_env(tmp_path, fake_python, **extra):
+  settings = dict(PYTHON=str(fake_python), PIDS=str(tmp_path / "pids"), FAIL="none",
+                  ON_TERM="echo got TERM >\"$PIDS/term_$T5X_LITE_PROCESS_ID\"; exit 0",
+                  COORDINATOR_PORT="12345", LOG_DIR=str(tmp_path / "logs"), KILL_GRACE_S="1")
+  return child_env(tmp_path, **{**settings, **extra})
+
+
+def alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  # A zombie is gone in all but name.
+  stat = pathlib.Path(f"/proc/{pid}/stat")
+  return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+def test_one_failure_stops_all_processes(tmp_path, fake_python):
+  # The others ignore SIGTERM, as peers stuck in a collective effectively do: SIGKILL follows.
+  env = fake_env(tmp_path, fake_python, FAIL="1", ON_TERM="")
+  started = time.monotonic()
+  done = run(["bash", LOCAL_SH, 3, "--some_flag"], env, timeout=60)
+  assert done.returncode == 3
+  assert time.monotonic() - started < 30
+  assert "process 1 exited with status 3" in done.stderr
+  assert "process 1 failed" in done.stderr  # the failed process's log tail
+  logs = tmp_path / "logs"
+  # The caller's XLA_FLAGS are kept; the device count comes last, so it wins.
+  assert f"127.0.0.1:12345 3 {FAST_COMPILE} --xla_force_host_platform_device_count=2" in (
+      logs / "process_2.log").read_text()
+  pids = [int((tmp_path / "pids" / str(i)).read_text()) for i in range(3)]
+  deadline = time.monotonic() + 5
+  while any(alive(p) for p in pids) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert not any(alive(p) for p in pids)
+
+
+def test_sigterm_is_forwarded(tmp_path, fake_python):
+  env = fake_env(tmp_path, fake_python)
+  proc = subprocess.Popen(["bash", str(LOCAL_SH), "2"], env=env, cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+  try:
+    deadline = time.monotonic() + 20
+    while len(os.listdir(tmp_path / "pids")) < 2 and time.monotonic() < deadline:
+      time.sleep(0.1)
+    time.sleep(0.3)  # let the fakes install their traps
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.returncode == 143
+  assert "terminated, stopping all processes" in err
+  assert sorted(p.name for p in (tmp_path / "pids").glob("term_*")) == ["term_0", "term_1"]
+
+
+# -- (d) the launch scripts parse and are shellcheck-clean -----------------------------------------
+
+def test_launch_scripts_exist():
+  names = {p.name for p in LAUNCH_SCRIPTS}
+  assert {"local.sh", "tpu_vm_pod.sh", "slurm_gpu.sbatch"} <= names
+
+
+@pytest.mark.parametrize("script", LAUNCH_SCRIPTS, ids=lambda p: p.name)
+def test_bash_syntax(script):
+  done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@pytest.mark.parametrize("script", LAUNCH_SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script):
+  done = subprocess.run(["shellcheck", "--shell=bash", str(script)], capture_output=True, text=True)
+  assert done.returncode == 0, done.stdout
