@@ -1,47 +1,82 @@
 """Throughput of the span-corruption pipeline (examples/s at inputs 512 / targets 114).
 
-  python benchmarks/data_pipeline.py [--examples=3000] [--cores=1,2]
+  python benchmarks/data_pipeline.py [--examples=3000] [--cores=1,2] \
+      [--t5_python=/path/to/venv-with-t5/bin/python]
 
-Two stages, each pinned to 1 and 2 cores (`taskset` where available, plus a tf.data private
+Stages, each pinned to 1 and 2 cores (`taskset` where available, plus a tf.data private
 thread pool of that size):
   masking    pre-tokenized documents in memory -> chunk, concat/split, mask, EOS
+  t5         the same documents through the original `t5.data.preprocessors.span_corruption`
+             (+ seqio's append_eos_after_trim), run by `--t5_python`: an interpreter of a
+             separate environment with the public `t5` package (this project does not depend
+             on it). Skipped without --t5_python.
   tokenized  the quickstart task end to end: JSONL files -> tokenize -> span corruption
-Each measurement runs in its own process; prints one JSON line per run and a markdown table.
+Both masking stages read the same pre-tokenized documents from one .npz file. Each measurement
+runs in its own process; prints one JSON line per run and a markdown table, then the cores
+needed to feed the `--feed` rate (default: t5-efficient-tiny at 100 steps/s x batch 128).
 """
 
 import argparse
 import json
+import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 LENGTHS = {"inputs": 512, "targets": 114}
 
 
-def _measure(stage: str, cores: int, num_examples: int) -> dict:
+def write_documents(path: str, num_docs: int = 2000, seed: int = 0) -> None:
+  """Random pre-tokenized documents of 50..2000 tokens, as one flat array plus row lengths."""
   import numpy as np
+  rng = np.random.RandomState(seed)
+  lengths = rng.randint(50, 2000, size=num_docs)
+  np.savez(path, tokens=rng.randint(3, 32000, size=int(lengths.sum())).astype(np.int32),
+           lengths=lengths)
+
+
+def _documents_dataset(path: str):
+  import numpy as np
+  import tensorflow as tf
+  data = np.load(path)
+  docs = tf.RaggedTensor.from_row_lengths(data["tokens"], data["lengths"])
+  return tf.data.Dataset.from_tensor_slices(docs).repeat().map(lambda t: {"targets": t})
+
+
+def _masking_dataset(stage: str, docs_path: str):
   import seqio
+  features = {"targets": seqio.Feature(seqio.PassThroughVocabulary(32100, eos_id=1)),
+              "inputs": seqio.Feature(seqio.PassThroughVocabulary(32100, eos_id=1))}
+  ds = _documents_dataset(docs_path)
+  with seqio.utils.map_seed_manager(0):
+    if stage == "t5":
+      from t5.data import preprocessors as t5_preprocessors
+      ds = t5_preprocessors.span_corruption(ds, LENGTHS, features)
+    else:
+      from t5x_lite.data import span_corruption
+      ds = span_corruption.span_corruption(ds, LENGTHS, features)
+    return seqio.preprocessors.append_eos_after_trim(ds, output_features=features,
+                                                     sequence_length=LENGTHS)
+
+
+def _measure(stage: str, cores: int, num_examples: int, docs_path: str) -> dict:
   import tensorflow as tf
 
-  import tasks  # noqa: F401
-  from t5x_lite.data import pipeline, span_corruption
-  from t5x_lite.data.quickstart_corpus import ensure_quickstart_assets
-
-  del pipeline  # Imported to hide accelerators from TF, as in training.
-  if stage == "masking":
-    rng = np.random.RandomState(0)
-    docs = [rng.randint(3, 32000, size=rng.randint(50, 2000)).astype(np.int32) for _ in range(2000)]
-    ds = tf.data.Dataset.from_tensor_slices(tf.ragged.constant(docs)).repeat()
-    ds = ds.map(lambda t: {"targets": t})
-    features = {"targets": seqio.Feature(seqio.PassThroughVocabulary(32100, eos_id=1)),
-                "inputs": seqio.Feature(seqio.PassThroughVocabulary(32100, eos_id=1))}
-    with seqio.utils.map_seed_manager(0):
-      ds = span_corruption.span_corruption(ds, LENGTHS, features)
-      ds = seqio.preprocessors.append_eos_after_trim(ds, output_features=features,
-                                                     sequence_length=LENGTHS)
+  if stage in ("masking", "t5"):
+    if stage == "masking":
+      from t5x_lite.data import pipeline  # noqa: F401  (hides accelerators from TF, as in training)
+    ds = _masking_dataset(stage, docs_path)
   else:
+    import seqio
+
+    import tasks  # noqa: F401
+    from t5x_lite.data import pipeline  # noqa: F401
+    from t5x_lite.data.quickstart_corpus import ensure_quickstart_assets
+
     ensure_quickstart_assets()
     task = seqio.get_mixture_or_task("quickstart_span_corruption")
     ds = task.get_dataset(LENGTHS, split="train", shuffle=False, seed=0, num_epochs=None)
@@ -65,30 +100,55 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--examples", type=int, default=3000)
   parser.add_argument("--cores", default="1,2")
-  parser.add_argument("--stages", default="masking,tokenized")
-  parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
+  parser.add_argument("--stages", default="masking,t5,tokenized")
+  parser.add_argument("--t5_python", help="python of a separate environment with the `t5` package")
+  parser.add_argument("--repeats", type=int, default=1,
+                      help="rounds over all stages (interleaved); the median is reported")
+  parser.add_argument("--feed", type=float, default=100 * 128,
+                      help="examples/s to feed (default: 100 steps/s x batch 128)")
+  parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args._child:
-    print(json.dumps(_measure(args._child[0], int(args._child[1]), args.examples)), flush=True)
+    stage, cores, docs_path = args._child
+    print(json.dumps(_measure(stage, int(cores), args.examples, docs_path)), flush=True)
     return 0
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-  rows = []
-  for stage in args.stages.split(","):
-    for cores in (int(c) for c in args.cores.split(",")):
-      pin = ["taskset", "-c", ",".join(str(i) for i in range(cores))] if shutil.which("taskset") else []
-      cmd = pin + [sys.executable, os.path.abspath(__file__), f"--examples={args.examples}",
-                   "--_child", stage, str(cores)]
-      out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-      if out.returncode:
-        print(out.stderr[-2000:], file=sys.stderr)
-        return 1
-      row = json.loads(out.stdout.strip().splitlines()[-1])
-      print(json.dumps(row), flush=True)
-      rows.append(row)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+             PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(
+                 os.path.abspath(__file__))), os.environ.get("PYTHONPATH")])))
+  stages = [s for s in args.stages.split(",") if s != "t5" or args.t5_python]
+  if "t5" in args.stages.split(",") and not args.t5_python:
+    print("skipping stage t5: pass --t5_python", file=sys.stderr)
+  results: dict[tuple[str, int], list[float]] = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    docs_path = os.path.join(tmp, "docs.npz")
+    write_documents(docs_path)
+    for _ in range(args.repeats):
+      for cores in (int(c) for c in args.cores.split(",")):
+        for stage in stages:
+          pin = (["taskset", "-c", ",".join(str(i) for i in range(cores))]
+                 if shutil.which("taskset") else [])
+          python = args.t5_python if stage == "t5" else sys.executable
+          child_env = env if stage != "t5" else dict(env, PYTHONPATH="")  # t5 side: no project code
+          cmd = pin + [python, os.path.abspath(__file__), f"--examples={args.examples}",
+                       "--_child", stage, str(cores), docs_path]
+          out = subprocess.run(cmd, capture_output=True, text=True, env=child_env)
+          if out.returncode:
+            print(out.stderr[-2000:], file=sys.stderr)
+            return 1
+          row = json.loads(out.stdout.strip().splitlines()[-1])
+          print(json.dumps(row), flush=True)
+          results.setdefault((stage, cores), []).append(row["examples_per_s"])
+  med = {k: statistics.median(v) for k, v in results.items()}
   print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)\n")
-  print("| stage | cores | examples/s |\n|---|---|---|")
-  for r in rows:
-    print(f"| {r['stage']} | {r['cores']} | {r['examples_per_s']} |")
+  print("| stage | cores | examples/s | examples/s per core | cores to feed "
+        f"{args.feed:.0f}/s |\n|---|---|---|---|---|")
+  for (stage, cores), rate in med.items():
+    print(f"| {stage} | {cores} | {rate:.0f} | {rate / cores:.0f} | "
+          f"{math.ceil(args.feed / (rate / cores))} |")
+  for cores in sorted({c for _, c in med}):
+    if ("masking", cores) in med and ("t5", cores) in med:
+      print(f"masking vs t5 at {cores} core(s): "
+            f"{med[('masking', cores)] / med[('t5', cores)]:.2f}x")
   return 0
 
 
