@@ -112,7 +112,7 @@ class RelativePositionBias(nn.Module):
 
   @nn.compact
   def __call__(self, query_positions, key_positions):
-    """Positions [batch, q] and [batch, k] -> float32 bias [batch, heads, q, k]."""
+    """Positions [batch|1, q] and [batch|1, k] -> float32 bias [batch|1, heads, q, k]."""
     table = self.param(
         "rel_embedding", nn.with_logical_partitioning(embedding_init, ("relpos_buckets", "heads")),
         (self.cfg.relative_attention_num_buckets, self.cfg.num_heads), jnp.float32)

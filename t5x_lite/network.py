@@ -107,9 +107,11 @@ def layer_stack(cfg: T5Config, layer_cls, num_layers: int, num_args: int, **laye
 
 
 def default_positions(tokens, positions):
+  """Given positions, or 0..length-1 as [1, length]: the relative position bias of unpacked
+  batches is then computed once, not per example (it broadcasts over the batch)."""
   if positions is not None:
     return positions
-  return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+  return jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
 
 
 def attention_mask(query_valid, key_valid, query_segments=None, key_segments=None, causal=False):
