@@ -7,11 +7,11 @@ step that looks complete):
   meta/   JSON: step, batches consumed per process, the operative gin config
 The tf.data iterator of each process (exact position, shuffle buffers included) is saved beside
 it in MODEL_DIR/data_state/<step>/process_<i>/, written before the orbax save and renamed into
-place, and is only used together with a complete orbax step.
+place, and is only used together with a complete orbax step. Paths go through orbax and
+tf.io.gfile, so MODEL_DIR may be local or gs://.
 """
 
 import os
-import shutil
 import time
 from typing import Any, Callable
 
@@ -19,8 +19,14 @@ import gin
 import jax
 import jax.experimental.multihost_utils
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 from t5x_lite.errors import UserError
+
+
+def _rmtree(path: str) -> None:
+  if tf.io.gfile.exists(path):
+    tf.io.gfile.rmtree(path)
 
 
 @gin.configurable
@@ -28,7 +34,7 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, max_to_keep: int | None = 3, keep_period: int | None = None,
                async_save: bool = True):
-    self.model_dir = os.path.abspath(model_dir)
+    self.model_dir = model_dir if "://" in model_dir else os.path.abspath(model_dir)
     self.directory = os.path.join(self.model_dir, "checkpoints")
     self.data_directory = os.path.join(self.model_dir, "data_state")
     options = ocp.CheckpointManagerOptions(
@@ -44,11 +50,11 @@ class Checkpointer:
     if save_data_iterator is not None:
       final = self._data_path(step)
       tmp = final + ".tmp"
-      shutil.rmtree(tmp, ignore_errors=True)
+      _rmtree(tmp)
       save_data_iterator(tmp)
-      shutil.rmtree(final, ignore_errors=True)
-      os.makedirs(os.path.dirname(final), exist_ok=True)
-      os.replace(tmp, final)
+      _rmtree(final)
+      tf.io.gfile.makedirs(os.path.dirname(final))
+      tf.io.gfile.rename(tmp, final, overwrite=True)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
@@ -60,12 +66,12 @@ class Checkpointer:
     return os.path.join(self.data_directory, str(step), f"process_{jax.process_index()}")
 
   def _prune_data_states(self) -> None:
-    if not os.path.isdir(self.data_directory):
+    if jax.process_index() != 0 or not tf.io.gfile.isdir(self.data_directory):
       return
     keep = {str(s) for s in self.manager.all_steps()}
-    for name in os.listdir(self.data_directory):
-      if name not in keep and jax.process_index() == 0:
-        shutil.rmtree(os.path.join(self.data_directory, name), ignore_errors=True)
+    for name in tf.io.gfile.listdir(self.data_directory):
+      if name.rstrip("/") not in keep:
+        _rmtree(os.path.join(self.data_directory, name.rstrip("/")))
 
   # -- restoring ---------------------------------------------------------------------------------
   def all_steps(self) -> list[int]:
@@ -74,7 +80,7 @@ class Checkpointer:
 
   def data_state_path(self, step: int) -> str | None:
     path = self._data_path(step)
-    return path if os.path.isdir(path) else None
+    return path if tf.io.gfile.isdir(path) else None
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
     """Restores into the shardings of `abstract_state`: the latest complete step, or `step`.
@@ -107,8 +113,8 @@ class Checkpointer:
     so that training past it can write that step again."""
     source = os.path.join(self.directory, str(step))
     target = os.path.join(self.directory, f"unreadable.{step}.{int(time.time())}")
-    if jax.process_index() == 0 and os.path.isdir(source):
-      os.replace(source, target)
+    if jax.process_index() == 0 and tf.io.gfile.isdir(source):
+      tf.io.gfile.rename(source, target)
     jax.experimental.multihost_utils.sync_global_devices(f"quarantine_{step}")
     self.manager.reload()
     return target

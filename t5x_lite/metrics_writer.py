@@ -1,4 +1,7 @@
-"""Training metrics to the console, MODEL_DIR/metrics.jsonl and TensorBoard (process 0 only)."""
+"""Training metrics to the console, MODEL_DIR/metrics.jsonl and TensorBoard (process 0 only).
+
+MODEL_DIR may be local or on an object store (gs://): files go through tf.io.gfile.
+"""
 
 import json
 import math
@@ -7,6 +10,7 @@ import sys
 import time
 
 import jax
+import tensorflow as tf
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -22,30 +26,37 @@ class MetricsWriter:
 
   def __init__(self, model_dir: str, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self._jsonl = None
+    self._path = os.path.join(model_dir, "metrics.jsonl")
+    self._lines: list[str] = []
     self._tb = None
     if self.enabled:
-      os.makedirs(model_dir, exist_ok=True)
-      self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
-      try:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(model_dir, "tensorboard"))
-      except ImportError:  # TensorBoard is optional; the JSONL file has everything.
-        self._tb = None
+      tf.io.gfile.makedirs(model_dir)
+      # Object stores (gs://) cannot append: keep the lines and rewrite the file each time.
+      if tf.io.gfile.exists(self._path):
+        with tf.io.gfile.GFile(self._path) as f:
+          self._lines = f.read().splitlines()
+      # tf.summary writes TensorBoard events locally and to gs:// alike; TF is already here.
+      with tf.device("/CPU:0"):
+        self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
 
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
     record = {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, bool)) else v)
               for k, v in record.items()}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
-    if self._tb is not None:
-      step = int(record["step"])
+    self._lines.append(json.dumps(record))
+    if "://" in self._path:
+      with tf.io.gfile.GFile(self._path, "w") as f:
+        f.write("\n".join(self._lines) + "\n")
+    else:
+      with open(self._path, "a", encoding="utf-8") as f:
+        f.write(self._lines[-1] + "\n")
+    step = int(record["step"])
+    with tf.device("/CPU:0"), self._tb.as_default():
       for key, value in record.items():
-        if key != "step" and isinstance(value, (int, float)) and value is not None:
-          self._tb.add_scalar(key, value, step)
-      self._tb.flush()
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+          tf.summary.scalar(key, value, step=step)
+    self._tb.flush()
 
   def console(self, line: str) -> None:
     if self.enabled:
@@ -63,7 +74,5 @@ class MetricsWriter:
         f"ETA {_fmt_duration(eta)}")
 
   def close(self) -> None:
-    if self._jsonl:
-      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()

@@ -11,7 +11,9 @@ import time
 
 import gin
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
+import tensorflow as tf
 
 from t5x_lite import checkpoints, config, flops, partitioning
 from t5x_lite import optimizers  # noqa: F401  (registers gin configurables)
@@ -23,14 +25,26 @@ from t5x_lite.trainer import LossConfig, Trainer
 
 
 class _Preemption:
-  """SIGTERM asks for a save at the next step boundary and a clean exit."""
+  """SIGTERM asks for a save at the next step boundary that every process agrees on.
+
+  One process: a Python signal handler sets a flag. Several processes: JAX's coordination
+  service already catches SIGTERM on any of them and picks one safe step for all
+  (`reached_preemption_sync_point`), so no process waits in a collective the others skipped.
+  """
 
   def __init__(self):
-    self.requested = False
-    signal.signal(signal.SIGTERM, self._handle)
+    self._flag = False
+    self._multi = jax.process_count() > 1
+    if not self._multi:
+      signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
-    self.requested = True
+    self._flag = True
+
+  def should_stop(self, step: int) -> bool:
+    if self._multi:
+      self._flag = self._flag or multihost_utils.reached_preemption_sync_point(step)
+    return self._flag
 
 
 def _first_nonfinite(pending: list[tuple[int, dict]]) -> int | None:
@@ -52,7 +66,7 @@ def evaluate(trainer: Trainer, state, eval_dataset, eval_steps: int) -> dict:
 
 def _write_config(model_dir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
       f.write(gin.operative_config_str())
 
 
@@ -78,13 +92,15 @@ def train(model_dir: str | None = None,
   """
   if not model_dir:
     raise UserError("MODEL_DIR is not set; pass --gin.MODEL_DIR=\"'/path/to/run'\"")
-  model_dir = os.path.abspath(os.path.expanduser(model_dir))
+  if "://" not in model_dir:  # gs:// and other object stores are used as given
+    model_dir = os.path.abspath(os.path.expanduser(model_dir))
   for name, value in (("TRAIN_STEPS", train_steps), ("BATCH_SIZE", batch_size),
                       ("CHECKPOINT_PERIOD", checkpoint_period), ("EVAL_PERIOD", eval_period)):
     if not isinstance(value, int) or value < 1:
       raise UserError(f"{name} must be a positive integer, got {value!r}")
-  os.makedirs(model_dir, exist_ok=True)
+  tf.io.gfile.makedirs(model_dir)
 
+  preemption = _Preemption()  # early: a SIGTERM during set-up still ends in a clean save
   cfg = config.model_config()
   model = EncoderDecoderModel(cfg)
   mesh = partitioning.make_mesh(num_partitions)
@@ -147,7 +163,6 @@ def train(model_dir: str | None = None,
     writer.console(f"step {0:>7d} | eval loss {last_eval['eval_loss']:.4f} | "
                    f"eval acc {last_eval['eval_accuracy']:.4f}")
 
-  preemption = _Preemption()
   end_step = min(train_steps, stop_at_step) if stop_at_step else train_steps
   pending: list[tuple[int, dict]] = []
   last_saved = step if restored is not None else None
@@ -166,7 +181,8 @@ def train(model_dir: str | None = None,
     is_last = step == end_step
     do_log = step % log_period == 0 or is_last
     do_eval = step % eval_period == 0 or step == train_steps
-    do_save = step % checkpoint_period == 0 or is_last or preemption.requested
+    stop_now = preemption.should_stop(step)
+    do_save = step % checkpoint_period == 0 or is_last or stop_now
     if do_log or do_eval or do_save:
       bad_step = _first_nonfinite(pending)
       if bad_step is not None:
@@ -203,7 +219,7 @@ def train(model_dir: str | None = None,
       save(step, state)
       last_saved = step
       last_log_time = time.time()  # nor the blocking part of the save
-      if preemption.requested:
+      if stop_now:
         writer.console(f"SIGTERM: saved step {step}, exiting")
         break
   ckpt.close()

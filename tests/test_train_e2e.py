@@ -127,7 +127,7 @@ def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
   cmd = train_command(corpus, tmp_path, steps=10_000, period=10_000)
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   deadline = time.time() + 180
-  while not (tmp_path / "metrics.jsonl").exists() or "loss" not in (tmp_path / "metrics.jsonl").read_text():
+  while not (tmp_path / "metrics.jsonl").exists() or '"accuracy"' not in (tmp_path / "metrics.jsonl").read_text():
     assert proc.poll() is None and time.time() < deadline, "training did not start"
     time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
