@@ -76,7 +76,7 @@ class Theirs:
     loss.backward()
     self.optimizer.step()
     self.optimizer.zero_grad(set_to_none=True)
-    return float(loss)
+    return loss.item()
 
 
 def timed(fn, n: int) -> float:
@@ -96,6 +96,8 @@ def main() -> int:
   parser.add_argument("--steps", type=int, default=3, help="steps per side per round")
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--scan_layers", type=int, default=1)
+  parser.add_argument("--also_unrolled", action="store_true",
+                      help="also time ours with scan_layers=False (a run-level option)")
   parser.add_argument("--no_peer", action="store_true", help="time only our trainer")
   args = parser.parse_args()
 
@@ -110,12 +112,16 @@ def main() -> int:
   flops_per_step = config.train_flops_per_example(cfg, args.inputs, args.targets) * args.batch
 
   ours = Ours(cfg, batch, lengths)
+  unrolled = Ours(dataclasses.replace(cfg, scan_layers=False), batch, lengths) \
+      if args.also_unrolled else None
   theirs = None if args.no_peer else Theirs(cfg, batch, args.threads)
   rounds = []
   for r in range(args.rounds):
     flops._measured_cpu_peak = None  # re-measure each round: the host's load drifts
     peak = flops.measure_cpu_matmul_flops()
     row = {"round": r, "peak_gflops": peak / 1e9, "ours_s": timed(ours.step, args.steps)}
+    if unrolled is not None:
+      row["unrolled_s"] = timed(unrolled.step, args.steps)
     if theirs is not None:
       row["theirs_s"] = timed(theirs.step, args.steps)
     row["mfu"] = flops_per_step / row["ours_s"] / peak
@@ -135,6 +141,11 @@ def main() -> int:
     result.update(theirs_step_s=round(med("theirs_s"), 4),
                   theirs_tokens_per_s=round(tokens_per_step / med("theirs_s")),
                   speedup=round(statistics.median(r["theirs_s"] / r["ours_s"] for r in rounds), 2))
+  if unrolled is not None:
+    result.update(unrolled_step_s=round(med("unrolled_s"), 4),
+                  unrolled_tokens_per_s=round(tokens_per_step / med("unrolled_s")),
+                  unrolled_mfu=round(statistics.median(
+                      flops_per_step / r["unrolled_s"] / (r["peak_gflops"] * 1e9) for r in rounds), 3))
   print(json.dumps(result))
   return 0
 
