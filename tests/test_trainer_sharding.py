@@ -118,4 +118,4 @@ def test_scan_and_unrolled_layers_train_alike():
     runs[cfg.scan_layers] = (np.array(losses), hf_mapping.to_hf_state_dict(jax.device_get(state.params), cfg))
   np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
   for name, value in runs[True][1].items():
-    np.testing.assert_allclose(value, runs[False][1][name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(value, runs[False][1][name], rtol=1e-4, atol=1e-5, err_msg=name)
