@@ -129,3 +129,24 @@ def test_gin_configures_density_and_span_length():
     assert (~is_sentinel(e["targets"])).sum() == round(sc.raw_length_for(64, 64, 0.5, 1.0) * 0.5)
   finally:
     gin.clear_config()
+
+
+def test_batched_corruption_of_mixed_lengths_matches_per_row_counts():
+  rng = np.random.RandomState(3)
+  lengths = [568, 1, 2, 3, 17, 568, 100, 567, 5, 568]
+  rows = [rng.randint(3, 32000, size=n) for n in lengths]
+  inputs, targets = sc.span_corrupt_batch(tf.ragged.constant(rows, tf.int32),
+                                          tf.constant([[4, 1], [4, 2]]), C4_VOCAB_SIZE, 0.15, 3.0)
+  for n, tokens, i, t in zip(lengths, rows, inputs.to_list(), targets.to_list()):
+    i, t = np.asarray(i), np.asarray(t)
+    num_noise, num_spans = sc._num_noise(n, 0.15, 3.0)
+    if n == 1:  # A single token stays in the inputs.
+      assert i.tolist() == tokens.tolist() and t.tolist() == [32099]
+      continue
+    assert (len(i) + 1, len(t) + 1) == sc.corrupted_lengths(n)
+    assert (~is_sentinel(t)).sum() == num_noise and is_sentinel(t).sum() == num_spans
+    expected = np.arange(32099, 32099 - num_spans, -1)
+    np.testing.assert_array_equal(i[is_sentinel(i)], expected)
+    np.testing.assert_array_equal(t[is_sentinel(t)], expected)
+    assert t[0] == 32099 and i[-1] == 32099 - num_spans + 1
+    assert reconstruct(i, t) == tokens.tolist()
