@@ -247,11 +247,29 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length, output_features) 
   noise_density, mean_span = span_corruption_config()
   raw_length = raw_length_for(sequence_length["inputs"], sequence_length["targets"],
                               noise_density, mean_span)
-  ds = select_random_chunk(dataset)
-  # Each group of documents is corrupted as one ragged batch of segments (per-op overhead is
-  # paid once per group, not once per segment).
-  ds = _split_groups(ds, raw_length, CONCAT_GROUP_SIZE)
+  # Chunk selection, concatenation and splitting run once per group of documents, and each
+  # group's segments are corrupted as one ragged batch: per-op overhead is paid per group.
+  ds = dataset.map(lambda x: x["targets"]).ragged_batch(CONCAT_GROUP_SIZE)
+  ds = _chunk_and_split_groups(ds, raw_length=raw_length)
   return span_corrupt(ds, output_features, noise_density, mean_span)
+
+
+@seqio.map_over_dataset(num_seeds=1)
+def _chunk_and_split_groups(docs, seed, raw_length: int, max_length: int = MAX_CHUNK_TOKENS):
+  """Ragged [documents, None] -> ragged [segments, None]: a random chunk of at most `max_length`
+  tokens of each document (as `select_random_chunk`), concatenated, cut every `raw_length`."""
+  n = docs.row_lengths()
+  num_chunks = tf.maximum((n + max_length - 1) // max_length, 1)
+  u = tf.random.stateless_uniform(tf.shape(n), seed, dtype=tf.float64)
+  chunk = tf.minimum(tf.cast(tf.floor(u * tf.cast(num_chunks, tf.float64)), tf.int64),
+                     num_chunks - 1)
+  begin = docs.row_starts() + max_length * chunk
+  end = docs.row_starts() + tf.minimum(n, max_length * (chunk + 1))
+  tokens = tf.gather(docs.flat_values, tf.ragged.range(begin, end).flat_values)
+  total = tf.size(tokens, out_type=tf.int64)
+  num_segments = (total + raw_length - 1) // raw_length
+  splits = tf.minimum(tf.range(num_segments + 1) * raw_length, total)
+  return tf.RaggedTensor.from_row_splits(tokens, splits)
 
 
 def span_corruption_task(name: str, source: seqio.DataSource,
