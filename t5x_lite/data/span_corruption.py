@@ -1,7 +1,8 @@
 """Span corruption (the T5 pretraining objective) as seqio-compatible TF preprocessors.
 
 Pipeline per task (after `seqio.preprocessors.tokenize` of the `targets` text):
-  select_random_chunk -> concat_and_split -> span_corrupt -> append_eos_after_trim.
+  groups of documents -> a random chunk of each, concatenated and cut into raw-length segments
+  -> span corruption of the whole group at once -> append_eos_after_trim.
 Every random choice uses stateless ops seeded by `seqio.map_over_dataset(num_seeds=...)`, so a
 dataset is a pure function of the seqio seed (and tf.data iterator checkpoints restore exactly).
 """
@@ -62,42 +63,6 @@ def raw_length_for(inputs_length: int, targets_length: int, noise_density: float
   while fits(n + 1):
     n += 1
   return n
-
-
-@seqio.map_over_dataset(num_seeds=1)
-def select_random_chunk(x, seed, max_length: int = MAX_CHUNK_TOKENS):
-  """Keeps a random window of at most `max_length` tokens of `targets` (whole doc if shorter)."""
-  tokens = x["targets"]
-  n = tf.size(tokens)
-  num_chunks = (n + max_length - 1) // max_length
-  start = max_length * tf.random.stateless_uniform([], seed, 0, tf.maximum(num_chunks, 1),
-                                                   dtype=tf.int32)
-  return {"targets": tokens[start:start + max_length]}
-
-
-def _split_groups(ds: tf.data.Dataset, raw_length: int, group_size: int) -> tf.data.Dataset:
-  """Groups of `group_size` documents, concatenated and cut into a ragged [segments, None]."""
-  ds = ds.filter(lambda x: tf.size(x["targets"]) > 0)
-  ds = ds.map(lambda x: x["targets"]).ragged_batch(group_size)
-
-  def split(group):
-    tokens = group.flat_values
-    n = tf.size(tokens, out_type=tf.int64)
-    num_segments = (n + raw_length - 1) // raw_length
-    splits = tf.minimum(tf.range(num_segments + 1) * raw_length, n)
-    return tf.RaggedTensor.from_row_splits(tokens, splits)
-
-  return ds.map(split, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def concat_and_split(ds: tf.data.Dataset, raw_length: int,
-                     group_size: int = CONCAT_GROUP_SIZE) -> tf.data.Dataset:
-  """Concatenates groups of documents and cuts them into segments of `raw_length` tokens.
-
-  No separator goes between documents (as in T5); the last segment of a group may be shorter.
-  """
-  ds = _split_groups(ds, raw_length, group_size).unbatch()
-  return ds.map(lambda t: {"targets": t})
 
 
 def _noise_counts(lengths, noise_density: float, mean_noise_span_length: float):
@@ -257,7 +222,7 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length, output_features) 
 @seqio.map_over_dataset(num_seeds=1)
 def _chunk_and_split_groups(docs, seed, raw_length: int, max_length: int = MAX_CHUNK_TOKENS):
   """Ragged [documents, None] -> ragged [segments, None]: a random chunk of at most `max_length`
-  tokens of each document (as `select_random_chunk`), concatenated, cut every `raw_length`."""
+  tokens of each document (the whole document if shorter), concatenated, cut every `raw_length`."""
   n = docs.row_lengths()
   num_chunks = tf.maximum((n + max_length - 1) // max_length, 1)
   u = tf.random.stateless_uniform(tf.shape(n), seed, dtype=tf.float64)

@@ -56,7 +56,7 @@ def _unescape_codepoints(cps):
     length = tf.where(hit, 2, length)
 
   def unicode_escape(k):
-    """(is \\uXXXX at i+k, its value)."""
+    """(is a \\u escape with four hex digits at i+k, its value)."""
     digits = [_hex_value(_shift(cps, k + 2 + j)) for j in range(4)]
     valid = (tf.equal(_shift(cps, k), _BACKSLASH) & tf.equal(_shift(cps, k + 1), ord("u"))
              & tf.reduce_all(tf.stack([d >= 0 for d in digits]), axis=0))
