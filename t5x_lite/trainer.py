@@ -143,7 +143,6 @@ class Trainer:
         "accuracy": aux["correct"] / jnp.maximum(aux["weight_sum"], 1.0),
         "num_tokens": aux["weight_sum"],
         "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(params),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
