@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -36,6 +37,20 @@ def test_json_string_field_decodes_like_json(ensure_ascii):
     line = json.dumps({"url": "x\"text\":\"decoy", "text": text, "n": 1}, ensure_ascii=ensure_ascii)
     assert text_decoding.json_string_field(tf.constant(line), "text").numpy().decode() == text
   assert text_decoding.json_string_field(tf.constant('{"other": "x"}'), "text").numpy() == b""
+
+
+def test_json_string_fields_batched_matches_json_loads():
+  # Escapes at string ends next to escape-like starts of the next line, in one batch, so an
+  # escape that reached across lines would show.
+  rng = random.Random(0)
+  alphabet = ["\\", '"', "u", "0", "4", "1", "d", "D", "8", "\n", "a", " ", ":", "\u00e9",
+              "\U0001F600", "\t", "/"]
+  texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(300)]
+  lines = [json.dumps({"text": t, "k": [1, {"text": 2}]}, ensure_ascii=bool(i % 2))
+           for i, t in enumerate(texts)]
+  lines += ['{"text": null, "x": "text"}', '{"text": "unterminated', '{"a": {"text": "nested"}}']
+  got = [t.decode() for t in text_decoding.json_string_fields(tf.constant(lines), "text").numpy()]
+  assert got == texts + ["", "", "nested"]
 
 
 def test_c4_json_shards(tmp_path):
