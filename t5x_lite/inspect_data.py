@@ -23,7 +23,7 @@ from t5x_lite.gin_utils import parse_gin, split_gin_flags
 _OTHER_CONFIGURABLE_MODULES = ("t5x_lite.train",)
 
 
-def _import_configurables() -> None:
+def import_configurables() -> None:
   import tasks  # noqa: F401  (registers the tasks)
   from t5x_lite.data import pipeline  # noqa: F401
   for name in _OTHER_CONFIGURABLE_MODULES:
@@ -34,7 +34,7 @@ def _import_configurables() -> None:
         raise
 
 
-def _macro(name: str):
+def required_macro(name: str):
   try:
     return gin.query_parameter(f"{name}/macro.value")
   except ValueError:
@@ -54,11 +54,11 @@ def main() -> int:
                       help="count documents, empty ones skipped and invalid UTF-8 instead")
   args = parser.parse_args(rest)
 
-  _import_configurables()
+  import_configurables()
   parse_gin(files, bindings)
   from t5x_lite.data import pipeline, registry, sources
 
-  name = _macro("MIXTURE_OR_TASK_NAME")
+  name = required_macro("MIXTURE_OR_TASK_NAME")
   provider = registry.refresh(name)
   if args.stats:
     leaves = getattr(provider, "tasks", None) or [provider]
@@ -69,7 +69,7 @@ def main() -> int:
       print(json.dumps({"task": task.name, "split": args.split, **stats}), flush=True)
     return 0
 
-  lengths = dict(_macro("TASK_FEATURE_LENGTHS"))
+  lengths = dict(required_macro("TASK_FEATURE_LENGTHS"))
   seed = pipeline.DEFAULT_SEED if args.seed is None else args.seed
   ds = provider.get_dataset(sequence_length=lengths, split=args.split, shuffle=args.shuffle,
                             seed=seed, num_epochs=1)

@@ -16,7 +16,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5x_lite.data import registry
+from t5x_lite.data import registry, tokenized_cache
 from t5x_lite.errors import UserError
 
 # A fixed default seed keeps resumption exact: a restored iterator must rebuild the same graph
@@ -45,6 +45,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   `batch_size` is the global batch: each of `num_shards` shards yields batch_size // num_shards
   rows and reads a disjoint part of the data (seqio.ShardInfo: whole files when there are enough,
   else every num_shards-th example). seed=None means DEFAULT_SEED, so runs are reproducible.
+  With `tokenized_cache.cache_dir` bound, tasks read their pre-tokenized cache from there.
   Features (int32): encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
   decoder_loss_weights, plus encoder/decoder_segment_ids and _positions when packed.
   """
@@ -59,8 +60,13 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   seed = DEFAULT_SEED if seed is None else seed
   shard_info = seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None
   lengths = {k: int(v) for k, v in task_feature_lengths.items()}
+  cache_dir = tokenized_cache.tokenized_cache_config()
+  if cache_dir:
+    for task in getattr(provider, "tasks", None) or [provider]:
+      tokenized_cache.use_cache(task, cache_dir, split)
   ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=shuffle, seed=seed,
-                            shard_info=shard_info, num_epochs=None if repeat else 1)
+                            shard_info=shard_info, num_epochs=None if repeat else 1,
+                            use_cached=bool(cache_dir))
   ds = seqio.EncDecFeatureConverter(pack=use_packing)(ds, lengths)
   ds = ds.batch(batch_size // num_shards, drop_remainder=True)
   ds = ds.map(lambda b: {k: tf.cast(v, tf.int32) for k, v in b.items()},

@@ -1,0 +1,162 @@
+"""Pre-tokenized caches: tokenize a task's documents once, then train from the token ids.
+
+Tokenization is the costliest step of the span-corruption pipeline (SentencePiece, about a
+microsecond per token); everything after it (chunks, masks, sentinels) is redone every epoch.
+A cache holds each task's output just before its `seqio.CacheDatasetPlaceholder`, in seqio's
+own cache layout, so `Task.get_dataset(use_cached=True)` reads it (as T5X does):
+
+  CACHE_DIR/TASK/{split}.tfrecord-00003-of-00016   tf.train.Example{"targets": int64 list}
+  CACHE_DIR/TASK/info.{split}.json                  features, num_shards, our vocabulary digest
+  CACHE_DIR/TASK/stats.{split}.json                 examples and tokens
+  CACHE_DIR/TASK/COMPLETED                          written last, when every split is done
+
+Output shard i is input shard i of the source (a file-based source gives one output shard per
+file), each written to a temporary name and renamed, so a killed writer loses nothing and a
+rerun (or other workers, `--worker_id/--num_workers`) skips the shards that exist.
+"""
+
+import hashlib
+import json
+import os
+from typing import Optional, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from t5x_lite.errors import UserError
+
+_SHARD = "{split}.tfrecord-{index:05d}-of-{num_shards:05d}"
+_SHARD_STATS = "{split}.stats-{index:05d}-of-{num_shards:05d}.json"
+_INFO = "info.{split}.json"
+_STATS = "stats.{split}.json"
+_COMPLETED = "COMPLETED"
+
+
+@gin.configurable("tokenized_cache")
+def tokenized_cache_config(cache_dir: Optional[str] = None) -> Optional[str]:
+  """Directory of pre-tokenized caches; when set, training reads tasks from it."""
+  return cache_dir
+
+
+def task_cache_dir(cache_dir: str, task_name: str) -> str:
+  return os.path.join(cache_dir, seqio.utils.get_task_dir_from_name(task_name))
+
+
+def vocabulary_digest(task: seqio.Task) -> str:
+  """What a cache's token ids depend on besides the source: the tokenizer's model bytes."""
+  vocab = task.output_features["targets"].vocabulary
+  model = getattr(vocab, "sp_model", None)
+  data = model if model is not None else repr((type(vocab).__name__, vocab.vocab_size)).encode()
+  return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _example(tokens) -> bytes:
+  feature = tf.train.Feature(int64_list=tf.train.Int64List(value=tokens))
+  return tf.train.Example(features=tf.train.Features(feature={"targets": feature})
+                          ).SerializeToString()
+
+
+def _num_source_shards(task: seqio.Task, split: str) -> int:
+  source = task.source
+  if source.supports_arbitrary_sharding:
+    return 0
+  return len(source.list_shards(split))
+
+
+def write_shard(task: seqio.Task, split: str, index: int, num_shards: int, out_dir: str) -> dict:
+  """Tokenizes input shard `index` of `num_shards` into one cache file; returns its stats."""
+  path = os.path.join(out_dir, _SHARD.format(split=split, index=index, num_shards=num_shards))
+  stats_path = os.path.join(out_dir, _SHARD_STATS.format(split=split, index=index,
+                                                         num_shards=num_shards))
+  if tf.io.gfile.exists(stats_path):  # Written last: the shard is complete.
+    with tf.io.gfile.GFile(stats_path) as f:
+      return json.load(f)
+  ds = task.source.get_dataset(split=split, shuffle=False,
+                               shard_info=seqio.ShardInfo(index=index, num_shards=num_shards))
+  ds = task.preprocess_precache(ds, seed=None)
+  ds = ds.map(lambda ex: ex["targets"], num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  stats = {"examples": 0, "targets_tokens": 0, "targets_max_tokens": 0}
+  tmp = path + ".incomplete"
+  with tf.io.TFRecordWriter(tmp) as writer:
+    for tokens in ds.as_numpy_iterator():
+      writer.write(_example(tokens))
+      stats["examples"] += 1
+      stats["targets_tokens"] += int(tokens.size)
+      stats["targets_max_tokens"] = max(stats["targets_max_tokens"], int(tokens.size))
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+  with tf.io.gfile.GFile(stats_path, "w") as f:
+    json.dump(stats, f)
+  return stats
+
+
+def write_cache(task: seqio.Task, cache_dir: str, splits: Sequence[str],
+                num_shards: Optional[int] = None, worker_id: int = 0,
+                num_workers: int = 1, log=print) -> bool:
+  """Writes this worker's shards of each split; finishes the cache when all shards exist.
+
+  Returns True when the cache is complete.
+  """
+  if not 0 <= worker_id < num_workers:
+    raise UserError(f"worker_id={worker_id} is not in [0, num_workers={num_workers})")
+  out_dir = task_cache_dir(cache_dir, task.name)
+  tf.io.gfile.makedirs(out_dir)
+  complete = True
+  for split in splits:
+    available = _num_source_shards(task, split)
+    n = num_shards or available or 64
+    if available and n > available:
+      raise UserError(f"task {task.name!r} split {split!r} has {available} input files; "
+                      f"--num_shards={n} would leave shards empty (use at most {available})")
+    totals = {"examples": 0, "targets_tokens": 0, "targets_max_tokens": 0}
+    done = 0
+    for index in range(n):
+      stats_path = os.path.join(out_dir, _SHARD_STATS.format(split=split, index=index,
+                                                             num_shards=n))
+      if index % num_workers == worker_id:
+        stats = write_shard(task, split, index, n, out_dir)
+        log(f"{task.name} {split} shard {index + 1}/{n}: {stats['examples']} documents, "
+            f"{stats['targets_tokens']} tokens")
+      elif tf.io.gfile.exists(stats_path):
+        with tf.io.gfile.GFile(stats_path) as f:
+          stats = json.load(f)
+      else:
+        continue  # Another worker's shard, not written yet.
+      done += 1
+      totals["examples"] += stats["examples"]
+      totals["targets_tokens"] += stats["targets_tokens"]
+      totals["targets_max_tokens"] = max(totals["targets_max_tokens"],
+                                         stats["targets_max_tokens"])
+    if done < n:
+      complete = False
+      continue
+    info = {"features": {"targets": {"shape": [None], "dtype": "int32"}}, "num_shards": n,
+            "seqio_version": seqio.__version__, "vocabulary_digest": vocabulary_digest(task)}
+    with tf.io.gfile.GFile(os.path.join(out_dir, _INFO.format(split=split)), "w") as f:
+      json.dump(info, f)
+    with tf.io.gfile.GFile(os.path.join(out_dir, _STATS.format(split=split)), "w") as f:
+      json.dump(totals, f)
+  if complete:
+    with tf.io.gfile.GFile(os.path.join(out_dir, _COMPLETED), "w") as f:
+      f.write(json.dumps({"splits": list(splits)}))
+  return complete
+
+
+def use_cache(task: seqio.Task, cache_dir: str, split: str) -> None:
+  """Points seqio at `cache_dir` for `task`, failing in one line if that cache cannot serve."""
+  out_dir = task_cache_dir(cache_dir, task.name)
+  hint = (f"write it with `python -m t5x_lite.cache_tokenized --task={task.name} "
+          f"--cache_dir={cache_dir}` (same gin files), or unset tokenized_cache.cache_dir")
+  if not tf.io.gfile.exists(os.path.join(out_dir, _COMPLETED)):
+    raise UserError(f"no completed tokenized cache of task {task.name!r} in {out_dir}; {hint}")
+  info_path = os.path.join(out_dir, _INFO.format(split=split))
+  if not tf.io.gfile.exists(info_path):
+    raise UserError(f"the tokenized cache in {out_dir} has no split {split!r}; {hint}")
+  with tf.io.gfile.GFile(info_path) as f:
+    digest = json.load(f).get("vocabulary_digest")
+  if digest != vocabulary_digest(task):
+    raise UserError(f"the tokenized cache in {out_dir} was written with another vocabulary "
+                    f"than task {task.name!r} now uses; {hint}")
+  if cache_dir not in seqio.utils.get_global_cache_dirs():
+    seqio.add_global_cache_dirs([cache_dir])
