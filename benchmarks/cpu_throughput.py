@@ -97,7 +97,8 @@ def main() -> int:
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--scan_layers", type=int, default=1)
   parser.add_argument("--also_unrolled", action="store_true",
-                      help="also time ours with scan_layers=False (a run-level option)")
+                      help="also time ours with the scan fully unrolled (model_config.scan_unroll "
+                           "= depth: same parameters, a run-level option)")
   parser.add_argument("--no_peer", action="store_true", help="time only our trainer")
   args = parser.parse_args()
 
@@ -112,7 +113,8 @@ def main() -> int:
   flops_per_step = config.train_flops_per_example(cfg, args.inputs, args.targets) * args.batch
 
   ours = Ours(cfg, batch, lengths)
-  unrolled = Ours(dataclasses.replace(cfg, scan_layers=False), batch, lengths) \
+  depth = max(cfg.num_encoder_layers, cfg.num_decoder_layers)
+  unrolled = Ours(dataclasses.replace(cfg, scan_unroll=depth), batch, lengths) \
       if args.also_unrolled else None
   theirs = None if args.no_peer else Theirs(cfg, batch, args.threads)
   rounds = []

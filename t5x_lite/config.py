@@ -45,12 +45,15 @@ class T5Config:
   dropout_rate: float = 0.0
   dtype: str = "float32"
   scan_layers: bool = True
+  # Layers per scan iteration (nn.scan's `unroll`): 1 compiles one layer whatever the depth; a
+  # stack's depth unrolls it fully, for faster steps at an unscanned model's compile time.
+  scan_unroll: int = 1
   remat_policy: str = "none"
 
   def __post_init__(self):
     for field in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
                   "num_decoder_layers", "relative_attention_num_buckets",
-                  "relative_attention_max_distance"):
+                  "relative_attention_max_distance", "scan_unroll"):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise UserError(f"model {self.name!r}: {field} must be a positive integer, got {value!r}")
@@ -145,11 +148,12 @@ def model_config(name: str = gin.REQUIRED,
                  dropout_rate: float = 0.0,
                  dtype: str = "float32",
                  scan_layers: bool = True,
+                 scan_unroll: int = 1,
                  remat_policy: str = "none") -> T5Config:
   """The model every gin file configures: a named model, with optional overrides.
 
   Dimension overrides left as None keep what the name says. Model gins bind only `name` (and
-  dimensions); run gins bind dtype, dropout_rate, scan_layers and remat_policy.
+  dimensions); run gins bind dtype, dropout_rate, scan_layers, scan_unroll and remat_policy.
   """
   cfg = resolve_model_name(name)
   dims = dict(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
@@ -157,7 +161,7 @@ def model_config(name: str = gin.REQUIRED,
               feed_forward_proj=feed_forward_proj, tie_word_embeddings=tie_word_embeddings)
   overrides = {k: v for k, v in dims.items() if v is not None}
   return dataclasses.replace(cfg, dropout_rate=dropout_rate, dtype=dtype, scan_layers=scan_layers,
-                             remat_policy=remat_policy, **overrides)
+                             scan_unroll=scan_unroll, remat_policy=remat_policy, **overrides)
 
 
 def hf_config_dict(cfg: T5Config) -> dict:

@@ -16,7 +16,7 @@ from t5x_lite.errors import UserError
 
 EXTRA_IDS = 100
 # T5Config fields with no counterpart in HF's T5Config: they only say how our code runs.
-EXECUTION_ONLY_FIELDS = ("name", "dtype", "scan_layers", "remat_policy")
+EXECUTION_ONLY_FIELDS = ("name", "dtype", "scan_layers", "scan_unroll", "remat_policy")
 
 
 # -- config ----------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ def layer_stack(cfg: T5Config, layer_cls, num_layers: int, num_args: int, **laye
     scanned = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True},
                       in_axes=(nn.broadcast,) * num_args, length=num_layers,
+                      unroll=min(cfg.scan_unroll, num_layers),
                       metadata_params={nn.PARTITION_NAME: "layers"})(
                           cfg=cfg, name="layers", **layer_kwargs)
     return lambda x, *args: scanned(x, *args)[0]

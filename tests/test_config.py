@@ -128,7 +128,7 @@ def test_model_gins_parse_and_resolve(path):
   expected = "t5-efficient-base" if path.stem == "t5_efficient" else stem.replace("t5-1-1-", "t5-v1_1-")
   assert cfg.name == expected
   text = path.read_text()
-  for option in ("dtype", "dropout_rate", "scan_layers", "remat_policy"):
+  for option in ("dtype", "dropout_rate", "scan_layers", "scan_unroll", "remat_policy"):
     assert f"model_config.{option}" not in text
 
 

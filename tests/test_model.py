@@ -103,9 +103,12 @@ def test_scanned_and_unscanned_give_the_same_logits(cfg):
   params = random_params(scanned, 2)
   flat_params = hf_mapping.from_hf_state_dict(hf_mapping.to_hf_state_dict(params, cfg), flat_cfg)
   batch = make_batch()
-  np.testing.assert_allclose(logits_fn(scanned)(params, batch),
-                             logits_fn(models.EncoderDecoderModel(flat_cfg))(flat_params, batch),
-                             atol=1e-5, rtol=0)
+  expected = logits_fn(models.EncoderDecoderModel(flat_cfg))(flat_params, batch)
+  np.testing.assert_allclose(logits_fn(scanned)(params, batch), expected, atol=1e-5, rtol=0)
+  # Unrolling the scan (2 layers per iteration, or the whole stack) keeps parameters and logits.
+  for unroll in (2, 99):
+    unrolled = models.EncoderDecoderModel(dataclasses.replace(cfg, scan_unroll=unroll))
+    np.testing.assert_allclose(logits_fn(unrolled)(params, batch), expected, atol=1e-5, rtol=0)
 
 
 def test_packed_examples_match_each_alone(tiny):
