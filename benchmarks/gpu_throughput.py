@@ -67,6 +67,8 @@ def main() -> int:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--max_batch", type=int, default=4096, help="stop doubling here (0: don't)")
   parser.add_argument("--remat_policy", default="none")
+  parser.add_argument("--scan_unroll", type=int, default=1,
+                      help="layers per scan iteration (model_config.scan_unroll)")
   args = parser.parse_args()
   device = jax.local_devices()[0]
   print(json.dumps({"device": device.device_kind, "platform": device.platform,
@@ -74,7 +76,7 @@ def main() -> int:
   lengths = {"inputs": args.inputs, "targets": args.targets}
   for name in args.models.split(","):
     cfg = dataclasses.replace(config.resolve_model_name(name), dtype=args.dtype,
-                              remat_policy=args.remat_policy)
+                              remat_policy=args.remat_policy, scan_unroll=args.scan_unroll)
     print(json.dumps(measure(cfg, args.batch, lengths, args.steps)), flush=True)
     largest, batch = args.batch, args.batch * 2
     while args.max_batch and batch <= args.max_batch:
