@@ -44,7 +44,7 @@ def main() -> int:
   splits = [s for s in args.splits.split(",") if s]
   start = time.perf_counter()
   complete = True
-  for task in getattr(provider, "tasks", None) or [provider]:
+  for task in registry.leaf_tasks(provider):
     complete &= tokenized_cache.write_cache(task, cache_dir, splits, args.num_shards,
                                             args.worker_id, args.num_workers)
   state = "complete" if complete else "this worker's shards done; others still missing"

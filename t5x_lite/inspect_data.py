@@ -61,8 +61,7 @@ def main() -> int:
   name = required_macro("MIXTURE_OR_TASK_NAME")
   provider = registry.refresh(name)
   if args.stats:
-    leaves = getattr(provider, "tasks", None) or [provider]
-    for task in leaves:
+    for task in registry.leaf_tasks(provider):
       if not isinstance(task.source, sources.CorpusFiles):
         raise UserError(f"--stats reads local file corpora; task {task.name!r} is not one")
       stats = sources.document_stats(task.source, args.split)

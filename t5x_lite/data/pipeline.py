@@ -62,7 +62,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   lengths = {k: int(v) for k, v in task_feature_lengths.items()}
   cache_dir = tokenized_cache.tokenized_cache_config()
   if cache_dir:
-    for task in getattr(provider, "tasks", None) or [provider]:
+    for task in registry.leaf_tasks(provider):
       tokenized_cache.use_cache(task, cache_dir, split)
   ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=shuffle, seed=seed,
                             shard_info=shard_info, num_epochs=None if repeat else 1,

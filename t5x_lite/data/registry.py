@@ -43,12 +43,16 @@ def refresh(mixture_or_task_name: str):
     known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
     raise UserError(f"unknown task or mixture {mixture_or_task_name!r}; registered: "
                     f"{', '.join(known) or 'none (was `tasks` imported?)'}") from None
-  leaves = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-  for task in leaves:
+  for task in leaf_tasks(provider):
     prepare = _BUILDERS.get(task.name, (None, None))[1]
     if prepare:
       prepare()
   return provider
+
+
+def leaf_tasks(provider) -> list[seqio.Task]:
+  """The tasks a task or mixture reads."""
+  return provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
 
 
 def our_task_names() -> list[str]:

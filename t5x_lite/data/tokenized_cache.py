@@ -65,33 +65,55 @@ def _num_source_shards(task: seqio.Task, split: str) -> int:
   return len(source.list_shards(split))
 
 
+def _shard_paths(out_dir: str, split: str, index: int, num_shards: int) -> tuple[str, str]:
+  """(cache file, its stats file) of one output shard."""
+  names = (_SHARD, _SHARD_STATS)
+  return tuple(os.path.join(out_dir, n.format(split=split, index=index, num_shards=num_shards))
+               for n in names)
+
+
+def _read_json(path: str) -> dict:
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, value: dict) -> None:
+  with tf.io.gfile.GFile(path, "w") as f:
+    json.dump(value, f)
+
+
+_NO_STATS = {"examples": 0, "targets_tokens": 0, "targets_max_tokens": 0}
+
+
+def _merged(a: dict, b: dict) -> dict:
+  """Stats of two disjoint sets of documents together (seqio's cache stats keys)."""
+  return {"examples": a["examples"] + b["examples"],
+          "targets_tokens": a["targets_tokens"] + b["targets_tokens"],
+          "targets_max_tokens": max(a["targets_max_tokens"], b["targets_max_tokens"])}
+
+
 def write_shard(task: seqio.Task, split: str, index: int, num_shards: int, out_dir: str) -> dict:
   """Tokenizes input shard `index` of `num_shards` into one cache file; returns its stats."""
-  path = os.path.join(out_dir, _SHARD.format(split=split, index=index, num_shards=num_shards))
-  stats_path = os.path.join(out_dir, _SHARD_STATS.format(split=split, index=index,
-                                                         num_shards=num_shards))
+  path, stats_path = _shard_paths(out_dir, split, index, num_shards)
   if tf.io.gfile.exists(stats_path):  # Written last: the shard is complete.
-    with tf.io.gfile.GFile(stats_path) as f:
-      return json.load(f)
+    return _read_json(stats_path)
   ds = task.source.get_dataset(split=split, shuffle=False,
                                shard_info=seqio.ShardInfo(index=index, num_shards=num_shards))
   ds = task.preprocess_precache(ds, seed=None)
   # Batched, so Python handles one ragged batch per step rather than one tensor per document.
   ds = ds.map(lambda ex: ex["targets"], num_parallel_calls=tf.data.AUTOTUNE).ragged_batch(256)
   ds = ds.map(lambda rt: (rt.flat_values, rt.row_splits)).prefetch(tf.data.AUTOTUNE)
-  stats = {"examples": 0, "targets_tokens": 0, "targets_max_tokens": 0}
+  stats = _NO_STATS
   tmp = path + ".incomplete"
   with tf.io.TFRecordWriter(tmp) as writer:
     for values, splits in ds.as_numpy_iterator():
       for begin, end in zip(splits[:-1], splits[1:]):
         writer.write(_example(values[begin:end]))
       lengths = np.diff(splits)
-      stats["examples"] += int(lengths.size)
-      stats["targets_tokens"] += int(lengths.sum())
-      stats["targets_max_tokens"] = max(stats["targets_max_tokens"], int(lengths.max()))
+      stats = _merged(stats, {"examples": int(lengths.size), "targets_tokens": int(lengths.sum()),
+                              "targets_max_tokens": int(lengths.max())})
   tf.io.gfile.rename(tmp, path, overwrite=True)
-  with tf.io.gfile.GFile(stats_path, "w") as f:
-    json.dump(stats, f)
+  _write_json(stats_path, stats)
   return stats
 
 
@@ -113,37 +135,28 @@ def write_cache(task: seqio.Task, cache_dir: str, splits: Sequence[str],
     if available and n > available:
       raise UserError(f"task {task.name!r} split {split!r} has {available} input files; "
                       f"--num_shards={n} would leave shards empty (use at most {available})")
-    totals = {"examples": 0, "targets_tokens": 0, "targets_max_tokens": 0}
-    done = 0
+    totals, done = _NO_STATS, 0
     for index in range(n):
-      stats_path = os.path.join(out_dir, _SHARD_STATS.format(split=split, index=index,
-                                                             num_shards=n))
+      stats_path = _shard_paths(out_dir, split, index, n)[1]
       if index % num_workers == worker_id:
         stats = write_shard(task, split, index, n, out_dir)
         log(f"{task.name} {split} shard {index + 1}/{n}: {stats['examples']} documents, "
             f"{stats['targets_tokens']} tokens")
       elif tf.io.gfile.exists(stats_path):
-        with tf.io.gfile.GFile(stats_path) as f:
-          stats = json.load(f)
+        stats = _read_json(stats_path)
       else:
         continue  # Another worker's shard, not written yet.
       done += 1
-      totals["examples"] += stats["examples"]
-      totals["targets_tokens"] += stats["targets_tokens"]
-      totals["targets_max_tokens"] = max(totals["targets_max_tokens"],
-                                         stats["targets_max_tokens"])
+      totals = _merged(totals, stats)
     if done < n:
       complete = False
       continue
-    info = {"features": {"targets": {"shape": [None], "dtype": "int32"}}, "num_shards": n,
-            "seqio_version": seqio.__version__, "vocabulary_digest": vocabulary_digest(task)}
-    with tf.io.gfile.GFile(os.path.join(out_dir, _INFO.format(split=split)), "w") as f:
-      json.dump(info, f)
-    with tf.io.gfile.GFile(os.path.join(out_dir, _STATS.format(split=split)), "w") as f:
-      json.dump(totals, f)
+    _write_json(os.path.join(out_dir, _INFO.format(split=split)), {
+        "features": {"targets": {"shape": [None], "dtype": "int32"}}, "num_shards": n,
+        "seqio_version": seqio.__version__, "vocabulary_digest": vocabulary_digest(task)})
+    _write_json(os.path.join(out_dir, _STATS.format(split=split)), totals)
   if complete:
-    with tf.io.gfile.GFile(os.path.join(out_dir, _COMPLETED), "w") as f:
-      f.write(json.dumps({"splits": list(splits)}))
+    _write_json(os.path.join(out_dir, _COMPLETED), {"splits": list(splits)})
   return complete
 
 
@@ -157,9 +170,7 @@ def use_cache(task: seqio.Task, cache_dir: str, split: str) -> None:
   info_path = os.path.join(out_dir, _INFO.format(split=split))
   if not tf.io.gfile.exists(info_path):
     raise UserError(f"the tokenized cache in {out_dir} has no split {split!r}; {hint}")
-  with tf.io.gfile.GFile(info_path) as f:
-    digest = json.load(f).get("vocabulary_digest")
-  if digest != vocabulary_digest(task):
+  if _read_json(info_path).get("vocabulary_digest") != vocabulary_digest(task):
     raise UserError(f"the tokenized cache in {out_dir} was written with another vocabulary "
                     f"than task {task.name!r} now uses; {hint}")
   if cache_dir not in seqio.utils.get_global_cache_dirs():
