@@ -49,8 +49,8 @@ READ_BATCH = 256
 
 
 def clean_texts(texts):
-  """A 1-D batch of texts -> {"text": ...}: UTF-8 repaired, stripped, empty ones dropped."""
-  texts = tf.strings.strip(text_decoding.repair_invalid_utf8(texts))
+  """A 1-D batch of valid UTF-8 texts -> {"text": ...}: stripped, empty ones dropped."""
+  texts = tf.strings.strip(texts)
   return {"text": tf.boolean_mask(texts, tf.strings.length(texts) > 0)}
 
 
@@ -60,14 +60,14 @@ def _lines(path):
 
 
 def _read_batched(path, decode) -> tf.data.Dataset:
-  """Documents of one file: `decode` maps a batch of lines to a batch of texts."""
+  """Documents of one file: `decode` maps a batch of lines to a batch of valid UTF-8 texts."""
   return (_lines(path).batch(READ_BATCH)
           .map(lambda lines: clean_texts(decode(lines)), num_parallel_calls=tf.data.AUTOTUNE)
           .unbatch())
 
 
 def text_lines_reader(path) -> tf.data.Dataset:
-  return _read_batched(path, lambda lines: lines)
+  return _read_batched(path, text_decoding.repair_invalid_utf8)
 
 
 def jsonl_reader(text_field: str) -> Callable[[tf.Tensor], tf.data.Dataset]:

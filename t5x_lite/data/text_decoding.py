@@ -133,10 +133,11 @@ def _unescape_json_bodies(bodies):
 def json_string_fields(lines, field: str):
   """The string value of key `field` in each line of a 1-D batch of JSON object lines.
 
-  '' where a line has no such key with a string value. Vectorised over the batch: escaped
-  backslashes and quotes become placeholders, so every remaining `"` delimits a string; the
-  line split on `"` then has its string literals at odd positions, a key is a literal followed
-  by nothing but a colon, and the value is the literal after it. The first such key counts.
+  '' where a line has no such key with a string value; values are valid UTF-8 (invalid bytes
+  in the lines are replaced first). Vectorised over the batch: escaped backslashes and quotes
+  become placeholders, so every remaining `"` delimits a string; the line split on `"` then has
+  its string literals at odd positions, a key is a literal followed by nothing but a colon, and
+  the value is the literal after it. The first such key counts.
   """
   lines = repair_invalid_utf8(tf.convert_to_tensor(lines))
   text = tf.strings.regex_replace(lines, r"\\\\", _PLACEHOLDER)  # Left to right, as JSON.
