@@ -4,7 +4,8 @@ Layout under MODEL_DIR/checkpoints/<step>/ (managed by orbax.CheckpointManager, 
 step to a temporary directory and renames it when complete, so a crash mid-save never leaves a
 step that looks complete):
   state/  parameters, optimizer state, step and RNG (StandardSave, sharded, async)
-  meta/   JSON: step, batches consumed per process, the operative gin config
+  meta/   JSON: step, batches consumed per process, the operative gin config, the model config
+          and the data settings a resume is checked against (t5x_lite/resume_check.py)
 The tf.data iterator of each process (exact position, shuffle buffers included) is saved beside
 it in MODEL_DIR/data_state/<step>/process_<i>/, written before the orbax save and renamed into
 place, and is only used together with a complete orbax step. Paths go through orbax and
@@ -21,6 +22,7 @@ import jax.experimental.multihost_utils
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from t5x_lite import resume_check
 from t5x_lite.errors import UserError
 
 
@@ -40,8 +42,10 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, keep_period=keep_period, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "meta"))
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "meta"),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   # -- saving ------------------------------------------------------------------------------------
   def save(self, step: int, state: Any, meta: dict, save_data_iterator: Callable[[str], None] | None,
@@ -82,31 +86,73 @@ class Checkpointer:
     path = self._data_path(step)
     return path if tf.io.gfile.isdir(path) else None
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
+  def read_meta(self, step: int) -> dict:
+    return dict(self.manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta)
+
+  def saved_shapes(self, step: int) -> dict[str, tuple]:
+    """{leaf name: shape} of a step's state, from orbax's metadata (no array is read)."""
+    return resume_check.leaf_shapes(self.manager.item_metadata(step)["state"])
+
+  def restore(self, abstract_state: Any, step: int | None = None,
+              check_meta: Callable[[int, dict], None] | None = None
+              ) -> tuple[int, Any, dict] | None:
     """Restores into the shardings of `abstract_state`: the latest complete step, or `step`.
 
-    A latest step that cannot be read is reported by name and the previous one is used.
-    Returns None when there is no checkpoint.
+    Before a step's arrays are read, `check_meta(step, meta)` may refuse it (a UserError for a
+    changed setting) and the saved shapes are compared with `abstract_state`: a checkpoint this run
+    cannot use is an error that leaves every checkpoint where it is. Only a step whose meta or
+    arrays fail to read is moved aside (kept, renamed), at most one per start; the previous step
+    is then used. Returns None when there is no checkpoint.
     """
     steps = self.all_steps()
     if step is not None:
       if step not in steps:
         raise UserError(f"no checkpoint for step {step} in {self.directory}; available: {steps}")
       steps = [step]
+    expected = resume_check.leaf_shapes(abstract_state)
+    moved = None
     for candidate in reversed(steps):
+      where = os.path.join(self.directory, str(candidate))
+      try:
+        meta = self.read_meta(candidate)
+        saved = self.saved_shapes(candidate)
+      except Exception as e:  # noqa: BLE001  (any failure to read is reported the same way)
+        moved = self._unreadable(candidate, steps, e, moved, step is not None)
+        continue
+      if check_meta is not None:
+        check_meta(candidate, meta)
+      mismatch = resume_check.state_mismatch(saved, expected)
+      if mismatch:
+        raise UserError(f"checkpoint {where} holds a state of another shape than this run builds "
+                        f"({mismatch}); was the model or optimizer changed? Use another MODEL_DIR "
+                        f"for a new run (the checkpoints are unchanged)")
       try:
         restored = self.manager.restore(candidate, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        return candidate, restored.state, dict(restored.meta)
-      except Exception as e:  # corrupt, truncated or incompatible: say which, try the previous
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        if step is not None or candidate == steps[0]:
-          raise UserError(f"checkpoint {os.path.join(self.directory, str(candidate))} cannot be "
-                          f"restored: {reason}") from None
-        moved = self._quarantine(candidate)
-        print(f"warning: checkpoint {os.path.join(self.directory, str(candidate))} cannot be "
-              f"restored ({reason}); moved to {moved}, using the previous one", flush=True)
+            state=ocp.args.StandardRestore(abstract_state)))
+      except Exception as e:  # noqa: BLE001
+        moved = self._unreadable(candidate, steps, e, moved, step is not None)
+        continue
+      return candidate, restored.state, meta
     return None
+
+  def _unreadable(self, step: int, steps: list[int], error: Exception, moved: str | None,
+                  explicit: bool) -> str:
+    """Moves an unreadable latest step aside and returns where; refuses to move a second one."""
+    where = os.path.join(self.directory, str(step))
+    text = str(error).strip()
+    reason = text.splitlines()[0][:300] if text else type(error).__name__
+    if explicit or step == steps[0] or moved is not None:
+      earlier = f"{moved} was moved aside on this start; " if moved else ""
+      older = [s for s in steps if s < step]
+      fallback = (f"run again to move it aside too and use step {older[-1]}, or " if older and
+                  not explicit else "")
+      raise UserError(f"checkpoint {where} cannot be read ({reason}); {earlier}nothing else was "
+                      f"moved: {fallback}restore it from a copy, or use another MODEL_DIR")
+    target = self._quarantine(step)
+    print(f"warning: checkpoint {where} cannot be read ({reason}); moved to {target}, using the "
+          f"previous one", flush=True)
+    return target
 
   def _quarantine(self, step: int) -> str:
     """Renames an unreadable step out of the manager's sight (kept for inspection, never deleted),

@@ -5,6 +5,7 @@ Flags: `--gin_file=PATH` (repeatable; searched in the cwd and the repo's `gin/`)
 """
 
 import contextlib
+import difflib
 import logging
 import os
 import pathlib
@@ -96,3 +97,22 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
     raise UserError(f"gin include not found: {_one_line(e)}; searched {', '.join(gin_search_path())}") from None
   except (ValueError, SyntaxError, KeyError, TypeError, NameError, AttributeError) as e:
     raise UserError(f"bad gin configuration: {_one_line(e)}") from None
+  check_command_line_macros(bindings)
+
+
+def check_command_line_macros(bindings: Sequence[str]) -> None:
+  """A macro set on the command line that nothing uses is a typo: gin would bind it silently."""
+  macro_fn = gin.config.get_configurable(gin.config.macro)
+  used = {ref.config_key[0] for ref in gin.config.iterate_references(gin.config._CONFIG,  # pylint: disable=protected-access
+                                                                     to=macro_fn)}
+  for binding in bindings:
+    m = re.match(r"^\s*([A-Za-z_][\w/]*)\s*=", binding)
+    if not m or m.group(1) in used:
+      continue
+    name = m.group(1)
+    close = difflib.get_close_matches(name, sorted(used), n=1)
+    hint = (f"did you mean {close[0]}?" if close else
+            f"macros the gin files use: {', '.join(sorted(used)) or 'none'}")
+    raise UserError(f"--gin.{name} sets a macro that no gin file uses ({hint}); "
+                    f"parameters are bound as --gin.function.parameter=VALUE")
+

@@ -39,6 +39,34 @@ class MetricsWriter:
       with tf.device("/CPU:0"):
         self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
 
+  def drop_rows_after(self, step: int | None) -> None:
+    """Drops rows past the step a run resumes from (None: a fresh start drops them all).
+
+    Those steps are trained again, so after a crash and resume each step appears once.
+    """
+    if not self.enabled or not self._lines:
+      return
+    def kept(line: str) -> bool:
+      try:
+        return step is not None and int(json.loads(line)["step"]) <= step
+      except (ValueError, KeyError, TypeError):
+        return False  # a line cut short by a crash
+    lines = [line for line in self._lines if kept(line)]
+    if len(lines) != len(self._lines):
+      self._lines = lines
+      self._rewrite()
+
+  def _rewrite(self) -> None:
+    text = "".join(line + "\n" for line in self._lines)
+    if "://" in self._path:
+      with tf.io.gfile.GFile(self._path, "w") as f:
+        f.write(text)
+      return
+    tmp = self._path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, self._path)
+
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
@@ -46,8 +74,7 @@ class MetricsWriter:
               for k, v in record.items()}
     self._lines.append(json.dumps(record))
     if "://" in self._path:
-      with tf.io.gfile.GFile(self._path, "w") as f:
-        f.write("\n".join(self._lines) + "\n")
+      self._rewrite()
     else:
       with open(self._path, "a", encoding="utf-8") as f:
         f.write(self._lines[-1] + "\n")

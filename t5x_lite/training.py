@@ -15,7 +15,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow as tf
 
-from t5x_lite import checkpoints, config, flops, partitioning
+from t5x_lite import checkpoints, config, flops, partitioning, resume_check, run_lock, run_setup
 from t5x_lite import optimizers  # noqa: F401  (registers gin configurables)
 from t5x_lite.data import pipeline
 from t5x_lite.errors import UserError
@@ -85,10 +85,13 @@ def train(model_dir: str | None = None,
           seed: int = 0,
           use_packing: bool = False,
           peak_flops_per_device: float | None = None,
+          allow_data_change: bool = False,
           stop_at_step: int | None = None) -> dict:
   """Trains until `train_steps`; returns the last train and eval metrics.
 
   `stop_at_step` (not a gin binding) ends the run early with a checkpoint, as a preemption would.
+  `allow_data_change`: resume a checkpoint whose data settings differ (see resume_check.py) with
+  the data stream started afresh, instead of refusing.
   """
   if not model_dir:
     raise UserError("MODEL_DIR is not set; pass --gin.MODEL_DIR=\"'/path/to/run'\"")
@@ -98,8 +101,26 @@ def train(model_dir: str | None = None,
                       ("CHECKPOINT_PERIOD", checkpoint_period), ("EVAL_PERIOD", eval_period)):
     if not isinstance(value, int) or value < 1:
       raise UserError(f"{name} must be a positive integer, got {value!r}")
-  tf.io.gfile.makedirs(model_dir)
+  run_setup.prepare_model_dir(model_dir)
+  lock = run_lock.RunLock(model_dir) if jax.process_index() == 0 else None
+  stale = lock.acquire() if lock else None
+  try:
+    run_setup.send_library_logs_to(model_dir)
+    if stale:
+      print(f"warning: {stale}", flush=True)
+    return _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_feature_lengths,
+                  num_partitions, num_microbatches, checkpoint_period, eval_period, eval_steps,
+                  log_period, seed, use_packing, peak_flops_per_device, allow_data_change,
+                  stop_at_step)
+  finally:
+    if lock:
+      lock.release()
 
+
+def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_feature_lengths,
+           num_partitions, num_microbatches, checkpoint_period, eval_period, eval_steps,
+           log_period, seed, use_packing, peak_flops_per_device, allow_data_change,
+           stop_at_step) -> dict:
   preemption = _Preemption()  # early: a SIGTERM during set-up still ends in a clean save
   cfg = config.model_config()
   model = EncoderDecoderModel(cfg)
@@ -111,7 +132,8 @@ def train(model_dir: str | None = None,
   if batch_size % (data_parallel * num_microbatches) and num_microbatches > 1:
     raise UserError(f"BATCH_SIZE={batch_size} is not divisible by num_microbatches={num_microbatches} "
                     f"x data-parallel size {data_parallel}")
-  vocab_size = pipeline.get_vocabulary(mixture_or_task_name).vocab_size
+  run_setup.check_model_splits(cfg, mesh.shape["model"])
+  vocab_size = run_setup.task_vocab_size(mixture_or_task_name)
   if vocab_size > cfg.vocab_size:
     raise UserError(f"task {mixture_or_task_name!r} has {vocab_size} tokens but the model's "
                     f"vocab_size is {cfg.vocab_size}")
@@ -119,7 +141,28 @@ def train(model_dir: str | None = None,
   trainer = Trainer(model, mesh, partitioning.logical_axis_rules(), task_feature_lengths,
                     num_microbatches=num_microbatches, loss_config=LossConfig())
   ckpt = checkpoints.Checkpointer(model_dir)
+  data = resume_check.data_settings(mixture_or_task_name, task_feature_lengths, batch_size,
+                                    use_packing, seed)
+  model_meta = dataclasses.asdict(cfg)
+  data_reset = []  # the changes that reset the data position, when allowed
+
+  def check_meta(at_step: int, meta: dict) -> None:
+    where = os.path.join(ckpt.directory, str(at_step))
+    resume_check.check_model(meta.get("model_config"), model_meta, where)
+    if not meta.get("batches_consumed"):
+      return  # consumed no data (e.g. an imported model): any data starts afresh
+    changes = resume_check.data_changes(
+        meta, data, resume_check.saved_process_count(ckpt.data_directory, at_step))
+    if changes and not allow_data_change:
+      raise UserError(
+          f"checkpoint {where} was trained on other data settings ({resume_check.describe(changes)});"
+          f" its data position does not apply to them: pass --gin.train.allow_data_change=True to "
+          f"continue from step {at_step} with the new data from its start, or use another MODEL_DIR")
+    data_reset[:] = changes
+
+  restored = ckpt.restore(trainer.abstract_state(), check_meta=check_meta)
   writer = MetricsWriter(model_dir)
+  writer.drop_rows_after(restored[0] if restored else None)
   shard = dict(shard_id=jax.process_index(), num_shards=jax.process_count())
   train_iter = pipeline.DataIterator(pipeline.get_dataset(
       mixture_or_task_name, task_feature_lengths, "train", batch_size, shuffle=True, seed=seed,
@@ -128,14 +171,16 @@ def train(model_dir: str | None = None,
       mixture_or_task_name, task_feature_lengths, "validation", batch_size, shuffle=False,
       seed=seed, use_packing=use_packing, repeat=True, **shard)
 
-  restored = ckpt.restore(trainer.abstract_state())
   if restored is None:
     state = trainer.init_state(seed)
     step = 0
   else:
     step, state, meta = restored
     data_path = ckpt.data_state_path(step)
-    if data_path is not None:
+    if data_reset:
+      writer.console(f"data changed ({resume_check.describe(data_reset)}): the data position is "
+                     f"reset; training continues from step {step} on the new data")
+    elif data_path is not None:
       train_iter.restore(data_path)
     elif meta.get("batches_consumed", 0) != 0:
       raise UserError(f"checkpoint step {step} in {ckpt.directory} has no data position for "
@@ -151,9 +196,9 @@ def train(model_dir: str | None = None,
 
   def save(at_step: int, state) -> None:
     meta = {"step": at_step, "batches_consumed": train_iter.state()["batches"],
-            "model_config": dataclasses.asdict(cfg), "gin_config": gin.config_str(),
+            "model_config": model_meta, "gin_config": gin.config_str(),
             "mixture_or_task_name": mixture_or_task_name,
-            "task_feature_lengths": dict(task_feature_lengths)}
+            "task_feature_lengths": dict(task_feature_lengths), "data": data}
     ckpt.save(at_step, state, meta, train_iter.save)
 
   last_eval = {}
