@@ -117,7 +117,7 @@ def test_corrupt_latest_falls_back(saved, tmp_path, capsys):
   ckpt.close()
   assert step == 1
   assert_same_values(state, saved[1][1])
-  assert f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be restored" in capsys.readouterr().out
+  assert f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be read" in capsys.readouterr().out
   # The unreadable step is kept aside (never deleted), so training can write step 2 again.
   assert [p.name.split(".")[:2] for p in (model_dir / "checkpoints").glob("unreadable.*")] == [["unreadable", "2"]]
   assert checkpoints.Checkpointer(str(model_dir)).all_steps() == [1]
@@ -137,13 +137,54 @@ def test_only_corrupt_checkpoint_is_a_user_error(saved, tmp_path):
   corrupt_state(model_dir, 2)
   trainer = make_trainer(1)
   ckpt = checkpoints.Checkpointer(str(model_dir))
-  with pytest.raises(UserError, match=r"checkpoints/2 cannot be restored"):
+  with pytest.raises(UserError, match=r"checkpoints/2 cannot be read .*nothing else was moved"):
     ckpt.restore(trainer.abstract_state())
   ckpt.close()
   with pytest.raises(UserError, match=r"checkpoints/2 cannot be restored"):
     hf_files.restore_params(str(model_dir))
   with pytest.raises(UserError, match="no checkpoints in"):
     hf_files.restore_params(str(tmp_path / "elsewhere"))
+
+
+def listing(model_dir: pathlib.Path) -> dict[str, int]:
+  return {str(p.relative_to(model_dir)): p.stat().st_size for p in model_dir.rglob("*")
+          if p.is_file()}
+
+
+def test_at_most_one_unreadable_step_is_moved_per_start(saved, tmp_path, capsys):
+  model_dir = copy_run(saved[0], tmp_path / "run")
+  corrupt_state(model_dir, 1)
+  corrupt_state(model_dir, 2)
+  trainer = make_trainer(1)
+  ckpt = checkpoints.Checkpointer(str(model_dir))
+  with pytest.raises(UserError, match=r"checkpoints/1 cannot be read .*unreadable\.2\.\d+ was moved "
+                     r"aside on this start; nothing else was moved"):
+    ckpt.restore(trainer.abstract_state())
+  ckpt.close()
+  assert "checkpoints/2 cannot be read" in capsys.readouterr().out
+  assert sorted(p.name.split(".")[0] for p in (model_dir / "checkpoints").iterdir()) == [
+      "1", "unreadable"]
+
+
+def test_other_shapes_are_refused_and_nothing_moves(saved, tmp_path):
+  """A run that builds another state (here a model of other dimensions) must not take the
+  checkpoints for corrupt: an error, every file as it was."""
+  model_dir = copy_run(saved[0], tmp_path / "run")
+  before = listing(model_dir)
+  other = dataclasses.replace(CFG, d_ff=256)
+  trainer = Trainer(EncoderDecoderModel(other), partitioning.make_mesh(1),
+                    partitioning.logical_axis_rules(), LENGTHS)
+  ckpt = checkpoints.Checkpointer(str(model_dir))
+  with pytest.raises(UserError, match=r"checkpoints/2 holds a state of another shape than this run "
+                     r"builds \(.*mlp.*: checkpoint \(.*128.*\), this run \(.*256.*\)\)"):
+    ckpt.restore(trainer.abstract_state())
+  # A refusal from the settings check comes before any array is read, with the same guarantee.
+  def refuse(step, meta):
+    raise UserError(f"refused step {step} ({meta['step']})")
+  with pytest.raises(UserError, match=r"refused step 2 \(2\)"):
+    ckpt.restore(make_trainer(1).abstract_state(), check_meta=refuse)
+  ckpt.close()
+  assert listing(model_dir) == before
 
 
 KILL_MID_SAVE = textwrap.dedent("""
