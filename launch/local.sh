@@ -13,7 +13,8 @@
 #   COORDINATOR_PORT     fixed coordinator port (default: a free one)
 #   KILL_GRACE_S         seconds between SIGTERM and SIGKILL when stopping (default 10)
 # Process 0 also prints to the console. If one process fails, all are stopped and the exit status
-# is that process's. Ctrl-C / SIGTERM are forwarded as SIGTERM, which saves a checkpoint and exits.
+# is that process's. Ctrl-C / SIGTERM are forwarded to every process as SIGTERM: all save the same
+# step and exit, and the script exits 0.
 set -euo pipefail
 if (( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501 )); then
   echo "error: $0 needs bash >= 5.1 (wait -n -p), this is $BASH_VERSION" >&2
@@ -57,37 +58,69 @@ echo "local.sh: $num_processes processes x $devices CPU devices, coordinator $ad
 # everything it started.
 set -m
 pids=()
+running=()
 
 stop_all() {
   local signal=$1 pid waited=0
+  # TERM goes to the python processes themselves, not to the `tee` that copies process 0's
+  # output to the console: a killed tee would fail process 0's next print before it saves.
   for pid in "${pids[@]}"; do
-    kill "-$signal" -- "-$pid" 2>/dev/null || true
+    kill "-$signal" "$pid" 2>/dev/null || true
   done
   # Peers blocked in a collective never reach a step boundary: escalate after the grace period.
   while (( waited < grace * 10 )); do
     local alive=0
     for pid in "${pids[@]}"; do
-      kill -0 -- "-$pid" 2>/dev/null && alive=1  # anyone left in its group
+      kill -0 "$pid" 2>/dev/null && alive=1
     done
     (( alive )) || return 0
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  echo "local.sh: processes still running after ${grace}s; sending SIGKILL" >&2
+  for pid in "${pids[@]}"; do
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
+}
+
+# Ctrl-C or SIGTERM: every process gets SIGTERM, as in a preemption. jax's coordination service
+# agrees on one step, all processes save it and exit 0, and so does this script; a process that
+# fails or needs SIGKILL makes the exit status non-zero.
+# shellcheck disable=SC2317  # invoked from the traps below
+on_signal() {
+  trap - INT TERM
+  echo "local.sh: $1, asking all processes to save and stop (SIGTERM; SIGKILL after ${grace}s)" >&2
+  stop_all TERM
+  local pid rc status=0
+  for pid in "${running[@]}"; do
+    rc=0
+    wait "$pid" || rc=$?
+    (( rc == 0 || status != 0 )) || status=$rc
+  done
+  # Whatever the processes left in their groups (process 0's tee drains within a moment).
+  local waited=0
+  while (( waited < 10 )); do
+    local left=0
+    for pid in "${pids[@]}"; do
+      kill -0 -- "-$pid" 2>/dev/null && left=1
+    done
+    (( left )) || break
     sleep 0.1
     waited=$((waited + 1))
   done
   for pid in "${pids[@]}"; do
     kill -KILL -- "-$pid" 2>/dev/null || true
   done
+  trap - EXIT
+  if (( status == 0 )); then
+    echo "local.sh: all processes saved and stopped" >&2
+  else
+    echo "local.sh: a process ended with status $status (logs: $LOG_DIR/process_<i>.log)" >&2
+  fi
+  exit "$status"
 }
-
-# shellcheck disable=SC2317  # invoked from the traps below
-on_signal() {
-  trap - INT TERM
-  echo "local.sh: $1, stopping all processes (SIGTERM, then SIGKILL after ${grace}s)" >&2
-  stop_all TERM
-  wait || true
-  exit "$2"
-}
-trap 'on_signal interrupted 130' INT
-trap 'on_signal terminated 143' TERM
+trap 'on_signal interrupted' INT
+trap 'on_signal terminated' TERM
 # Whatever ends this script (set -e included) must not leave processes behind.
 trap 'stop_all KILL' EXIT
 
@@ -99,17 +132,18 @@ for ((i = 0; i < num_processes; i++)); do
     "T5X_LITE_COORDINATOR_ADDRESS=$address" "T5X_LITE_NUM_PROCESSES=$num_processes"
     "T5X_LITE_PROCESS_ID=$i" "$python" -m t5x_lite.train "$@")
   if (( i == 0 )); then
-    ( set -o pipefail; "${run[@]}" 2>&1 | tee -a "$log" ) &
+    # tee -i: a Ctrl-C in the terminal must not end the copy while process 0 is still saving.
+    "${run[@]}" > >(tee -ia "$log") 2>&1 &
   else
     "${run[@]}" >>"$log" 2>&1 &
   fi
   pids+=("$!")
+  running+=("$!")
 done
 set +m  # jobs keep their own process groups; no job-status chatter from here on
 
 # Reap processes as they finish; the first failure stops the rest.
 status=0
-running=("${pids[@]}")
 while (( ${#running[@]} )); do
   rc=0
   done_pid=""

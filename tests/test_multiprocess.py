@@ -290,8 +290,10 @@ def test_sigterm_is_forwarded(tmp_path, fake_python):
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
-  assert proc.returncode == 143
-  assert "terminated, stopping all processes" in err
+  # Every process saved and exited 0 (what the fakes do on SIGTERM): so does the launcher.
+  assert proc.returncode == 0, err
+  assert "terminated, asking all processes to save and stop" in err
+  assert "all processes saved and stopped" in err
   assert sorted(p.name for p in (tmp_path / "pids").glob("term_*")) == ["term_0", "term_1"]
 
 
