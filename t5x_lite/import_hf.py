@@ -187,6 +187,9 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = "runs/pretrain.gi
       hf_config = json.load(f)
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read {config_path}: {e}") from None
+  if not isinstance(hf_config, dict):
+    raise UserError(f"{config_path} holds a JSON {type(hf_config).__name__}, not an object; "
+                    f"use the config.json of a Hugging Face T5 model")
   dims = dims_from_hf_config(hf_config, config_path)
   if gin_file:
     check_against_model_gin(dims, gin_file)

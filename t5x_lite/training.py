@@ -54,12 +54,23 @@ def _first_nonfinite(pending: list[tuple[int, dict]]) -> int | None:
   return None
 
 
-def evaluate(trainer: Trainer, state, eval_dataset, eval_steps: int) -> dict:
+def _no_data(task: str, split: str) -> UserError:
+  """An empty corpus (or JSON lines without the text field) ends a repeated dataset at once."""
+  return UserError(
+      f"the {split} split of task {task!r} yields no batch: its files hold no documents (empty, "
+      f"or JSON lines without the field jsonl_corpus.text_field names); check the corpus files")
+
+
+def evaluate(trainer: Trainer, state, eval_dataset, eval_steps: int, task: str = "?") -> dict:
   totals = {"loss_sum": 0.0, "num_correct": 0.0, "num_tokens": 0.0}
+  batches = 0
   for batch in eval_dataset.take(eval_steps).as_numpy_iterator():
     out = jax.device_get(trainer.eval_step(state, batch))
+    batches += 1
     for k in totals:
       totals[k] += float(out[k])
+  if eval_steps > 0 and batches == 0:
+    raise _no_data(task, "validation")
   n = max(totals["num_tokens"], 1.0)
   return {"eval_loss": totals["loss_sum"] / n, "eval_accuracy": totals["num_correct"] / n}
 
@@ -172,8 +183,7 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
       seed=seed, use_packing=use_packing, repeat=True, **shard)
 
   if restored is None:
-    state = trainer.init_state(seed)
-    step = 0
+    state, step = None, 0  # initialised once the data is known to be there
   else:
     step, state, meta = restored
     data_path = ckpt.data_state_path(step)
@@ -201,9 +211,20 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
             "task_feature_lengths": dict(task_feature_lengths), "data": data}
     ckpt.save(at_step, state, meta, train_iter.save)
 
+  def next_batch():
+    try:
+      return next(train_iter)
+    except StopIteration:
+      raise _no_data(mixture_or_task_name, "train") from None
+
+  # The first batch before anything compiles: an empty corpus is an error within seconds.
+  first_batch = next_batch() if step < train_steps else None
+  if state is None:
+    state = trainer.init_state(seed)
   last_eval = {}
   if step == 0:
-    last_eval = {"step": 0, **evaluate(trainer, state, eval_dataset, eval_steps)}
+    last_eval = {"step": 0, **evaluate(trainer, state, eval_dataset, eval_steps,
+                                       mixture_or_task_name)}
     writer.write(last_eval)
     writer.console(f"step {0:>7d} | eval loss {last_eval['eval_loss']:.4f} | "
                    f"eval acc {last_eval['eval_accuracy']:.4f}")
@@ -215,7 +236,8 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
   first_step, last_log_step, last_train = step, step, {}
   config_written = False
   while step < end_step:
-    batch = next(train_iter)
+    batch = first_batch if first_batch is not None else next_batch()
+    first_batch = None
     state, metrics = trainer.train_step(state, batch)
     step += 1
     pending.append((step, metrics))
@@ -255,7 +277,8 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
     if do_log or do_eval or do_save:
       pending.clear()
     if do_eval:
-      last_eval = {"step": step, **evaluate(trainer, state, eval_dataset, eval_steps)}
+      last_eval = {"step": step, **evaluate(trainer, state, eval_dataset, eval_steps,
+                                            mixture_or_task_name)}
       writer.write(last_eval)
       writer.console(f"step {step:>7d} | eval loss {last_eval['eval_loss']:.4f} | "
                      f"eval acc {last_eval['eval_accuracy']:.4f}")

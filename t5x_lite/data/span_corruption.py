@@ -13,6 +13,8 @@ import gin
 import seqio
 import tensorflow as tf
 
+from t5x_lite.errors import UserError
+
 # Longest chunk kept from one document (as in T5's C4 task); longer documents contribute a
 # random window of this many tokens per epoch.
 MAX_CHUNK_TOKENS = 65536
@@ -24,9 +26,10 @@ CONCAT_GROUP_SIZE = 128
 def span_corruption_config(noise_density: float = 0.15, mean_noise_span_length: float = 3.0):
   """The two hyper-parameters of span corruption; bind them in gin to change the objective."""
   if not 0.0 < noise_density < 1.0:
-    raise ValueError(f"noise_density must be in (0, 1), got {noise_density}")
+    raise UserError(f"span_corruption_config.noise_density must be in (0, 1), got {noise_density}")
   if mean_noise_span_length < 1.0:
-    raise ValueError(f"mean_noise_span_length must be >= 1, got {mean_noise_span_length}")
+    raise UserError(f"span_corruption_config.mean_noise_span_length must be >= 1, "
+                    f"got {mean_noise_span_length}")
   return noise_density, mean_noise_span_length
 
 
