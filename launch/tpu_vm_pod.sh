@@ -24,6 +24,9 @@
 #   JAX_SPEC                 default "jax[tpu]" (the project's jax bounds apply)
 #   SKIP_INSTALL=1           the workers are already set up
 #   DETACH=1                 run under nohup (log: ~/t5x_lite_train.log on each worker) and return
+#   STOP=1                   stop a running training as a preemption would: SIGTERM to the
+#                            training process on every worker; all save the same step and exit 0
+# Ctrl-C in the foreground does the same as STOP=1 (and then waits for the save).
 set -euo pipefail
 
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${MODEL_DIR:?set MODEL_DIR (gs://...)}"
@@ -45,6 +48,16 @@ where=(--zone="$ZONE")
 on_all() {  # runs a shell command on every worker, in parallel
   "${tpu[@]}" ssh "$TPU_NAME" "${where[@]}" --worker=all --command="$1"
 }
+# Each worker's training process writes its pid here (see step 3).
+PID_FILE=t5x_lite_train.pid  # in each worker's home directory
+stop_training() {
+  on_all "pid=\$(cat ~/$PID_FILE 2>/dev/null) && kill -TERM \$pid 2>/dev/null \
+&& echo \"\$(hostname): SIGTERM sent to \$pid\" || echo \"\$(hostname): no training running\""
+}
+if [[ ${STOP:-0} == 1 ]]; then
+  stop_training
+  exit 0
+fi
 
 # 1. The TPU VM.
 if "${tpu[@]}" describe "$TPU_NAME" "${where[@]}" --format='value(state)' >/dev/null 2>&1; then
@@ -78,12 +91,25 @@ git -C $REMOTE_DIR checkout -q --detach $(printf '%q' "$ref")"
 fi
 
 # 3. The same command on every worker; --multi_host initialises jax.distributed from the pod.
+# `exec` keeps the recorded pid that of python, so STOP=1 signals the training itself.
 args=$(printf '%q ' "$@" "--gin.MODEL_DIR='$MODEL_DIR'" --multi_host)
-train="cd ~/$REMOTE_DIR && ~/$VENV/bin/python -m t5x_lite.train $args"
+train="cd ~/$REMOTE_DIR && echo \$\$ >~/$PID_FILE && exec ~/$VENV/bin/python -m t5x_lite.train $args"
 if [[ ${DETACH:-0} == 1 ]]; then
   on_all "nohup bash -c $(printf '%q' "$train") >>~/t5x_lite_train.log 2>&1 </dev/null &"
   echo "tpu_vm_pod.sh: started on all workers; logs: ~/t5x_lite_train.log on each," \
-    "metrics: $MODEL_DIR (worker 0 writes them)"
+    "metrics: $MODEL_DIR (worker 0 writes them); stop with STOP=1 $0"
 else
-  on_all "set -o pipefail; $train 2>&1 | tee -a ~/t5x_lite_train.log"
+  # The ssh sessions run in their own process group, so a Ctrl-C here does not cut them (which
+  # would kill the training without a save); it asks every worker to save and stop instead.
+  set -m
+  on_all "set -o pipefail; bash -c $(printf '%q' "$train") 2>&1 | tee -a ~/t5x_lite_train.log" &
+  session=$!
+  set +m
+  trap 'echo "tpu_vm_pod.sh: interrupted; asking every worker to save and stop" >&2; stop_training' INT TERM
+  status=0
+  while true; do
+    wait "$session" && status=0 || status=$?
+    kill -0 "$session" 2>/dev/null || break  # a trap interrupted the wait: keep waiting
+  done
+  exit "$status"
 fi

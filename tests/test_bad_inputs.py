@@ -1,0 +1,166 @@
+"""Every user mistake is one line on stderr, exit code 2, no traceback, and leaves MODEL_DIR's
+checkpoints as they were. Each case runs the real command in a fresh process, with the CLI's own
+logging defaults (no TF_CPP_MIN_LOG_LEVEL from the caller)."""
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+import gin
+import pytest
+
+import tasks  # noqa: F401
+from t5x_lite import gin_utils, training
+from t5x_lite.data import testing
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TINY = [
+    "--gin_file=runs/quickstart.gin",
+    "--gin.model_config.name='t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
+    "--gin.model_config.vocab_size=256",
+    "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+    "--gin.BATCH_SIZE=8", "--gin.train.eval_steps=1", "--gin.TRAIN_STEPS=2",
+    "--gin.CHECKPOINT_PERIOD=2", "--gin.EVAL_PERIOD=2",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("corpus")
+  docs = testing.make_documents(60, seed=7, max_words=60)
+  (root / "empty-0.txt").write_text("")
+  (root / "no_text_key.jsonl").write_text("".join(
+      json.dumps({"body": doc}) + "\n" for doc in docs[:20]))
+  return {"train": testing.write_text_shards(root, "train", docs[:50], 1),
+          "validation": testing.write_text_shards(root, "val", docs[50:], 1),
+          "vocab": testing.train_tiny_vocab(root, vocab_size=100), "root": root}
+
+
+def data_flags(corpus) -> list[str]:
+  return [f"--gin.text_corpus.train_files='{corpus['train']}'",
+          f"--gin.text_corpus.validation_files='{corpus['validation']}'",
+          f"--gin.task_vocabulary.path='{corpus['vocab']}'"]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+  """A run with a checkpoint at step 2, trained in this process (its compile is the cost)."""
+  model_dir = tmp_path_factory.mktemp("trained") / "run"
+  gin.clear_config()
+  flags = TINY + data_flags(corpus) + [f"--gin.MODEL_DIR='{model_dir}'"]
+  files, bindings, _ = gin_utils.split_gin_flags(flags)
+  gin_utils.parse_gin(files, bindings)
+  try:
+    training.train()
+  finally:
+    gin.clear_config()
+  return model_dir
+
+
+def train_cmd(*flags):
+  return [sys.executable, "-m", "t5x_lite.train", *flags]
+
+
+# Each case: (id, builds the command from (corpus, model_dir), what the one line must contain,
+# whether MODEL_DIR starts as a copy of the trained run).
+CASES = [
+    ("misspelled macro", lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
+                                               "--gin.TRAIN_STEPZ=3"),
+     "--gin.TRAIN_STEPZ sets a macro that no gin file uses (did you mean TRAIN_STEPS?)", False),
+    ("empty corpus", lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
+                                           f"--gin.text_corpus.train_files='{c['root']}/empty-*.txt'"),
+     "the train split of task 'text_span_corruption' yields no batch", False),
+    ("jsonl without the text key", lambda c, d: train_cmd(
+        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
+        "--gin.MIXTURE_OR_TASK_NAME='jsonl_span_corruption'",
+        f"--gin.jsonl_corpus.train_files='{c['root']}/no_text_key.jsonl'",
+        f"--gin.jsonl_corpus.validation_files='{c['root']}/no_text_key.jsonl'"),
+     "yields no batch: its files hold no documents (empty, or JSON lines without the field", False),
+    ("partitions not dividing the heads", lambda c, d: train_cmd(
+        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.NUM_PARTITIONS=4"),
+     "NUM_PARTITIONS=4 does not divide the model's num_heads=2", False),
+    ("MODEL_DIR is a file", lambda c, d: train_cmd(
+        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{c['root']}/empty-0.txt'"),
+     "empty-0.txt is a file, not a directory; choose another MODEL_DIR", False),
+    ("MODEL_DIR below a file", lambda c, d: train_cmd(
+        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{c['root']}/empty-0.txt/run'"),
+     "cannot be created: ", False),
+    ("vocabulary on an unreachable object store", lambda c, d: train_cmd(
+        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
+        "--gin.task_vocabulary.path='gs://t5x-lite-test-no-such-bucket/vocab.model'"),
+     "the vocabulary of task 'text_span_corruption' (gs://t5x-lite-test-no-such-bucket/vocab.model)"
+     " cannot be read (offline?)", False),
+    ("noise density out of range", lambda c, d: train_cmd(
+        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
+        "--gin.span_corruption_config.noise_density=1.5"),
+     "span_corruption_config.noise_density must be in (0, 1), got 1.5", False),
+    ("resume with another model", lambda c, d: train_cmd(
+        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPS=4",
+        "--gin.model_config.num_decoder_layers=3"),
+     "was trained with model_config.num_decoder_layers=2, this run has 3", True),
+    ("resume with another batch size", lambda c, d: train_cmd(
+        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPS=4",
+        "--gin.BATCH_SIZE=16"),
+     "was trained on other data settings (batch_size 8 -> 16)", True),
+    ("MODEL_DIR in use", lambda c, d: train_cmd(
+        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPS=4"),
+     "another training run (pid", True),
+    ("HF config.json not an object", lambda c, d: [
+        sys.executable, "-m", "t5x_lite.import_hf", f"--hf_dir={c['root']}/hf",
+        f"--model_dir={d}"],
+     "config.json holds a JSON list, not an object", False),
+]
+
+
+def checkpoint_files(model_dir: pathlib.Path) -> dict[str, int]:
+  return {str(p.relative_to(model_dir)): p.stat().st_size
+          for sub in ("checkpoints", "data_state") for p in (model_dir / sub).rglob("*")
+          if p.is_file()}
+
+
+@pytest.mark.parametrize("name, command, message, from_trained", CASES, ids=[c[0] for c in CASES])
+def test_one_line_error(corpus, trained, tmp_path, name, command, message, from_trained):
+  model_dir = tmp_path / "run"
+  if from_trained:
+    shutil.copytree(trained, model_dir)
+  if name == "MODEL_DIR in use":  # held by a live process on this host: this test
+    (model_dir / "RUN_LOCK").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-01-01T00:00:00"}))
+  if name == "HF config.json not an object":
+    (corpus["root"] / "hf").mkdir(exist_ok=True)
+    (corpus["root"] / "hf" / "config.json").write_text("[1, 2]")
+  before = checkpoint_files(model_dir) if model_dir.exists() else None
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  done = subprocess.run(command(corpus, model_dir), cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
+  lines = done.stderr.splitlines()
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
+  assert message in lines[0]
+  assert "Traceback" not in done.stdout + done.stderr
+  if before is not None:
+    assert checkpoint_files(model_dir) == before
+  else:
+    assert not (model_dir / "checkpoints").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_model_dir_not_writable(corpus, tmp_path):
+  parent = tmp_path / "read_only"
+  parent.mkdir()
+  parent.chmod(0o555)
+  try:
+    done = subprocess.run(train_cmd(*TINY, *data_flags(corpus), f"--gin.MODEL_DIR='{parent}/run'"),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  finally:
+    parent.chmod(0o755)
+  assert done.returncode == 2
+  assert done.stderr.splitlines() == [f"error: MODEL_DIR {parent}/run is not writable ({parent} "
+                                      f"does not allow writing for this user); choose another "
+                                      f"MODEL_DIR or fix its permissions"]
