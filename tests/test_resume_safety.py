@@ -218,4 +218,4 @@ def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
   steps = [s for s in os.listdir(model_dir / "checkpoints") if s.isdigit()]
   assert len(steps) == 1
   assert sorted(os.listdir(model_dir / "data_state" / steps[0])) == ["process_0", "process_1"]
-  assert "SIGKILL" not in err
+  assert "still running after" not in err  # no process needed SIGKILL
