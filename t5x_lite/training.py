@@ -112,6 +112,13 @@ def train(model_dir: str | None = None,
                       ("CHECKPOINT_PERIOD", checkpoint_period), ("EVAL_PERIOD", eval_period)):
     if not isinstance(value, int) or value < 1:
       raise UserError(f"{name} must be a positive integer, got {value!r}")
+  for name, value, low in (("train.log_period", log_period, 1),
+                           ("train.num_microbatches", num_microbatches, 1),
+                           ("train.eval_steps", eval_steps, 0)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+  if stop_at_step is not None and stop_at_step < 1:
+    raise UserError(f"--stop_at_step must be a positive step, got {stop_at_step}")
   run_setup.prepare_model_dir(model_dir)
   lock = run_lock.RunLock(model_dir) if jax.process_index() == 0 else None
   stale = lock.acquire() if lock else None
