@@ -100,11 +100,17 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
   check_command_line_macros(bindings)
 
 
+# Macros that inspect_data and cache_tokenized read themselves (gin.query_parameter), with or
+# without a run gin that references them.
+MACROS_READ_BY_CLIS = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
+
+
 def check_command_line_macros(bindings: Sequence[str]) -> None:
   """A macro set on the command line that nothing uses is a typo: gin would bind it silently."""
+  config = gin.config._CONFIG  # pylint: disable=protected-access  (gin has no public accessor)
   macro_fn = gin.config.get_configurable(gin.config.macro)
-  used = {ref.config_key[0] for ref in gin.config.iterate_references(gin.config._CONFIG,  # pylint: disable=protected-access
-                                                                     to=macro_fn)}
+  used = {ref.config_key[0] for ref in gin.config.iterate_references(config, to=macro_fn)}
+  used |= set(MACROS_READ_BY_CLIS)
   for binding in bindings:
     m = re.match(r"^\s*([A-Za-z_][\w/]*)\s*=", binding)
     if not m or m.group(1) in used:

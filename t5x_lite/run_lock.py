@@ -111,4 +111,5 @@ class RunLock:
               f"or use another MODEL_DIR")
     remove = f"gsutil rm {self.path}" if self.path.startswith("gs://") else f"rm {self.path}"
     return (f"{os.path.dirname(self.path)} is locked by another training run ({who}); if that run "
-            f"has ended, remove the lock with `{remove}` and start again, else use another MODEL_DIR")
+            f"has ended, remove the lock with `{remove}` and start again, else use another "
+            f"MODEL_DIR")

@@ -62,8 +62,8 @@ def task_vocab_size(mixture_or_task_name: str) -> int:
 
 def _vocab_unreadable(task: str, path: str | None, reason: str) -> str:
   offline = " (offline?)" if path and "://" in path else ""
-  return (f"the vocabulary of task {task!r} ({path}) cannot be read{offline}: {reason}; bind a local "
-          f"SentencePiece model with --gin.task_vocabulary.path=\"'/path/vocab.model'\" "
+  return (f"the vocabulary of task {task!r} ({path}) cannot be read{offline}: {reason}; bind a "
+          f"local SentencePiece model with --gin.task_vocabulary.path=\"'/path/vocab.model'\" "
           f"(python -m t5x_lite.train_vocab trains one)")
 
 

@@ -173,9 +173,10 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
         meta, data, resume_check.saved_process_count(ckpt.data_directory, at_step))
     if changes and not allow_data_change:
       raise UserError(
-          f"checkpoint {where} was trained on other data settings ({resume_check.describe(changes)});"
-          f" its data position does not apply to them: pass --gin.train.allow_data_change=True to "
-          f"continue from step {at_step} with the new data from its start, or use another MODEL_DIR")
+          f"checkpoint {where} was trained on other data settings "
+          f"({resume_check.describe(changes)}); its data position does not apply to them: pass "
+          f"--gin.train.allow_data_change=True to continue from step {at_step} with the new data "
+          f"from its start, or use another MODEL_DIR")
     data_reset[:] = changes
 
   restored = ckpt.restore(trainer.abstract_state(), check_meta=check_meta)

@@ -73,8 +73,9 @@ CASES = [
     ("misspelled macro", lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
                                                "--gin.TRAIN_STEPZ=3"),
      "--gin.TRAIN_STEPZ sets a macro that no gin file uses (did you mean TRAIN_STEPS?)", False),
-    ("empty corpus", lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
-                                           f"--gin.text_corpus.train_files='{c['root']}/empty-*.txt'"),
+    ("empty corpus", lambda c, d: train_cmd(
+        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
+        f"--gin.text_corpus.train_files='{c['root']}/empty-*.txt'"),
      "the train split of task 'text_span_corruption' yields no batch", False),
     ("jsonl without the text key", lambda c, d: train_cmd(
         *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
