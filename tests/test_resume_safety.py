@@ -15,7 +15,7 @@ import gin
 import pytest
 
 import tasks  # noqa: F401
-from t5x_lite import gin_utils, run_lock, training
+from t5x_lite import gin_utils, resume_check, run_lock, training
 from t5x_lite.data import testing
 from t5x_lite.errors import UserError
 
@@ -219,3 +219,15 @@ def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
   assert len(steps) == 1
   assert sorted(os.listdir(model_dir / "data_state" / steps[0])) == ["process_0", "process_1"]
   assert "still running after" not in err  # no process needed SIGKILL
+
+
+def test_process_count_of_an_old_checkpoint_comes_from_its_data_positions():
+  """Old metas lack the process count; the per-process data positions on disk give it."""
+  new = {"mixture_or_task_name": "t", "task_feature_lengths": {"inputs": 32, "targets": 8},
+         "process_count": 1, "batch_size": 8, "noise_density": 0.15}
+  old_meta = {"mixture_or_task_name": "t", "task_feature_lengths": {"inputs": 32, "targets": 8}}
+  assert resume_check.data_changes(old_meta, new, saved_process_count=2) == [
+      "process_count 2 -> 1"]
+  assert resume_check.data_changes(old_meta, new, saved_process_count=1) == []
+  assert resume_check.data_changes({"data": dict(new, process_count=2)}, new, None) == [
+      "process_count 2 -> 1"]
