@@ -235,9 +235,13 @@ def test_export_refusals_change_nothing(imported, tmp_path, spm_path):
   assert not [p for p in os.listdir(tmp_path) if "half" in p]
   # --overwrite replaces the directory as a whole.
   export_hf.main([f"--model_dir={model_dir}", f"--output_dir={out}", "--overwrite"])
-  assert sorted(os.listdir(out)) == sorted(["config.json", "generation_config.json",
+  assert sorted(os.listdir(out)) == sorted(["README.md", "config.json", "generation_config.json",
                                             "model.safetensors", "spiece.model",
-                                            "special_tokens_map.json", "tokenizer_config.json"])
+                                            "special_tokens_map.json", "tokenizer.json",
+                                            "tokenizer_config.json"])
+  # World-readable, as the Hub and shared file systems expect.
+  assert {oct(os.stat(out / f).st_mode & 0o777) for f in os.listdir(out)} == {oct(0o644)}
+  assert oct(os.stat(out).st_mode & 0o777) == oct(0o755)
 
 
 def test_config_checks():
