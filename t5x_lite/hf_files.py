@@ -289,19 +289,19 @@ def write_tokenizer_files(out_dir: str, model_bytes: bytes, model_max_length: in
   """spiece.model, tokenizer.json and the configs with which `AutoTokenizer` loads them.
 
   With tokenizer.json, transformers needs neither protobuf nor sentencepiece to load the
-  tokenizer; spiece.model is kept for the slow tokenizer and for import_hf.
+  tokenizer; spiece.model is kept for T5Tokenizer and for import_hf.
   """
   with open(os.path.join(out_dir, "spiece.model"), "wb") as f:
     f.write(model_bytes)
   fast_tokenizer(model_bytes).save(os.path.join(out_dir, "tokenizer.json"))
-  specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-              "additional_special_tokens": extra_id_tokens()}
+  # PreTrainedTokenizerFast takes tokenizer.json as it is. Under "T5Tokenizer", transformers
+  # re-adds the sentinels as tokens matched anywhere in the raw text ("a<extra_id_0>b" too),
+  # which is not how seqio, and so the model in training, saw them.
+  specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
   write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
-  # legacy=True: transformers must not rebuild the fast tokenizer from spiece.model.
   write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-      "tokenizer_class": "T5Tokenizer", "extra_ids": EXTRA_IDS,
-      "model_max_length": model_max_length, "legacy": True, "clean_up_tokenization_spaces": False,
-      **specials})
+      "tokenizer_class": "PreTrainedTokenizerFast", "extra_ids": EXTRA_IDS,
+      "model_max_length": model_max_length, "clean_up_tokenization_spaces": False, **specials})
 
 
 def write_json(path: str, value: dict) -> None:
