@@ -64,6 +64,12 @@ def evaluate(trainer: Trainer, state, eval_dataset, eval_steps: int) -> dict:
   return {"eval_loss": totals["loss_sum"] / n, "eval_accuracy": totals["num_correct"] / n}
 
 
+def _first_step_seconds(metrics, started: float) -> float:
+  """Wall time of the first train step of a process, which is dominated by its compilation."""
+  jax.block_until_ready(metrics)
+  return time.time() - started
+
+
 def _write_config(model_dir: str) -> None:
   if jax.process_index() == 0:
     with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
@@ -169,11 +175,20 @@ def train(model_dir: str | None = None,
   last_log_time = started = time.time()
   first_step, last_log_step, last_train = step, step, {}
   config_written = False
+  compile_s = None  # this process's first step: compilation, reported apart from step times
   while step < end_step:
     batch = next(train_iter)
+    step_started = time.time()
     state, metrics = trainer.train_step(state, batch)
     step += 1
     pending.append((step, metrics))
+    if compile_s is None:
+      compile_s = _first_step_seconds(metrics, step_started)
+      writer.console(f"compiled the train step in {compile_s:.1f} s (step {step}; not counted "
+                     "in step times)")
+      if step % log_period and not step == end_step:  # else the window would hold no step
+        last_log_time = started = time.time()  # ETA too counts from here
+        last_log_step = first_step = step
     if not config_written:
       _write_config(model_dir)
       config_written = True
@@ -201,9 +216,11 @@ def train(model_dir: str | None = None,
                 "z_loss": float(host_metrics["z_loss"]),
                 "learning_rate": float(lr_schedule(step - 1)),
                 "grad_norm": float(host_metrics["grad_norm"]),
-                "tokens_per_second": tokens_per_step / step_time, "step_time_s": step_time,
-                "mfu": (flops_per_example * batch_size / step_time / (peak * jax.device_count()))
-                       if peak else None}
+                "tokens_per_second": tokens_per_step / step_time, "step_time_s": step_time}
+      record["mfu"], peak = flops.utilization(flops_per_example * batch_size / step_time, peak,
+                                              jax.device_count(), not peak_flops_per_device)
+      if compile_s is not None and not last_train:  # the first logged row of this process
+        record["compile_s"] = compile_s
       writer.write(record)
       writer.train_line(record, train_steps, started, first_step)
       last_train = record
