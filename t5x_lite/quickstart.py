@@ -27,7 +27,7 @@ def main() -> int:
 
   from t5x_lite.data import quickstart_corpus
   started = time.time()
-  corpus, vocab = quickstart_corpus.ensure_quickstart_assets()
+  corpus, vocab = quickstart_corpus.ensure_quickstart_assets(log=print)
   print(f"quickstart corpus: {corpus['train']} (vocabulary {vocab}), ready in "
         f"{time.time() - started:.0f}s", flush=True)
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from t5x_lite import checkpoints, config, flops, partitioning
 from t5x_lite import optimizers  # noqa: F401  (registers gin configurables)
-from t5x_lite.data import pipeline
+from t5x_lite.data import pipeline, tokenized_cache
 from t5x_lite.errors import UserError
 from t5x_lite.metrics_writer import MetricsWriter
 from t5x_lite.models import EncoderDecoderModel
@@ -133,6 +133,9 @@ def train(model_dir: str | None = None,
   eval_dataset = pipeline.get_dataset(
       mixture_or_task_name, task_feature_lengths, "validation", batch_size, shuffle=False,
       seed=seed, use_packing=use_packing, repeat=True, **shard)
+  if tokenized_cache.tokenized_cache_config():
+    writer.console(f"reading pre-tokenized data from the cache in "
+                   f"{tokenized_cache.tokenized_cache_config()}")
 
   restored = ckpt.restore(trainer.abstract_state())
   if restored is None:
