@@ -1,5 +1,6 @@
-"""The C4 TFDS task end to end: `c4/en` through the real `tfds.load` (TFDS's own mock data in
-place of the 300 GB of examples), span corruption, and a few training steps."""
+"""The C4 TFDS task end to end: `c4/en` read through seqio's TFDS loader and TFDS itself
+(`tfds.testing.mock_data` stands in for the examples of a prepared data dir), span corruption,
+and a few training steps."""
 
 import json
 import pathlib
