@@ -189,15 +189,16 @@ def train(model_dir: str | None = None,
       compile_s = _first_step_seconds(metrics, step_started)
       writer.console(f"compiled the train step in {compile_s:.1f} s (step {step}; not counted "
                      "in step times)")
-      if step % log_period and not step == end_step:  # else the window would hold no step
-        last_log_time = started = time.time()  # ETA too counts from here
+      if step != end_step:  # the first window (and the ETA) starts after it
+        last_log_time = started = time.time()
         last_log_step = first_step = step
     if not config_written:
       _write_config(model_dir)
       config_written = True
 
     is_last = step == end_step
-    do_log = step % log_period == 0 or is_last
+    # Not when the window holds only the compiled step (log_period 1): it has no step time.
+    do_log = (step % log_period == 0 or is_last) and step > last_log_step
     do_eval = step % eval_period == 0 or step == train_steps
     stop_now = preemption.should_stop(step)
     do_save = step % checkpoint_period == 0 or is_last or stop_now
