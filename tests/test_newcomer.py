@@ -113,3 +113,26 @@ def test_local_sh_finds_the_checkout_interpreter(crowded_cwd):
                         capture_output=True, text=True, env=fresh_shell_env(), timeout=120)
   assert done.returncode == 2
   assert "gin file 'runs/none.gin' not found" in done.stdout + done.stderr
+
+
+def test_printed_commands_name_the_interpreter(monkeypatch, tmp_path):
+  import shlex
+  from t5x_lite import commands, import_hf, quickstart
+  venv_bin = os.path.dirname(sys.executable)
+  monkeypatch.setenv("PATH", fresh_shell_env()["PATH"])
+  monkeypatch.chdir(tmp_path)
+  assert commands.python() == os.path.abspath(sys.executable)  # outside the checkout: absolute
+  monkeypatch.setenv("PATH", venv_bin + os.pathsep + os.environ["PATH"])
+  assert commands.python() == "python"  # what an active virtualenv runs anyway
+
+  printed = dict(quickstart.next_commands("/r/q s", "/r/q s/hf", 300, ["--gin.BATCH_SIZE=8"]))
+  assert shlex.split(printed["resume/extend"]) == [
+      "python", "-m", "t5x_lite.train", "--gin_file=models/quickstart_tiny.gin",
+      "--gin_file=runs/quickstart.gin", "--gin.BATCH_SIZE=8", "--gin.MODEL_DIR='/r/q s'",
+      "--gin.TRAIN_STEPS=600"]
+  assert shlex.split(printed["generate"])[3:] == ["--model_dir=/r/q s",
+                                                  "--input=The <extra_id_0> of the module."]
+  c4, offline = import_hf.continue_commands("/m", "runs/pretrain.gin", has_vocab=True)
+  assert "--gin_file=runs/pretrain.gin" in shlex.split(c4[1])
+  assert "quickstart" in offline[0] and "--gin_file=runs/quickstart.gin" in shlex.split(offline[1])
+  assert "--gin.task_vocabulary.path='/m/spiece.model'" in shlex.split(offline[1])
