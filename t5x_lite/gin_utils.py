@@ -120,7 +120,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
     gin.parse_config(list(bindings), skip_unknown=False)
     if finalize:
       gin.finalize()
-  except IOError as e:
-    raise UserError(f"gin include not found: {_one_line(e)}; searched {', '.join(gin_search_path())}") from None
+  except OSError as e:  # found, but unreadable
+    raise UserError(f"cannot read a gin file: {_one_line(e)}") from None
   except (ValueError, SyntaxError, KeyError, TypeError, NameError, AttributeError) as e:
     raise UserError(f"bad gin configuration: {_one_line(e)}") from None
