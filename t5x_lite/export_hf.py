@@ -9,6 +9,7 @@ MODEL_DIR and OUT may be local or gs://.
 
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
@@ -48,6 +49,9 @@ def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str 
 
   if dtype not in ("float32", "bfloat16"):
     raise UserError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+  if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license_id):
+    raise UserError(f"--license must be a license identifier such as apache-2.0, mit or other, "
+                    f"got {license_id!r}")
   model_dir, output_dir = hf_files.resolve(model_dir), hf_files.resolve(output_dir)
   hf_files.check_output_dir(output_dir, overwrite)
   restored = hf_files.restore_params(model_dir, step)

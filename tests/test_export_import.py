@@ -214,6 +214,9 @@ def test_export_refusals_change_nothing(imported, tmp_path, spm_path):
   with pytest.raises(UserError, match="not empty.*--overwrite"):
     export_hf.main([f"--model_dir={model_dir}", f"--output_dir={out}"])
   assert os.listdir(out) == ["keep.txt"]
+  with pytest.raises(UserError, match="--license must be a license identifier"):
+    export_hf.main([f"--model_dir={model_dir}", f"--output_dir={tmp_path / 'o'}",
+                    "--license=Apache License 2.0"])
   with pytest.raises(UserError, match="no checkpoint for step 7"):
     export_hf.main([f"--model_dir={model_dir}", f"--output_dir={tmp_path / 'o'}", "--step=7"])
   big = train_sentencepiece(tmp_path / "big.model", pieces=100)  # 100 + 100 ids > 160

@@ -48,7 +48,7 @@ def bindings(tmp_path, data_dir):
           "train.eval_steps = 1", "train.log_period = 1", "model_config.dtype = 'float32'"]
 
 
-def test_c4_tfds_trains_a_few_steps(tmp_path, c4_data_dir):
+def test_c4_tfds_trains_a_few_steps(tmp_path, c4_data_dir, capsys):
   gin.clear_config()
   try:
     gin_utils.parse_gin(["runs/pretrain.gin"], bindings(tmp_path, c4_data_dir))
@@ -62,6 +62,12 @@ def test_c4_tfds_trains_a_few_steps(tmp_path, c4_data_dir):
   assert (batch["encoder_input_tokens"].numpy() >= 60).any()
   assert result["step"] == 3
   rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
-  # Step 1 (compilation) has no window of its own; its time is compile_s.
-  assert [r["step"] for r in rows if "loss" in r] == [2, 3] and "compile_s" in rows[1]
+  # Step 1 (compilation) has no window of its own: its time is compile_s, on a console line of
+  # its own, and the first logged window (step 2) is an ordinary step.
+  train_rows = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in train_rows] == [2, 3]
+  assert "compile_s" in train_rows[0] and "compile_s" not in train_rows[1]
+  assert train_rows[0]["step_time_s"] < train_rows[0]["compile_s"] / 2
+  assert "compiled the train step in" in capsys.readouterr().out
+  assert all(0 < r["mfu"] <= 1 for r in train_rows)
   assert [r["step"] for r in rows if "eval_loss" in r] == [0, 3]
