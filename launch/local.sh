@@ -9,7 +9,8 @@
 # Environment:
 #   DEVICES_PER_PROCESS  CPU devices per process (default 2); the mesh spans all processes' devices
 #   LOG_DIR              per-process logs process_<i>.log (default MODEL_DIR/logs, else a tmp dir)
-#   PYTHON               interpreter with t5x_lite installed (default python3)
+#   PYTHON               interpreter with t5x_lite installed (default: the active virtualenv's,
+#                        else the checkout's .venv/bin/python, else python3)
 #   COORDINATOR_PORT     fixed coordinator port (default: a free one)
 #   KILL_GRACE_S         seconds between SIGTERM and SIGKILL when stopping (default 10)
 # Process 0 also prints to the console. If one process fails, all are stopped and the exit status
@@ -30,7 +31,10 @@ num_processes=$1
 shift
 devices=${DEVICES_PER_PROCESS:-2}
 [[ $devices =~ ^[1-9][0-9]*$ ]] || { echo "error: DEVICES_PER_PROCESS=$devices is not a positive integer" >&2; exit 2; }
-python=${PYTHON:-python3}
+# The interpreter: $PYTHON, else the active virtualenv's, else this checkout's .venv, else python3.
+checkout_python=$(dirname "${BASH_SOURCE[0]}")/../.venv/bin/python
+python=${PYTHON:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}}
+[[ -n $python ]] || { [[ -x $checkout_python ]] && python=$checkout_python; } || python=python3
 grace=${KILL_GRACE_S:-10}
 
 # A free port: bind port 0 and release it (a tiny race, acceptable on one machine).

@@ -1,18 +1,21 @@
 """`python -m t5x_lite.export_hf --model_dir=DIR --output_dir=OUT [--step=N] [--dtype=float32|bfloat16]`
 
 Writes a Hugging Face T5 directory from a checkpoint: config.json, generation_config.json,
-model.safetensors and, when the run's SentencePiece vocabulary can be found, the tokenizer files.
+model.safetensors, a model card (README.md) and, when the run's SentencePiece vocabulary can be
+found, the tokenizer files (tokenizer.json, spiece.model and their configs).
 `T5ForConditionalGeneration.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)` load it.
+MODEL_DIR and OUT may be local or gs://.
 """
 
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
 
-from t5x_lite import hf_files
-from t5x_lite.config import hf_config_dict
+from t5x_lite import hf_files, model_card
+from t5x_lite.config import hf_config_dict, num_params
 from t5x_lite.errors import UserError, run_main
 
 GENERATION_CONFIG = {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
@@ -21,20 +24,24 @@ GENERATION_CONFIG = {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_
 def _vocabulary(model_dir: str, vocab: str | None, meta: dict) -> tuple[bytes | None, str, str]:
   """(SentencePiece bytes or None, where from, why not): --vocab, MODEL_DIR/spiece.model, task."""
   if vocab:
-    if not os.path.isfile(vocab):
+    if not hf_files.isfile(vocab):
       raise UserError(f"--vocab file {vocab} does not exist")
-    with open(vocab, "rb") as f:
-      return f.read(), vocab, ""
+    return hf_files.read_bytes(vocab), vocab, ""
   beside = os.path.join(model_dir, "spiece.model")
-  if os.path.isfile(beside):  # what import_hf copies in
-    with open(beside, "rb") as f:
-      return f.read(), beside, ""
+  if hf_files.isfile(beside):  # what import_hf copies in
+    return hf_files.read_bytes(beside), beside, ""
   data, why = hf_files.task_sentencepiece(meta)
   return data, f"task {meta.get('mixture_or_task_name')!r}", why
 
 
+def _metrics_text(model_dir: str) -> str | None:
+  path = os.path.join(model_dir, "metrics.jsonl")
+  return hf_files.read_text(path) if hf_files.isfile(path) else None
+
+
 def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str = "float32",
-           overwrite: bool = False, vocab: str | None = None, log=print) -> dict:
+           overwrite: bool = False, vocab: str | None = None, license_id: str = "apache-2.0",
+           log=print) -> dict:
   """Exports one checkpoint; returns a summary (step, paths, whether a tokenizer was written)."""
   import ml_dtypes
   from safetensors.numpy import save_file
@@ -42,8 +49,11 @@ def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str 
 
   if dtype not in ("float32", "bfloat16"):
     raise UserError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
-  model_dir = os.path.abspath(model_dir)
-  hf_files.check_output_dir(os.path.abspath(output_dir), overwrite)
+  if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license_id):
+    raise UserError(f"--license must be a license identifier such as apache-2.0, mit or other, "
+                    f"got {license_id!r}")
+  model_dir, output_dir = hf_files.resolve(model_dir), hf_files.resolve(output_dir)
+  hf_files.check_output_dir(output_dir, overwrite)
   restored = hf_files.restore_params(model_dir, step)
   cfg = restored.cfg
   why = hf_files.hf_incompatibility(cfg)
@@ -74,13 +84,15 @@ def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str 
     if spm_bytes is not None:
       lengths = restored.meta.get("task_feature_lengths") or {}
       hf_files.write_tokenizer_files(tmp, spm_bytes, int(lengths.get("inputs", 512)))
+    card = model_card.model_card(cfg, num_params(cfg), restored.step, restored.meta,
+                                 _metrics_text(model_dir), dtype, license_id, spm_bytes is not None)
+    with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+      f.write(card)
 
-  log(f"exported step {restored.step} of {model_dir} ({cfg.name}, {dtype}) to "
-      f"{os.path.abspath(output_dir)}")
+  log(f"exported step {restored.step} of {model_dir} ({cfg.name}, {dtype}) to {output_dir}")
   if spm_bytes is None:
     log(f"no tokenizer exported: {why_not}; pass --vocab=PATH/spiece.model to include one")
-  return {"step": restored.step, "output_dir": os.path.abspath(output_dir),
-          "tokenizer": spm_bytes is not None}
+  return {"step": restored.step, "output_dir": output_dir, "tokenizer": spm_bytes is not None}
 
 
 def main(argv=None) -> int:
@@ -94,8 +106,11 @@ def main(argv=None) -> int:
                       help="SentencePiece model to ship (default: MODEL_DIR/spiece.model, else "
                            "the run's task vocabulary)")
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+  parser.add_argument("--license", default="apache-2.0",
+                      help="license id for the model card (Hub identifiers, e.g. apache-2.0, mit)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  export(args.model_dir, args.output_dir, args.step, args.dtype, args.overwrite, args.vocab)
+  export(args.model_dir, args.output_dir, args.step, args.dtype, args.overwrite, args.vocab,
+         args.license)
   return 0
 
 

@@ -1,12 +1,15 @@
 """Gin flag handling shared by every entry point (T5X-style flags).
 
-Flags: `--gin_file=PATH` (repeatable; searched in the cwd and the repo's `gin/`),
-`--gin_bindings=BINDING` (repeatable) and the shorthand `--gin.NAME=VALUE`.
+Flags: `--gin_file=PATH` (repeatable; searched in the cwd, `$T5X_LITE_GIN_PATH` and the repo's
+`gin/`), `--gin_bindings=BINDING` (repeatable) and the shorthand `--gin.NAME=VALUE`.
+
+Gin files and their `include`s are resolved here, against that search path, before gin sees
+them: gin's own include lookup treats a directory such as `runs/` in the working directory as a
+Python package and fails on it.
 """
 
-import contextlib
 import difflib
-import logging
+import io
 import os
 import pathlib
 import re
@@ -25,14 +28,54 @@ def gin_search_path() -> list[str]:
   return [os.getcwd(), *extra, str(REPO_GIN_DIR)]
 
 
-def _resolve_gin_file(name: str) -> str:
-  for root in gin_search_path():
-    candidate = pathlib.Path(root) / name
-    if candidate.is_file():
-      return str(candidate)
-  if pathlib.Path(name).is_file():
-    return name
-  raise UserError(f"gin file {name!r} not found; searched {', '.join(gin_search_path())}")
+def _resolve_gin_file(name: str, included_from: str | None = None) -> str:
+  """The file a `--gin_file` or `include` names: the first search-path root holding it."""
+  if "://" in name:  # gs:// and other object stores, read through tf.io.gfile
+    import tensorflow as tf
+    if tf.io.gfile.exists(name):
+      return name
+  elif os.path.isabs(name) or name.startswith("~"):
+    if os.path.isfile(os.path.expanduser(name)):
+      return os.path.expanduser(name)
+  else:
+    for root in gin_search_path():
+      candidate = pathlib.Path(root) / name
+      if candidate.is_file():
+        return str(candidate)
+  what = f"gin include {name!r} in {included_from}" if included_from else f"gin file {name!r}"
+  raise UserError(f"{what} not found; searched {', '.join(gin_search_path())}")
+
+
+_INCLUDE = re.compile(r"""^\s*include\s+(['"])([^'"]+)\1\s*(#.*)?$""")
+
+
+def _read_text(path: str) -> str:
+  if "://" in path:
+    import tensorflow as tf
+    with tf.io.gfile.GFile(path) as f:
+      return f.read()
+  with open(path, encoding="utf-8") as f:
+    return f.read()
+
+
+def expand_gin_file(path: str, _stack: tuple[str, ...] = ()) -> str:
+  """The text of a gin file with every `include` replaced by the resolved file's own expansion.
+
+  Gin's include is textual (it parses the included file in place, into the same global config),
+  so inlining changes nothing but who finds the file.
+  """
+  if path in _stack:
+    raise UserError(f"gin include cycle: {' -> '.join((*_stack, path))}")
+  lines = []
+  for line in _read_text(path).splitlines():
+    m = _INCLUDE.match(line)
+    if m:
+      included = _resolve_gin_file(m.group(2), included_from=path)
+      lines.append(f"# include {m.group(2)!r} ({included})")
+      lines.append(expand_gin_file(included, (*_stack, path)))
+    else:
+      lines.append(line)
+  return "\n".join(lines) + "\n"
 
 
 def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
@@ -62,23 +105,6 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str
   return files, bindings, rest
 
 
-class _DropPathNotFound(logging.Filter):
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Path not found")
-
-
-@contextlib.contextmanager
-def _quiet_include_search():
-  """gin logs an error for every search-path entry an `include` is not in; only a miss in all
-  of them is an error, and that one raises."""
-  noise = _DropPathNotFound()
-  logging.getLogger().addFilter(noise)
-  try:
-    yield
-  finally:
-    logging.getLogger().removeFilter(noise)
-
-
 def _one_line(e: Exception) -> str:
   text = str(e).strip().splitlines()
   return text[0] if text else type(e).__name__
@@ -86,15 +112,17 @@ def _one_line(e: Exception) -> str:
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = True) -> None:
   """Parses gin files and bindings; any mistake becomes a one-line UserError."""
-  for root in gin_search_path():
-    gin.add_config_file_search_path(root)
   resolved = [_resolve_gin_file(f) for f in files]
   try:
-    with _quiet_include_search():
-      gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=finalize,
-                                          skip_unknown=False)
-  except IOError as e:
-    raise UserError(f"gin include not found: {_one_line(e)}; searched {', '.join(gin_search_path())}") from None
+    for path in resolved:
+      text = io.StringIO(expand_gin_file(path))
+      text.name = path  # gin names the file in its error locations
+      gin.parse_config(text, skip_unknown=False)
+    gin.parse_config(list(bindings), skip_unknown=False)
+    if finalize:
+      gin.finalize()
+  except OSError as e:  # found, but unreadable
+    raise UserError(f"cannot read a gin file: {_one_line(e)}") from None
   except (ValueError, SyntaxError, KeyError, TypeError, NameError, AttributeError) as e:
     raise UserError(f"bad gin configuration: {_one_line(e)}") from None
   check_command_line_macros(bindings)

@@ -1,5 +1,5 @@
-"""Shared pieces of export, import and inference: params-only restore, the HF config and
-tokenizer files, and all-or-nothing output directories.
+"""Shared pieces of export, import and inference: file access (local or gs://), params-only
+restore, the HF config, tokenizer and model card files, and all-or-nothing output directories.
 """
 
 import contextlib
@@ -17,6 +17,48 @@ from t5x_lite.errors import UserError
 EXTRA_IDS = 100
 # T5Config fields with no counterpart in HF's T5Config: they only say how our code runs.
 EXECUTION_ONLY_FIELDS = ("name", "dtype", "scan_layers", "scan_unroll", "remat_policy")
+
+
+# -- files: local paths or object stores (gs://), both through tf.io.gfile, as training does ----
+
+def _gfile():
+  import tensorflow as tf
+  return tf.io.gfile
+
+
+def is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def resolve(path: str) -> str:
+  """An absolute local path, or a URL (gs://, file://) as given."""
+  return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def orbax_path(path: str) -> str:
+  """Orbax takes gs:// URLs but not file:// ones: those become plain paths."""
+  return path[len("file://"):] if path.startswith("file://") else path
+
+
+def exists(path: str) -> bool:
+  return _gfile().exists(path)
+
+
+def isdir(path: str) -> bool:
+  return _gfile().isdir(path)
+
+
+def isfile(path: str) -> bool:
+  return _gfile().exists(path) and not _gfile().isdir(path)
+
+
+def read_bytes(path: str) -> bytes:
+  with _gfile().GFile(path, "rb") as f:
+    return f.read()
+
+
+def read_text(path: str) -> str:
+  return read_bytes(path).decode("utf-8")
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -100,10 +142,10 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
   import orbax.checkpoint as ocp
   from t5x_lite.models import EncoderDecoderModel
 
-  directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
-  if not os.path.isdir(directory):
+  directory = os.path.join(resolve(model_dir), "checkpoints")
+  if not isdir(directory):
     raise UserError(f"no checkpoints in {model_dir} (expected {directory}/<step>/)")
-  manager = _read_only_manager(directory)
+  manager = _read_only_manager(orbax_path(directory))
   steps = sorted(manager.all_steps())
   if not steps:
     raise UserError(f"no complete checkpoint in {directory}")
@@ -169,20 +211,11 @@ def _strip_extra_ids(model_bytes: bytes) -> bytes:
   return proto.SerializeToString()
 
 
-def _read_bytes(path: str) -> bytes:
-  if "://" in path:  # gs:// and friends, as seqio reads them
-    import tensorflow as tf
-    with tf.io.gfile.GFile(path, "rb") as f:
-      return f.read()
-  with open(path, "rb") as f:
-    return f.read()
-
-
 def sentencepiece_bytes_of(vocab) -> bytes:
   """The plain SentencePiece model behind a seqio SentencePieceVocabulary."""
   path = getattr(vocab, "sentencepiece_model_file", None)
   if isinstance(path, str) and path:
-    return _read_bytes(path)
+    return read_bytes(path)
   data = getattr(vocab, "sentencepiece_model", None) or getattr(vocab, "sp_model", None)
   if not data:
     raise UserError(f"vocabulary {type(vocab).__name__} has no SentencePiece model")
@@ -211,20 +244,64 @@ def task_sentencepiece(meta: dict) -> tuple[bytes | None, str]:
     return None, f"the vocabulary of task {task!r} is not available ({_reason(e)})"
 
 
-def write_tokenizer_files(out_dir: str, model_bytes: bytes, model_max_length: int = 512) -> None:
-  """spiece.model + the configs with which `AutoTokenizer`/`T5TokenizerFast` load it.
+def fast_tokenizer(model_bytes: bytes):
+  """A `tokenizers.Tokenizer` that encodes text exactly as seqio's SentencePieceVocabulary with
+  100 extra ids does, so transformers can load it without converting the SentencePiece model
+  (which needs protobuf).
 
-  HF appends the 100 extra ids after the pieces in reverse, so <extra_id_0> is the last id
-  (pieces + 99): the same id as seqio's sentinel.
+  SentencePiece's normalization (the precompiled NFKC map, extra-whitespace removal, the dummy
+  "▁" prefix, spaces as "▁") runs as one normalizer over the whole text, and the Unigram model
+  gets the pieces and scores. The extra ids are added tokens matched on the normalized text, like
+  seqio's "▁<extra_id_N>" pieces: "<extra_id_0>" preceded by a space (or at the start) is the
+  sentinel, glued to a word it is not. HF's order: <extra_id_0> is the last id (pieces + 99).
+  """
+  from sentencepiece import sentencepiece_model_pb2
+  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
+  proto = sentencepiece_model_pb2.ModelProto.FromString(model_bytes)
+  spec = proto.normalizer_spec
+  unk = [i for i, p in enumerate(proto.pieces) if p.type == p.UNKNOWN]
+  tokenizer = Tokenizer(models.Unigram([(p.piece, p.score) for p in proto.pieces],
+                                       unk_id=unk[0] if unk else None,
+                                       byte_fallback=proto.trainer_spec.byte_fallback))
+  steps = []
+  if spec.precompiled_charsmap:
+    steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+  if spec.remove_extra_whitespaces:
+    steps += [normalizers.Replace(Regex(r"^ +| +$"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+  if spec.add_dummy_prefix:
+    steps.append(normalizers.Prepend("▁"))
+  if spec.escape_whitespaces:
+    steps.append(normalizers.Replace(" ", "▁"))
+  tokenizer.normalizer = normalizers.Sequence(steps)
+  tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+  # Already in the vocabulary (ids 0, 1, 2); as special tokens, decoding can skip them.
+  tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                for t in ("<pad>", "</s>", "<unk>")])
+  tokenizer.add_special_tokens([AddedToken(t, normalized=True, special=True)
+                                for t in reversed(extra_id_tokens())])
+  eos = proto.trainer_spec.eos_id
+  tokenizer.post_processor = processors.TemplateProcessing(
+      single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
+  return tokenizer
+
+
+def write_tokenizer_files(out_dir: str, model_bytes: bytes, model_max_length: int = 512) -> None:
+  """spiece.model, tokenizer.json and the configs with which `AutoTokenizer` loads them.
+
+  With tokenizer.json, transformers needs neither protobuf nor sentencepiece to load the
+  tokenizer; spiece.model is kept for T5Tokenizer and for import_hf.
   """
   with open(os.path.join(out_dir, "spiece.model"), "wb") as f:
     f.write(model_bytes)
-  specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-              "additional_special_tokens": extra_id_tokens()}
+  fast_tokenizer(model_bytes).save(os.path.join(out_dir, "tokenizer.json"))
+  # PreTrainedTokenizerFast takes tokenizer.json as it is. Under "T5Tokenizer", transformers
+  # re-adds the sentinels as tokens matched anywhere in the raw text ("a<extra_id_0>b" too),
+  # which is not how seqio, and so the model in training, saw them.
+  specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
   write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
   write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-      "tokenizer_class": "T5Tokenizer", "extra_ids": EXTRA_IDS,
-      "model_max_length": model_max_length, "legacy": True, **specials})
+      "tokenizer_class": "PreTrainedTokenizerFast", "extra_ids": EXTRA_IDS,
+      "model_max_length": model_max_length, "clean_up_tokenization_spaces": False, **specials})
 
 
 def write_json(path: str, value: dict) -> None:
@@ -236,27 +313,62 @@ def write_json(path: str, value: dict) -> None:
 # -- all-or-nothing output directories -------------------------------------------------------------
 
 def check_output_dir(out_dir: str, overwrite: bool, flag: str = "--overwrite") -> None:
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+  if exists(out_dir) and not isdir(out_dir):
     raise UserError(f"{out_dir} exists and is not a directory")
-  if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+  if isdir(out_dir) and _gfile().listdir(out_dir) and not overwrite:
     hint = f" (pass {flag} to replace it)" if flag else ""
     raise UserError(f"output directory {out_dir} exists and is not empty{hint}")
 
 
+def _publish(tmp: str) -> None:
+  """Files rw-r--r--, directories rwxr-xr-x: an export is meant to be shared (mkdtemp and some
+  writers create private ones)."""
+  os.chmod(tmp, 0o755)
+  for root, dirs, files in os.walk(tmp):
+    for d in dirs:
+      os.chmod(os.path.join(root, d), 0o755)
+    for f in files:
+      os.chmod(os.path.join(root, f), 0o644)
+
+
+def _upload(tmp: str, out_dir: str) -> None:
+  """Copies a local tree to an object store; the previous contents, if any, go first."""
+  gfile = _gfile()
+  if gfile.isdir(out_dir):
+    gfile.rmtree(out_dir)
+  for root, _, files in os.walk(tmp):
+    rel = os.path.relpath(root, tmp)
+    target = out_dir if rel == "." else os.path.join(out_dir, rel)
+    gfile.makedirs(target)
+    for f in sorted(files):
+      gfile.copy(os.path.join(root, f), os.path.join(target, f), overwrite=True)
+
+
 @contextlib.contextmanager
 def staged_output_dir(out_dir: str, overwrite: bool = False, flag: str | None = "--overwrite"):
-  """Yields a temporary sibling of `out_dir`, renamed into place only if the body succeeds.
+  """Yields a local temporary directory that becomes `out_dir` only if the body succeeds.
 
-  A crash leaves at most a `.<name>.tmp-*` directory beside it, never a half-written `out_dir`.
+  Locally it is a sibling renamed into place: a crash leaves at most a `.<name>.tmp-*`
+  directory, never a half-written `out_dir`. For an object store (gs://), where directories
+  cannot be renamed, the finished tree is uploaded once the body succeeded.
   """
-  out_dir = os.path.abspath(out_dir)
+  out_dir = resolve(out_dir)
   check_output_dir(out_dir, overwrite, flag)
+  if is_remote(out_dir):
+    tmp = tempfile.mkdtemp(prefix="t5x_lite_export-")
+    try:
+      yield tmp
+      _publish(tmp)
+      _upload(tmp, out_dir)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    return
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
   try:
     yield tmp
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
+    _publish(tmp)
     if os.path.isdir(out_dir):
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
       os.replace(out_dir, os.path.join(old, "x"))

@@ -3,21 +3,22 @@
 
 Turns a Hugging Face T5 directory (config.json + model.safetensors) into a step-0 checkpoint that
 pretraining continues from, with a fresh optimizer state built from the run gin, and writes
-OUT/model.gin binding the model. Continue with:
+OUT/model.gin binding the model. DIR and OUT may be local or gs://. Continue with:
   python -m t5x_lite.train --gin_file=OUT/model.gin --gin_file=runs/pretrain.gin \
-    --gin.MODEL_DIR="'OUT'"
+    --gin.MODEL_DIR="'OUT'" --gin.C4_TFDS_DATA_DIR="'...'"
+or, without C4 at hand, on the offline quickstart corpus with --gin_file=runs/quickstart.gin.
 """
 
 import argparse
 import dataclasses
+import io
 import json
 import os
-import shutil
 import sys
 
 import numpy as np
 
-from t5x_lite import config, gin_utils, hf_files
+from t5x_lite import commands, config, gin_utils, hf_files
 from t5x_lite.config import T5Config
 from t5x_lite.errors import UserError, run_main
 
@@ -34,6 +35,7 @@ HF_DEFAULTS = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "n
 FIXED = {"relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
          "layer_norm_epsilon": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
          "decoder_start_token_id": 0}
+DEFAULT_RUN_GIN = "runs/pretrain.gin"
 _SUFFIX_OF = {"d_model": "dm", "d_ff": "ff", "num_heads": "nh", "d_kv": "kv"}
 
 
@@ -108,20 +110,19 @@ def check_against_model_gin(dims: dict, gin_file: str) -> None:
 # -- weights ------------------------------------------------------------------------------------
 
 def load_hf_state_dict(hf_dir: str, allow_pickle: bool) -> dict:
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load as load_safetensors
   single = os.path.join(hf_dir, "model.safetensors")
   index = os.path.join(hf_dir, "model.safetensors.index.json")
-  if os.path.isfile(single):
-    return load_file(single)
-  if os.path.isfile(index):
-    with open(index, encoding="utf-8") as f:
-      shards = sorted(set(json.load(f)["weight_map"].values()))
+  if hf_files.isfile(single):
+    return load_safetensors(hf_files.read_bytes(single))
+  if hf_files.isfile(index):
+    shards = sorted(set(json.loads(hf_files.read_text(index))["weight_map"].values()))
     state = {}
     for shard in shards:
-      state.update(load_file(os.path.join(hf_dir, shard)))
+      state.update(load_safetensors(hf_files.read_bytes(os.path.join(hf_dir, shard))))
     return state
   pickle_path = os.path.join(hf_dir, "pytorch_model.bin")
-  if os.path.isfile(pickle_path):
+  if hf_files.isfile(pickle_path):
     if not allow_pickle:
       raise UserError(f"{hf_dir} has only pytorch_model.bin (a pickle, which can run code when "
                       "loaded); pass --allow_pickle if you trust it")
@@ -129,7 +130,8 @@ def load_hf_state_dict(hf_dir: str, allow_pickle: bool) -> dict:
       import torch
     except ImportError:
       raise UserError("reading pytorch_model.bin needs torch (pip install torch)") from None
-    return dict(torch.load(pickle_path, map_location="cpu", weights_only=True))
+    return dict(torch.load(io.BytesIO(hf_files.read_bytes(pickle_path)), map_location="cpu",
+                           weights_only=True))
   raise UserError(f"no model.safetensors (or model.safetensors.index.json) in {hf_dir}")
 
 
@@ -166,7 +168,7 @@ def _bound(name: str):
 
 # -- import -------------------------------------------------------------------------------------
 
-def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = "runs/pretrain.gin",
+def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
               gin_file: str | None = None, allow_pickle: bool = False, log=print) -> T5Config:
   """Writes the step-0 checkpoint and model.gin; returns the model's config."""
   import gin
@@ -176,15 +178,14 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = "runs/pretrain.gi
   from t5x_lite.models import EncoderDecoderModel
   from t5x_lite.trainer import Trainer, TrainState
 
-  hf_dir, model_dir = os.path.abspath(hf_dir), os.path.abspath(model_dir)
+  hf_dir, model_dir = hf_files.resolve(hf_dir), hf_files.resolve(model_dir)
   config_path = os.path.join(hf_dir, "config.json")
-  if not os.path.isfile(config_path):
+  if not hf_files.isfile(config_path):
     raise UserError(f"no config.json in {hf_dir}")
   # Never write into a run that has checkpoints or a model gin: checked before any work.
   hf_files.check_output_dir(model_dir, overwrite=False, flag=None)
   try:
-    with open(config_path, encoding="utf-8") as f:
-      hf_config = json.load(f)
+    hf_config = json.loads(hf_files.read_text(config_path))
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read {config_path}: {e}") from None
   if not isinstance(hf_config, dict):
@@ -198,9 +199,8 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = "runs/pretrain.gi
 
   spm_path = os.path.join(hf_dir, "spiece.model")
   spm_bytes = None
-  if os.path.isfile(spm_path):
-    with open(spm_path, "rb") as f:
-      spm_bytes = f.read()
+  if hf_files.isfile(spm_path):
+    spm_bytes = hf_files.read_bytes(spm_path)
     pieces = hf_files.check_sentencepiece(spm_bytes, spm_path)
     if pieces + hf_files.EXTRA_IDS > dims["vocab_size"]:
       raise UserError(f"{spm_path} has {pieces} pieces + {hf_files.EXTRA_IDS} extra ids, more "
@@ -238,20 +238,39 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = "runs/pretrain.gi
       with open(os.path.join(tmp, "model.gin"), "w", encoding="utf-8") as f:
         f.write(model_gin_text(name, dims, os.path.basename(hf_dir)))
       if spm_bytes is not None:
-        shutil.copyfile(spm_path, os.path.join(tmp, "spiece.model"))
+        with open(os.path.join(tmp, "spiece.model"), "wb") as f:
+          f.write(spm_bytes)
   finally:
     gin.clear_config()
 
   log(f"imported {hf_dir} as step 0 of {model_dir} (model {name}, scan_layers={cfg.scan_layers})")
-  log(f"continue pretraining: python -m t5x_lite.train --gin_file={model_dir}/model.gin "
-      f"--gin_file={run_gin_file} --gin.MODEL_DIR=\"'{model_dir}'\"")
+  for label, command in continue_commands(model_dir, run_gin_file, spm_bytes is not None):
+    log(f"{label}: {command}")
   if spm_bytes is not None:
-    log(f"its vocabulary is {model_dir}/spiece.model: train with "
-        f"--gin.task_vocabulary.path=\"'{model_dir}/spiece.model'\" so the data uses the same ids")
+    log(f"the commands train with its vocabulary, {model_dir}/spiece.model, so the data uses the "
+        "same ids")
   else:
     log(f"{hf_dir} has no spiece.model: make sure the run's vocabulary is the one the model "
         "was trained with")
   return cfg
+
+
+def continue_commands(model_dir: str, run_gin_file: str, has_vocab: bool) -> list[tuple[str, str]]:
+  """(label, command) to continue pretraining: with the run gin of the import, and, when that is
+  the C4 recipe, the offline quickstart corpus for those without C4 at hand."""
+  flags = [f"--gin.MODEL_DIR='{model_dir}'"]
+  if has_vocab:
+    flags.append(f"--gin.task_vocabulary.path='{os.path.join(model_dir, 'spiece.model')}'")
+  model_gin = f"--gin_file={os.path.join(model_dir, 'model.gin')}"
+  if os.path.normpath(run_gin_file) != os.path.normpath(DEFAULT_RUN_GIN):
+    return [("continue pretraining", commands.module_command(
+        "t5x_lite.train", [model_gin, f"--gin_file={run_gin_file}", *flags]))]
+  return [
+      ("continue pretraining on C4", commands.module_command("t5x_lite.train", [
+          model_gin, f"--gin_file={run_gin_file}", *flags,
+          "--gin.C4_TFDS_DATA_DIR='/path/to/tensorflow_datasets'"])),
+      ("or, without C4, on the quickstart corpus (a smoke test)", commands.module_command(
+          "t5x_lite.train", [model_gin, "--gin_file=runs/quickstart.gin", *flags]))]
 
 
 def main(argv=None) -> int:
@@ -259,7 +278,7 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--hf_dir", required=True, help="HF T5 directory (config.json + weights)")
   parser.add_argument("--model_dir", required=True, help="new MODEL_DIR (must be empty or absent)")
-  parser.add_argument("--run_gin_file", default="runs/pretrain.gin",
+  parser.add_argument("--run_gin_file", default=DEFAULT_RUN_GIN,
                       help="the run gin training will use (optimizer, scan_layers, dtype)")
   parser.add_argument("--gin_file", default=None,
                       help="a model gin the HF dimensions must agree with")

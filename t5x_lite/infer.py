@@ -1,7 +1,7 @@
 """`python -m t5x_lite.infer --model_dir=DIR --input="text with <extra_id_0> ..." [--step=N]
 [--max_decode_length=N] [--ids] [--vocab=spiece.model] [--dtype=float32|bfloat16]`
 
-Greedy decoding (with the key/value cache) from a checkpoint on one device. Prints one decoded
+Greedy decoding (with the key/value cache) from a checkpoint (local or gs://) on one device. Prints one decoded
 line per --input (repeatable), or with --ids one JSON object per input:
 {"input_ids": [... 1], "output_ids": [... through the first EOS]}.
 """
@@ -27,11 +27,10 @@ def load_vocabulary(model_dir: str, vocab: str | None, meta: dict):
   """seqio vocabulary: --vocab, else MODEL_DIR/spiece.model (an import), else the run's task."""
   import seqio
   path = vocab or os.path.join(model_dir, "spiece.model")
-  if vocab and not os.path.isfile(vocab):
+  if vocab and not hf_files.isfile(vocab):
     raise UserError(f"--vocab file {vocab} does not exist")
-  if os.path.isfile(path):
-    with open(path, "rb") as f:
-      hf_files.check_sentencepiece(f.read(), path)
+  if hf_files.isfile(path):  # seqio reads it through tf.io.gfile: local or gs://
+    hf_files.check_sentencepiece(hf_files.read_bytes(path), path)
     return seqio.SentencePieceVocabulary(path, extra_ids=hf_files.EXTRA_IDS)
   data, why = hf_files.task_sentencepiece(meta)
   if data is None:
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.max_decode_length is not None and args.max_decode_length < 1:
     raise UserError(f"--max_decode_length must be positive, got {args.max_decode_length}")
-  model_dir = os.path.abspath(args.model_dir)
+  model_dir = hf_files.resolve(args.model_dir)
   decoder = Decoder(model_dir, args.step, args.dtype)
   vocab = load_vocabulary(model_dir, args.vocab, decoder.meta)
   if vocab.vocab_size > decoder.cfg.vocab_size:

@@ -10,10 +10,11 @@ import os
 import sys
 import time
 
-from t5x_lite import gin_utils
+from t5x_lite import commands, gin_utils
 from t5x_lite.errors import run_main
 
 GIN_FILES = ("models/quickstart_tiny.gin", "runs/quickstart.gin")
+SAMPLE_INPUT = "The <extra_id_0> of the module."
 
 
 def main() -> int:
@@ -26,7 +27,7 @@ def main() -> int:
 
   from t5x_lite.data import quickstart_corpus
   started = time.time()
-  corpus, vocab = quickstart_corpus.ensure_quickstart_assets()
+  corpus, vocab = quickstart_corpus.ensure_quickstart_assets(log=print)
   print(f"quickstart corpus: {corpus['train']} (vocabulary {vocab}), ready in "
         f"{time.time() - started:.0f}s", flush=True)
 
@@ -40,13 +41,8 @@ def main() -> int:
   result = training.train()
   train_seconds = time.time() - started
 
-  exported = None
-  try:
-    from t5x_lite import export_hf
-  except ImportError:  # export arrives with the HF bridge
-    export_hf = None
-  if export_hf is not None:
-    exported = export_hf.export(model_dir, export_dir, overwrite=True)
+  from t5x_lite import export_hf
+  exported = export_hf.export(model_dir, export_dir, overwrite=True)
 
   first = _first_eval(model_dir)
   print("\n== quickstart done ==")
@@ -56,14 +52,29 @@ def main() -> int:
   if exported:
     print(f"HF export:       {export_dir}")
   print("next:")
-  print(f"  resume/extend: python -m t5x_lite.train --gin_file={GIN_FILES[0]} "
-        f"--gin_file={GIN_FILES[1]} --gin.MODEL_DIR=\"'{model_dir}'\" --gin.TRAIN_STEPS=600")
-  print(f"  generate:      python -m t5x_lite.infer --model_dir={model_dir} "
-        "--input=\"The <extra_id_0> of the module.\"")
-  if exported:
-    print(f"  in HF:         T5ForConditionalGeneration.from_pretrained('{export_dir}')")
+  for label, command in next_commands(model_dir, export_dir if exported else None,
+                                      result["step"], extra):
+    print(f"  {label + ':':<15}{command}")
   print("  real C4:       see README, 'Pretraining on C4'")
   return 0
+
+
+def next_commands(model_dir: str, export_dir: str | None, steps: int,
+                  extra: list[str]) -> list[tuple[str, str]]:
+  """(label, shell command) pairs to paste after the quickstart; the flags it was given repeat."""
+  gin_flags = [f"--gin_file={f}" for f in GIN_FILES] + list(extra)
+  out = [("resume/extend", commands.module_command("t5x_lite.train", [
+              *gin_flags, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={2 * steps}"])),
+         ("generate", commands.module_command("t5x_lite.infer", [
+              f"--model_dir={model_dir}", f"--input={SAMPLE_INPUT}"]))]
+  if export_dir:
+    load = (f"from transformers import AutoTokenizer, T5ForConditionalGeneration as T5; "
+            f"d = {export_dir!r}; model = T5.from_pretrained(d); "
+            f"tok = AutoTokenizer.from_pretrained(d); "
+            f"ids = model.generate(**tok({SAMPLE_INPUT!r}, return_tensors='pt'), max_new_tokens=16); "
+            f"print(tok.decode(ids[0]))")
+    out.append(("in HF", f"{commands.quote(commands.python())} -c {commands.quote(load)}"))
+  return out
 
 
 def _first_eval(model_dir: str) -> float:

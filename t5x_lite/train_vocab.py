@@ -15,8 +15,10 @@ import gzip
 import io
 import json
 import os
+import time
 from typing import Iterator
 
+from t5x_lite import progress
 from t5x_lite.errors import UserError, run_main
 
 # Lines longer than this many bytes are cut into pieces for training (SentencePiece skips them).
@@ -34,24 +36,41 @@ def list_files(pattern: str) -> list[str]:
   return sorted(files)
 
 
-def _open_text(path: str) -> io.TextIOBase:
+def _open_text(path: str) -> tuple[io.TextIOBase, io.RawIOBase]:
+  """(text reader, the underlying file, whose position says how many bytes were read)."""
   if "://" in path:
     import tensorflow as tf
     raw = tf.io.gfile.GFile(path, "rb")
   else:
     raw = open(path, "rb")
-  if path.endswith(".gz"):
-    raw = gzip.GzipFile(fileobj=raw)
+  binary = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
   # Bad bytes become U+FFFD rather than stopping the run.
-  return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+  return io.TextIOWrapper(binary, encoding="utf-8", errors="replace"), raw
+
+
+def _file_size(path: str) -> int:
+  if "://" in path:
+    import tensorflow as tf
+    return tf.io.gfile.stat(path).length
+  return os.path.getsize(path)
 
 
 def iter_sentences(files: list[str], input_format: str = "text",
-                   json_field: str = "text") -> Iterator[str]:
-  """Non-empty lines (paragraphs) of every document, cut to SentencePiece's line limit."""
+                   json_field: str = "text", log=None) -> Iterator[str]:
+  """Non-empty lines (paragraphs) of every document, cut to SentencePiece's line limit.
+
+  With `log`, progress lines (bytes read of the files' total, rate, ETA) go there.
+  """
+  bar = progress.Progress("reading the corpus", sum(_file_size(f) for f in files),
+                          amount=progress.format_bytes, log=log) if log else None
   for path in files:
-    with _open_text(path) as f:
+    text_file, raw = _open_text(path)
+    position = 0
+    with text_file as f:
       for line_no, line in enumerate(f, 1):
+        if bar and line_no % 10_000 == 0:
+          bar.advance(raw.tell() - position)
+          position = raw.tell()
         if input_format == "jsonl":
           try:
             text = json.loads(line).get(json_field, "")
@@ -66,12 +85,17 @@ def iter_sentences(files: list[str], input_format: str = "text",
           while paragraph:
             yield paragraph[:_MAX_SENTENCE_BYTES // 4]  # Characters are at most 4 bytes.
             paragraph = paragraph[_MAX_SENTENCE_BYTES // 4:]
+      if bar:
+        bar.advance(_file_size(path) - position)
+    raw.close()  # a GzipFile leaves the file it reads open
+  if bar:
+    bar.finish(f"{len(files)} files; SentencePiece now trains (no progress of its own)")
 
 
 def train_vocab(input_pattern: str, output_prefix: str, vocab_size: int,
                 input_format: str = "text", json_field: str = "text",
-                max_sentences: int = 5_000_000) -> str:
-  """Trains the model; returns the path of PREFIX.model."""
+                max_sentences: int = 5_000_000, log=None) -> str:
+  """Trains the model; returns the path of PREFIX.model. `log` receives progress lines."""
   import sentencepiece as spm
 
   if input_format not in ("text", "jsonl"):
@@ -81,7 +105,7 @@ def train_vocab(input_pattern: str, output_prefix: str, vocab_size: int,
   os.makedirs(out_dir, exist_ok=True)
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter_sentences(files, input_format, json_field),
+        sentence_iterator=iter_sentences(files, input_format, json_field, log),
         model_prefix=output_prefix, vocab_size=vocab_size, model_type="unigram",
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
         input_sentence_size=max_sentences, shuffle_input_sentence=True,
@@ -102,8 +126,11 @@ def main() -> int:
   parser.add_argument("--max_sentences", type=int, default=5_000_000,
                       help="sample at most this many lines for training")
   args = parser.parse_args()
+  # Progress goes to stderr: stdout holds only the model's path, for scripts.
+  started = time.monotonic()
   path = train_vocab(args.input, args.output, args.vocab_size, args.input_format,
-                     args.json_field, args.max_sentences)
+                     args.json_field, args.max_sentences, log=progress.log_to_stderr)
+  progress.log_to_stderr(f"trained {path} in {progress.format_duration(time.monotonic() - started)}")
   print(path)
   return 0
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from t5x_lite import checkpoints, config, flops, partitioning, resume_check, run_lock, run_setup
 from t5x_lite import optimizers  # noqa: F401  (registers gin configurables)
-from t5x_lite.data import pipeline
+from t5x_lite.data import pipeline, tokenized_cache
 from t5x_lite.errors import UserError
 from t5x_lite.metrics_writer import MetricsWriter
 from t5x_lite.models import EncoderDecoderModel
@@ -73,6 +73,12 @@ def evaluate(trainer: Trainer, state, eval_dataset, eval_steps: int, task: str =
     raise _no_data(task, "validation")
   n = max(totals["num_tokens"], 1.0)
   return {"eval_loss": totals["loss_sum"] / n, "eval_accuracy": totals["num_correct"] / n}
+
+
+def _first_step_seconds(metrics, started: float) -> float:
+  """Wall time of the first train step of a process, which is dominated by its compilation."""
+  jax.block_until_ready(metrics)
+  return time.time() - started
 
 
 def _write_config(model_dir: str) -> None:
@@ -189,6 +195,9 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
   eval_dataset = pipeline.get_dataset(
       mixture_or_task_name, task_feature_lengths, "validation", batch_size, shuffle=False,
       seed=seed, use_packing=use_packing, repeat=True, **shard)
+  if tokenized_cache.tokenized_cache_config():
+    writer.console(f"reading pre-tokenized data from the cache in "
+                   f"{tokenized_cache.tokenized_cache_config()}")
 
   if restored is None:
     state, step = None, 0  # initialised once the data is known to be there
@@ -243,18 +252,28 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
   last_log_time = started = time.time()
   first_step, last_log_step, last_train = step, step, {}
   config_written = False
+  compile_s = None  # this process's first step: compilation, reported apart from step times
   while step < end_step:
     batch = first_batch if first_batch is not None else next_batch()
     first_batch = None
+    step_started = time.time()
     state, metrics = trainer.train_step(state, batch)
     step += 1
     pending.append((step, metrics))
+    if compile_s is None:
+      compile_s = _first_step_seconds(metrics, step_started)
+      writer.console(f"compiled the train step in {compile_s:.1f} s (step {step}; not counted "
+                     "in step times)")
+      if step != end_step:  # the first window (and the ETA) starts after it
+        last_log_time = started = time.time()
+        last_log_step = first_step = step
     if not config_written:
       _write_config(model_dir)
       config_written = True
 
     is_last = step == end_step
-    do_log = step % log_period == 0 or is_last
+    # Not when the window holds only the compiled step (log_period 1): it has no step time.
+    do_log = (step % log_period == 0 or is_last) and step > last_log_step
     do_eval = step % eval_period == 0 or step == train_steps
     stop_now = preemption.should_stop(step)
     do_save = step % checkpoint_period == 0 or is_last or stop_now
@@ -276,9 +295,11 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
                 "z_loss": float(host_metrics["z_loss"]),
                 "learning_rate": float(lr_schedule(step - 1)),
                 "grad_norm": float(host_metrics["grad_norm"]),
-                "tokens_per_second": tokens_per_step / step_time, "step_time_s": step_time,
-                "mfu": (flops_per_example * batch_size / step_time / (peak * jax.device_count()))
-                       if peak else None}
+                "tokens_per_second": tokens_per_step / step_time, "step_time_s": step_time}
+      record["mfu"], peak = flops.utilization(flops_per_example * batch_size / step_time, peak,
+                                              jax.device_count(), not peak_flops_per_device)
+      if compile_s is not None and not last_train:  # the first logged row of this process
+        record["compile_s"] = compile_s
       writer.write(record)
       writer.train_line(record, train_steps, started, first_step)
       last_train = record

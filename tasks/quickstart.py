@@ -8,6 +8,7 @@ from typing import Optional
 
 import gin
 
+from t5x_lite import progress
 from t5x_lite.data import quickstart_corpus, registry, sources
 from t5x_lite.data.span_corruption import span_corruption_task
 from t5x_lite.data.vocab import scoped_vocabulary
@@ -19,7 +20,7 @@ def quickstart_cache_dir(cache_dir: Optional[str] = None) -> str:
 
 
 def _build_assets():
-  quickstart_corpus.ensure_quickstart_assets(quickstart_cache_dir())
+  quickstart_corpus.ensure_quickstart_assets(quickstart_cache_dir(), log=progress.log_to_stderr)
 
 
 @registry.task_builder("quickstart_span_corruption", prepare=_build_assets)

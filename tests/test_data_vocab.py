@@ -54,7 +54,7 @@ def test_clean_paragraphs_keeps_prose_and_drops_code():
 def small_build(monkeypatch):
   """Replaces the (half-minute) real corpus with a small one to test the build logic."""
   docs = [(f"doc{i}", d) for i, d in enumerate(testing.make_documents(300, max_words=80))]
-  monkeypatch.setattr(quickstart_corpus, "collect_documents", lambda: docs)
+  monkeypatch.setattr(quickstart_corpus, "collect_documents", lambda log=None: docs)
   monkeypatch.setattr(quickstart_corpus, "VOCAB_SIZE", 60)
   return docs
 

@@ -214,6 +214,9 @@ def test_export_refusals_change_nothing(imported, tmp_path, spm_path):
   with pytest.raises(UserError, match="not empty.*--overwrite"):
     export_hf.main([f"--model_dir={model_dir}", f"--output_dir={out}"])
   assert os.listdir(out) == ["keep.txt"]
+  with pytest.raises(UserError, match="--license must be a license identifier"):
+    export_hf.main([f"--model_dir={model_dir}", f"--output_dir={tmp_path / 'o'}",
+                    "--license=Apache License 2.0"])
   with pytest.raises(UserError, match="no checkpoint for step 7"):
     export_hf.main([f"--model_dir={model_dir}", f"--output_dir={tmp_path / 'o'}", "--step=7"])
   big = train_sentencepiece(tmp_path / "big.model", pieces=100)  # 100 + 100 ids > 160
@@ -235,9 +238,13 @@ def test_export_refusals_change_nothing(imported, tmp_path, spm_path):
   assert not [p for p in os.listdir(tmp_path) if "half" in p]
   # --overwrite replaces the directory as a whole.
   export_hf.main([f"--model_dir={model_dir}", f"--output_dir={out}", "--overwrite"])
-  assert sorted(os.listdir(out)) == sorted(["config.json", "generation_config.json",
+  assert sorted(os.listdir(out)) == sorted(["README.md", "config.json", "generation_config.json",
                                             "model.safetensors", "spiece.model",
-                                            "special_tokens_map.json", "tokenizer_config.json"])
+                                            "special_tokens_map.json", "tokenizer.json",
+                                            "tokenizer_config.json"])
+  # World-readable, as the Hub and shared file systems expect.
+  assert {oct(os.stat(out / f).st_mode & 0o777) for f in os.listdir(out)} == {oct(0o644)}
+  assert oct(os.stat(out).st_mode & 0o777) == oct(0o755)
 
 
 def test_config_checks():
@@ -308,3 +315,54 @@ def test_cli(imported, tmp_path):
   errors = [l for l in failed.stderr.splitlines() if l.startswith("error:")]
   assert errors == [f"error: no config.json in {tmp_path / 'nothing'}"]
   assert "Traceback" not in failed.stderr
+
+
+def test_urls_go_through_gfile(imported, tmp_path, spm_path):
+  """export, import and infer take gs:// paths through tf.io.gfile; file:// URLs run that same
+  code path without a bucket."""
+  from t5x_lite import infer
+  _, _, model_dir, run_gin = imported(CASES[0])
+  url = lambda p: f"file://{p}"  # noqa: E731
+  done = export_hf.export(url(model_dir), url(tmp_path / "exported"), vocab=url(spm_path),
+                          log=quiet)
+  assert done["output_dir"] == url(tmp_path / "exported") and done["tokenizer"]
+  assert {"README.md", "tokenizer.json", "model.safetensors"} <= set(os.listdir(tmp_path / "exported"))
+  assert {os.stat(p).st_mode & 0o777 for p in (tmp_path / "exported").iterdir()} == {0o644}
+  with pytest.raises(UserError, match="not empty"):
+    export_hf.export(url(model_dir), url(tmp_path / "exported"), log=quiet)
+
+  import_hf.import_hf(url(tmp_path / "exported"), url(tmp_path / "again"), str(run_gin), log=quiet)
+  a = hf_files.restore_params(url(model_dir)).params
+  b = hf_files.restore_params(url(tmp_path / "again")).params
+  assert all(np.array_equal(x, y) for x, y in zip(jax_leaves(a), jax_leaves(b)))
+
+  decoder = infer.Decoder(url(tmp_path / "again"))
+  vocab = infer.load_vocabulary(url(tmp_path / "again"), None, decoder.meta)
+  assert vocab.vocab_size == SPM_PIECES + 100
+  inputs = [list(vocab.encode("the quick <extra_id_0> fox")) + [1]]
+  assert len(decoder.generate(inputs, 4)[0]) <= 4
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_model_card_reports_the_run():
+  from t5x_lite import model_card
+  cfg = config.resolve_model_name("t5-efficient-tiny-nl2")
+  metrics = "\n".join(json.dumps(r) for r in [
+      {"step": 0, "eval_loss": 9.0, "eval_accuracy": 0.0}, {"step": 10, "loss": 5.0},
+      {"step": 20, "eval_loss": 4.25, "eval_accuracy": 0.31}, {"step": 30, "eval_loss": 4.0,
+                                                                "eval_accuracy": 0.33}])
+  meta = {"mixture_or_task_name": "c4_span_corruption", "gin_config": "BATCH_SIZE = 128\n",
+          "task_feature_lengths": {"inputs": 512, "targets": 114}}
+  card = model_card.model_card(cfg, 1234567, 20, meta, metrics, "float32", "mit", True)
+  assert card.startswith("---\nlicense: mit\n")
+  assert "# t5-efficient-tiny-nl2" in card and "| 256 | 1024 | 4 | 64 | 2 / 2 | 32128 | 1,234,567 |" in card
+  assert "steps: 20" in card and f"{20 * 128 * 626:,} token positions" in card
+  assert "C4 (English)" in card
+  assert "step 20): cross-entropy 4.2500, token accuracy 0.3100" in card  # not step 30's
+  assert 'AutoTokenizer.from_pretrained("PATH_OR_REPO_ID")' in card
+  unknown = model_card.model_card(cfg, 1, 5, {}, None, "float32", "apache-2.0", False)
+  assert "evaluation: none recorded" in unknown and "No tokenizer" in unknown

@@ -25,7 +25,9 @@ import re
 import shutil
 import sysconfig
 import tempfile
+import time
 
+from t5x_lite import progress
 from t5x_lite.errors import UserError, run_main
 
 NUM_TRAIN_SHARDS = 4
@@ -130,12 +132,23 @@ def _topic_documents() -> list[tuple[str, str]]:
           for name, text in sorted(topics.topics.items())]
 
 
-def collect_documents() -> list[tuple[str, str]]:
-  """(key, text) for every non-empty document, in a fixed order, paragraphs deduplicated."""
+def collect_documents(log=None) -> list[tuple[str, str]]:
+  """(key, text) for every non-empty document, in a fixed order, paragraphs deduplicated.
+
+  With `log`, progress lines (modules read, rate, ETA) go there.
+  """
   keyed_files = [(f"{name}/{os.path.relpath(f, root)}", f)
                  for name, root in _source_roots() for f in _python_files(root)]
+  bar = progress.Progress("reading docstrings", len(keyed_files), "modules", every_s=5,
+                          log=log) if log else None
+  texts = []
   with concurrent.futures.ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-    texts = list(pool.map(_module_document, [f for _, f in keyed_files], chunksize=32))
+    for text in pool.map(_module_document, [f for _, f in keyed_files], chunksize=32):
+      texts.append(text)
+      if bar:
+        bar.advance()
+  if bar:
+    bar.finish()
   docs = [(k, t) for (k, _), t in zip(keyed_files, texts)] + _topic_documents()
   # Generated API mirrors repeat docstrings verbatim; keep each paragraph once.
   seen, out = set(), []
@@ -162,8 +175,8 @@ def vocab_path(cache_dir) -> str:
   return str(pathlib.Path(cache_dir) / "vocab.model")
 
 
-def _write_corpus(directory: pathlib.Path) -> dict[str, int]:
-  docs = collect_documents()
+def _write_corpus(directory: pathlib.Path, log=None) -> dict[str, int]:
+  docs = collect_documents(log)
   train = [t for k, t in docs if not _is_validation(k)]
   validation = [t for k, t in docs if _is_validation(k)]
   shards = [(f"train-{i:05d}-of-{NUM_TRAIN_SHARDS:05d}.jsonl", train[i::NUM_TRAIN_SHARDS])
@@ -177,8 +190,11 @@ def _write_corpus(directory: pathlib.Path) -> dict[str, int]:
           "bytes": sum(len(t.encode()) for _, t in docs)}
 
 
-def ensure_quickstart_assets(cache_dir=None, force: bool = False) -> tuple[dict[str, str], str]:
+def ensure_quickstart_assets(cache_dir=None, force: bool = False,
+                             log=None) -> tuple[dict[str, str], str]:
   """Builds the corpus and its vocabulary once; returns (split -> file pattern, vocab path).
+
+  With `log`, what is being built and its progress are reported there.
 
   The whole directory is built under a temporary name and renamed into place, so an interrupted
   build is never mistaken for a complete one.
@@ -191,10 +207,16 @@ def ensure_quickstart_assets(cache_dir=None, force: bool = False) -> tuple[dict[
 
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=cache_dir.name + ".tmp-", dir=cache_dir.parent))
+    if log:
+      log(f"building the quickstart corpus and its vocabulary in {cache_dir} (once; about half a "
+          "minute)")
     try:
-      stats = _write_corpus(tmp)
+      stats = _write_corpus(tmp, log)
+      started = time.monotonic()
       train_vocab.train_vocab(str(tmp / "train-*.jsonl"), str(tmp / "vocab"), VOCAB_SIZE,
-                              input_format="jsonl")
+                              input_format="jsonl", log=log)
+      if log:
+        log(f"trained the {VOCAB_SIZE}-piece vocabulary in {time.monotonic() - started:.0f}s")
       (tmp / "COMPLETE").write_text(json.dumps(stats) + "\n")
       if cache_dir.exists():  # A partial build from an interrupted run.
         shutil.rmtree(cache_dir)
@@ -214,7 +236,8 @@ def main() -> int:
   parser.add_argument("--force", action="store_true", help="rebuild even if complete")
   args = parser.parse_args()
   try:
-    patterns, vocab = ensure_quickstart_assets(args.cache_dir, force=args.force)
+    patterns, vocab = ensure_quickstart_assets(args.cache_dir, force=args.force,
+                                               log=progress.log_to_stderr)
   except OSError as e:
     raise UserError(f"cannot build the quickstart corpus: {e}") from None
   stats = json.loads((pathlib.Path(vocab).parent / "COMPLETE").read_text())

@@ -25,6 +25,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5x_lite import commands, progress
 from t5x_lite.errors import UserError
 
 _SHARD = "{split}.tfrecord-{index:05d}-of-{num_shards:05d}"
@@ -117,6 +118,18 @@ def write_shard(task: seqio.Task, split: str, index: int, num_shards: int, out_d
   return stats
 
 
+def _shard_ranges(indices: Sequence[int]) -> str:
+  """[0, 1, 2, 5] -> '1-3, 6' (1-based, as the progress lines count shards)."""
+  ranges, start = [], None
+  for i, index in enumerate(indices):
+    if start is None:
+      start = index
+    if i + 1 == len(indices) or indices[i + 1] != index + 1:
+      ranges.append(f"{start + 1}" if start == index else f"{start + 1}-{index + 1}")
+      start = None
+  return ", ".join(ranges)
+
+
 def write_cache(task: seqio.Task, cache_dir: str, splits: Sequence[str],
                 num_shards: Optional[int] = None, worker_id: int = 0,
                 num_workers: int = 1, log=print) -> bool:
@@ -136,12 +149,21 @@ def write_cache(task: seqio.Task, cache_dir: str, splits: Sequence[str],
       raise UserError(f"task {task.name!r} split {split!r} has {available} input files; "
                       f"--num_shards={n} would leave shards empty (use at most {available})")
     totals, done = _NO_STATS, 0
+    mine = [i for i in range(n) if i % num_workers == worker_id]
+    skipped = [i for i in mine if tf.io.gfile.exists(_shard_paths(out_dir, split, i, n)[1])]
+    if skipped:
+      log(f"{task.name} {split}: {len(skipped)} of this worker's {len(mine)} shards are already "
+          f"written, skipping {_shard_ranges(skipped)} (of {n})")
+    bar = progress.Progress(f"{task.name} {split}", len(mine) - len(skipped), "shards", every_s=0,
+                            log=log)
     for index in range(n):
       stats_path = _shard_paths(out_dir, split, index, n)[1]
       if index % num_workers == worker_id:
+        fresh = index not in skipped
         stats = write_shard(task, split, index, n, out_dir)
-        log(f"{task.name} {split} shard {index + 1}/{n}: {stats['examples']} documents, "
-            f"{stats['targets_tokens']} tokens")
+        if fresh:
+          bar.advance(1, f"shard {index + 1}/{n}: {stats['examples']} documents, "
+                         f"{stats['targets_tokens']} tokens")
       elif tf.io.gfile.exists(stats_path):
         stats = _read_json(stats_path)
       else:
@@ -163,7 +185,7 @@ def write_cache(task: seqio.Task, cache_dir: str, splits: Sequence[str],
 def use_cache(task: seqio.Task, cache_dir: str, split: str) -> None:
   """Points seqio at `cache_dir` for `task`, failing in one line if that cache cannot serve."""
   out_dir = task_cache_dir(cache_dir, task.name)
-  hint = (f"write it with `python -m t5x_lite.cache_tokenized --task={task.name} "
+  hint = (f"write it with `{commands.python()} -m t5x_lite.cache_tokenized --task={task.name} "
           f"--cache_dir={cache_dir}` (same gin files), or unset tokenized_cache.cache_dir")
   if not tf.io.gfile.exists(os.path.join(out_dir, _COMPLETED)):
     raise UserError(f"no completed tokenized cache of task {task.name!r} in {out_dir}; {hint}")
