@@ -241,6 +241,25 @@ def num_params(cfg: T5Config) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(abstract))
 
 
+def params_by_formula(cfg: T5Config) -> int:
+  """The parameter count in closed form (num_params counts the initialised tree instead).
+
+  With d = d_model, a = num_heads * d_kv, c = num_kv_heads * d_kv, p = 2 key/value projections
+  (1 when tied), f = d_ff, g = 2 (gated-gelu) or 1 (relu) input projections, V = vocab_size:
+  each attention 2*d*a + p*d*c, each mlp (g + 1)*d*f, each layer norm d; per stack one relative
+  position table (buckets x heads) and a final norm; the embedding V*d, plus an lm_head V*d when untied.
+  """
+  d, f, v = cfg.d_model, cfg.d_ff, cfg.vocab_size
+  attention = 2 * d * cfg.inner_dim + (1 if cfg.tied_key_value else 2) * d * cfg.kv_inner_dim
+  mlp = (3 if cfg.feed_forward_proj == "gated-gelu" else 2) * d * f
+  encoder_layer = attention + mlp + 2 * d
+  decoder_layer = 2 * attention + mlp + 3 * d
+  per_stack = cfg.relative_attention_num_buckets * cfg.num_heads + d
+  embeddings = v * d * (1 if cfg.tie_word_embeddings else 2)
+  return (cfg.num_encoder_layers * encoder_layer + cfg.num_decoder_layers * decoder_layer
+          + 2 * per_stack + embeddings)
+
+
 def forward_flops_per_example(cfg: T5Config, input_length: int, target_length: int) -> float:
   """Forward-pass matmul FLOPs for one (input, target) example.
 

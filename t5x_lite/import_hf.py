@@ -210,6 +210,7 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = "runs/pretrain.gi
     gin_utils.parse_gin([run_gin_file], [], finalize=False)
     cfg = config.model_config(name=name, **dims)
     params = hf_mapping.from_hf_state_dict(state_dict, cfg)
+    shared_structure = hf_mapping.tied_variants(state_dict, cfg)
     model = EncoderDecoderModel(cfg)
     mesh = partitioning.make_mesh(1, devices=jax.local_devices()[:1])
     trainer = Trainer(model, mesh, partitioning.logical_axis_rules(), {"inputs": 1, "targets": 1})
@@ -240,6 +241,9 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = "runs/pretrain.gi
     gin.clear_config()
 
   log(f"imported {hf_dir} as step 0 of {model_dir} (model {name}, scan_layers={cfg.scan_layers})")
+  if shared_structure:
+    log(f"{hf_dir} holds a -{'-'.join(shared_structure)} model written out in HF's layout; imported "
+        f"as an ordinary untied model ({name}): its key/value weights train independently from here")
   log(f"continue pretraining: python -m t5x_lite.train --gin_file={model_dir}/model.gin "
       f"--gin_file={run_gin_file} --gin.MODEL_DIR=\"'{model_dir}'\"")
   if spm_bytes is not None:
