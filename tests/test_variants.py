@@ -298,3 +298,81 @@ def test_reading_an_untied_state_into_a_tied_config_is_refused():
   tied_only = dataclasses.replace(cfg, shared_heads=False)
   with pytest.raises(UserError, match="differs from the key projection.*-skv"):
     hf_mapping.from_hf_state_dict(state, tied_only)
+
+
+# -- end to end: train by name, export, infer, import --------------------------------------------
+
+@pytest.mark.slow  # ~1-3 min on 2 cores: training, export, infer and import compile in turn
+def test_train_by_name_then_export_infer_and_import(tmp_path):
+  """`-el3-dl5-sh-skv` trains through models/t5_efficient.gin; its HF export gives transformers the
+  same logits and greedy tokens as `infer`; importing the export gives an untied model."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  import gin
+  import tasks  # noqa: F401  (registers the text corpus task)
+  from t5x_lite import export_hf, gin_utils, hf_files, import_hf, infer, training
+  from t5x_lite.data import testing
+
+  name = "t5-efficient-tiny-el3-dl5-sh-skv"
+  docs = testing.make_documents(60, seed=3, max_words=60)
+  model_dir = tmp_path / "run"
+  gin.clear_config()
+  gin_utils.parse_gin(["models/t5_efficient.gin", "runs/quickstart.gin"], [
+      f"MODEL_NAME = '{name}'", "model_config.vocab_size = 256",
+      "MIXTURE_OR_TASK_NAME = 'text_span_corruption'",
+      f"text_corpus.train_files = '{testing.write_text_shards(tmp_path, 'train', docs[:50], 1)}'",
+      f"text_corpus.validation_files = '{testing.write_text_shards(tmp_path, 'val', docs[50:], 1)}'",
+      f"task_vocabulary.path = '{testing.train_tiny_vocab(tmp_path, vocab_size=100)}'",
+      "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}", "BATCH_SIZE = 8",
+      "NUM_PARTITIONS = 2",
+      f"MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = 2", "CHECKPOINT_PERIOD = 2", "EVAL_PERIOD = 2",
+      "train.eval_steps = 1"])
+  try:
+    training.train()
+  finally:
+    gin.clear_config()
+  restored = hf_files.restore_params(str(model_dir))
+  assert restored.cfg.shared_heads and restored.cfg.tied_key_value
+  assert restored.cfg.num_decoder_layers == 5
+
+  out = tmp_path / "hf"
+  export_hf.export(str(model_dir), str(out), log=lambda *_: None)
+  hf = transformers.T5ForConditionalGeneration.from_pretrained(str(out)).eval()
+  # The export is an ordinary T5: 12 attention layers' k and v each written out in full.
+  assert sum(p.numel() for p in hf.parameters()) == config.num_params(
+      dataclasses.replace(restored.cfg, shared_heads=False, tied_key_value=False))
+
+  decoder = infer.Decoder(str(model_dir))
+  rng = np.random.default_rng(0)
+  input_ids = [list(rng.integers(3, 200, n)) + [1] for n in (12, 7)]
+  ours = decoder.generate(input_ids, 8)
+  batch = np.zeros((2, 13), np.int64)
+  for row, ids in enumerate(input_ids):
+    batch[row, :len(ids)] = ids
+  with torch.no_grad():
+    generated = hf.generate(torch.from_numpy(batch), attention_mask=torch.from_numpy(batch > 0),
+                            max_new_tokens=8, do_sample=False, num_beams=1, use_cache=False)
+  for row in range(2):
+    theirs = generated[row, 1:].tolist()
+    assert theirs[:len(ours[row])] == ours[row]
+  decoder_inputs = np.concatenate([np.zeros((2, 1), np.int64), generated[:, 1:8].numpy()], 1)
+  with torch.no_grad():
+    hf_logits = hf(input_ids=torch.from_numpy(batch), attention_mask=torch.from_numpy(batch > 0),
+                   decoder_input_ids=torch.from_numpy(decoder_inputs)).logits.numpy()
+  our_logits = np.asarray(decoder.model.logits(decoder.params, {
+      "encoder_input_tokens": batch.astype(np.int32),
+      "decoder_input_tokens": decoder_inputs.astype(np.int32),
+      "decoder_target_tokens": np.ones_like(decoder_inputs, np.int32)}))
+  np.testing.assert_allclose(our_logits, hf_logits, atol=1e-4, rtol=0)
+
+  run_gin = tmp_path / "run.gin"
+  run_gin.write_text("from t5x_lite import config\nmodel_config.scan_layers = True\n")
+  lines = []
+  import_hf.import_hf(str(out), str(tmp_path / "imported"), str(run_gin), log=lines.append)
+  said = [line for line in lines if "untied" in line]
+  assert len(said) == 1 and "-sh-skv model" in said[0] and "ordinary untied model" in said[0]
+  imported = hf_files.restore_params(str(tmp_path / "imported"))
+  assert not imported.cfg.shared_heads and not imported.cfg.tied_key_value
+  attention = imported.params["decoder"]["layers"]["self_attention"]
+  np.testing.assert_array_equal(np.asarray(attention["key"]["kernel"]),
+                                np.asarray(attention["value"]["kernel"]))
