@@ -193,6 +193,7 @@ def tied_variants(state_dict, cfg: T5Config) -> list[str]:
            if e.hf_key.endswith(".k.weight")]
   if not pairs or any(k not in state_dict or v not in state_dict for k, v in pairs):
     return []
+
   def heads_repeated(matrix):  # [heads * d_kv, d_model]: every head equal to the first
     heads = matrix.reshape(cfg.num_heads, -1, matrix.shape[-1])
     return bool((heads == heads[:1]).all())
