@@ -82,10 +82,10 @@ def paper_metrics(cfg: config.T5Config, s: Settings) -> dict:
       "num_params": config.num_params(cfg),
       "weights_float32_MB": round(config.weight_bytes(cfg, 4) / 1e6, 2),
       "weights_bfloat16_MB": round(config.weight_bytes(cfg, 2) / 1e6, 2),
-      "train_gflops_per_token": round(
-          config.flops_per_token(cfg, s.input_length, s.target_length) / 1e9, 4),
-      "inference_gflops_per_token": round(
-          config.inference_flops_per_token(cfg, s.input_length, s.target_length) / 1e9, 4),
+      "train_gflops_per_token": _significant(
+          config.flops_per_token(cfg, s.input_length, s.target_length) / 1e9),
+      "inference_gflops_per_token": _significant(
+          config.inference_flops_per_token(cfg, s.input_length, s.target_length) / 1e9),
       "kv_cache_bytes_per_token": config.kv_cache_bytes_per_token(cfg, bytes_per_value),
   }
 
@@ -125,8 +125,8 @@ def measure(name: str, s: Settings) -> dict:
     raise UserError(f"{name}: the training loss is not finite; the measurement is void")
   row.update(step_ms=round(step_s * 1e3, 2), examples_per_s=round(s.batch_size / step_s, 2),
              tokens_per_s=round(s.batch_size * (s.input_length + s.target_length) / step_s, 1),
-             train_tflops_per_s=round(config.train_flops_per_example(
-                 cfg, s.input_length, s.target_length) * s.batch_size / step_s / 1e12, 4))
+             train_tflops_per_s=_significant(config.train_flops_per_example(
+                 cfg, s.input_length, s.target_length) * s.batch_size / step_s / 1e12))
   row["peak_memory_MB"] = _mb(_peak_memory_bytes(devices[0]))
   params = state.params
   del state
@@ -146,6 +146,10 @@ def measure(name: str, s: Settings) -> dict:
              decode_tokens_per_s=round(s.batch_size * s.decode_length / decode_s, 1))
   row["peak_memory_with_decode_MB"] = _mb(_peak_memory_bytes(devices[0]))
   return row
+
+
+def _significant(x: float, digits: int = 4) -> float:
+  return float(f"{x:.{digits}g}")
 
 
 def _mb(num_bytes: int | None) -> float | None:
