@@ -49,6 +49,10 @@ class T5Config:
   # stack's depth unrolls it fully, for faster steps at an unscanned model's compile time.
   scan_unroll: int = 1
   remat_policy: str = "none"
+  # T5-Efficient `-sh`: multi-query attention, one key head and one value head for all query heads.
+  shared_heads: bool = False
+  # T5-Efficient `-skv`: one projection gives both keys and values (the value is the key).
+  tied_key_value: bool = False
 
   def __post_init__(self):
     for field in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
@@ -73,11 +77,25 @@ class T5Config:
     if self.relative_attention_num_buckets < 4:
       # The bucket function splits the buckets in halves (direction) and halves again (exact/log).
       raise UserError(f"model {self.name!r}: relative_attention_num_buckets must be at least 4")
+    for field in ("shared_heads", "tied_key_value"):
+      if not isinstance(getattr(self, field), bool):
+        raise UserError(f"model {self.name!r}: {field} must be True or False, "
+                        f"got {getattr(self, field)!r}")
 
   @property
   def inner_dim(self) -> int:
     """Width of the joined attention heads (num_heads * d_kv)."""
     return self.num_heads * self.d_kv
+
+  @property
+  def num_kv_heads(self) -> int:
+    """Key/value heads: 1 with shared heads (multi-query attention), else one per query head."""
+    return 1 if self.shared_heads else self.num_heads
+
+  @property
+  def kv_inner_dim(self) -> int:
+    """Width of the joined key (or value) heads (num_kv_heads * d_kv)."""
+    return self.num_kv_heads * self.d_kv
 
 
 # (d_model, d_ff, num_heads, num_layers, d_kv) of the released HF configs.
@@ -109,9 +127,20 @@ SUFFIXES = {
     "kv": ("d_kv",),
     "nh": ("num_heads",),
 }
+# Suffixes without a number, each switching one field on: `sh` "attention heads are shared" (read
+# as multi-query attention: one key head and one value head serve all query heads), `skv`
+# "key-value projection matrices are tied" (one projection gives both keys and values).
+FLAGS = {
+    "sh": "shared_heads",
+    "skv": "tied_key_value",
+}
+# The fields a T5-Efficient name can set that HF's T5 spells out in full on export (the shared
+# head repeated per head, the tied matrix written as both k and v).
+EXPANDED_ON_HF_EXPORT = tuple(FLAGS.values())
 GRAMMAR = ("t5-efficient-{" + "|".join(EFFICIENT_SIZES) + "} or t5-v1_1-{" + "|".join(V1_1_SIZES)
-           + "}, optionally followed by suffixes -{" + "|".join(SUFFIXES) + "}N (e.g. t5-efficient-base-el16-dl8)")
-_NAME_RE = re.compile(r"^(t5-efficient|t5-v1_1)-([a-z]+)((?:-[a-z]+\d+)*)$")
+           + "}, optionally followed by suffixes -{" + "|".join(SUFFIXES) + "}N and -"
+           + " / -".join(FLAGS) + " (e.g. t5-efficient-base-el16-dl8, t5-efficient-tiny-nl32-sh-skv)")
+_NAME_RE = re.compile(r"^(t5-efficient|t5-v1_1)-([a-z]+)((?:-[a-z0-9]+)*)$")
 
 
 def resolve_model_name(name: str) -> T5Config:
@@ -123,15 +152,22 @@ def resolve_model_name(name: str) -> T5Config:
   d_model, d_ff, num_heads, num_layers, d_kv = FAMILIES[family][size]
   dims = dict(d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
               num_encoder_layers=num_layers, num_decoder_layers=num_layers)
+  flags = {}
   for suffix in filter(None, suffixes.split("-")):
-    key, value = re.match(r"^([a-z]+)(\d+)$", suffix).groups()
-    if key not in SUFFIXES or int(value) <= 0:
+    if suffix in FLAGS:
+      if FLAGS[suffix] in flags:
+        raise UserError(f"suffix -{suffix} appears twice in model name {name!r}; expected {GRAMMAR}")
+      flags[FLAGS[suffix]] = True
+      continue
+    numbered = re.match(r"^([a-z]+)(\d+)$", suffix)
+    if not numbered or numbered.group(1) not in SUFFIXES or int(numbered.group(2)) <= 0:
       raise UserError(f"bad suffix {suffix!r} in model name {name!r}; expected {GRAMMAR}")
+    key, value = numbered.groups()
     for field in SUFFIXES[key]:
       dims[field] = int(value)
   v1_0 = family == "t5-efficient"
   return T5Config(name=name, feed_forward_proj="relu" if v1_0 else "gated-gelu",
-                  tie_word_embeddings=v1_0, **dims)
+                  tie_word_embeddings=v1_0, **dims, **flags)
 
 
 @gin.configurable
@@ -145,6 +181,8 @@ def model_config(name: str = gin.REQUIRED,
                  num_decoder_layers: int | None = None,
                  feed_forward_proj: str | None = None,
                  tie_word_embeddings: bool | None = None,
+                 shared_heads: bool | None = None,
+                 tied_key_value: bool | None = None,
                  dropout_rate: float = 0.0,
                  dtype: str = "float32",
                  scan_layers: bool = True,
@@ -158,7 +196,8 @@ def model_config(name: str = gin.REQUIRED,
   cfg = resolve_model_name(name)
   dims = dict(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
               num_encoder_layers=num_encoder_layers, num_decoder_layers=num_decoder_layers,
-              feed_forward_proj=feed_forward_proj, tie_word_embeddings=tie_word_embeddings)
+              feed_forward_proj=feed_forward_proj, tie_word_embeddings=tie_word_embeddings,
+              shared_heads=shared_heads, tied_key_value=tied_key_value)
   overrides = {k: v for k, v in dims.items() if v is not None}
   return dataclasses.replace(cfg, dropout_rate=dropout_rate, dtype=dtype, scan_layers=scan_layers,
                              scan_unroll=scan_unroll, remat_policy=remat_policy, **overrides)
@@ -202,29 +241,55 @@ def num_params(cfg: T5Config) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(abstract))
 
 
-def train_flops_per_example(cfg: T5Config, input_length: int, target_length: int) -> float:
-  """Training matmul FLOPs for one (input, target) example: 3 x forward (forward + backward).
+def params_by_formula(cfg: T5Config) -> int:
+  """The parameter count in closed form (num_params counts the initialised tree instead).
 
-  A matmul [m, k] x [k, n] counts 2*m*n*k. With d = d_model, a = num_heads * d_kv, f = d_ff,
-  e = input_length, t = target_length, V = vocab_size and m = 2 (relu) or 3 (gated-gelu):
-    encoder layer:  2*e*d*4a (q,k,v,o) + 4*e*e*a (scores, values) + 2*e*d*f*m (mlp)
-    decoder layer:  2*t*d*4a + 4*t*t*a (self-attention)
-                  + 2*t*d*2a (q,o) + 2*e*d*2a (k,v) + 4*t*e*a (cross-attention)
+  With d = d_model, a = num_heads * d_kv, c = num_kv_heads * d_kv, p = 2 key/value projections
+  (1 when tied), f = d_ff, g = 2 (gated-gelu) or 1 (relu) input projections, V = vocab_size:
+  each attention 2*d*a + p*d*c, each mlp (g + 1)*d*f, each layer norm d; per stack one relative
+  position table (buckets x heads) and a final norm; the embedding V*d, plus an lm_head V*d when untied.
+  """
+  d, f, v = cfg.d_model, cfg.d_ff, cfg.vocab_size
+  attention = 2 * d * cfg.inner_dim + (1 if cfg.tied_key_value else 2) * d * cfg.kv_inner_dim
+  mlp = (3 if cfg.feed_forward_proj == "gated-gelu" else 2) * d * f
+  encoder_layer = attention + mlp + 2 * d
+  decoder_layer = 2 * attention + mlp + 3 * d
+  per_stack = cfg.relative_attention_num_buckets * cfg.num_heads + d
+  embeddings = v * d * (1 if cfg.tie_word_embeddings else 2)
+  return (cfg.num_encoder_layers * encoder_layer + cfg.num_decoder_layers * decoder_layer
+          + 2 * per_stack + embeddings)
+
+
+def forward_flops_per_example(cfg: T5Config, input_length: int, target_length: int) -> float:
+  """Forward-pass matmul FLOPs for one (input, target) example.
+
+  A matmul [m, k] x [k, n] counts 2*m*n*k. With d = d_model, a = num_heads * d_kv,
+  c = num_kv_heads * d_kv (= a, or d_kv with shared heads), p = 2 key/value projections (1 when
+  tied), f = d_ff, e = input_length, t = target_length, V = vocab_size and m = 2 (relu) or 3
+  (gated-gelu):
+    encoder layer:  2*e*d*2a (q,o) + 2*e*d*p*c (k,v) + 4*e*e*a (scores, values) + 2*e*d*f*m (mlp)
+    decoder layer:  2*t*d*2a + 2*t*d*p*c + 4*t*t*a (self-attention)
+                  + 2*t*d*2a (q,o) + 2*e*d*p*c (k,v) + 4*t*e*a (cross-attention)
                   + 2*t*d*f*m (mlp)
     logits:         2*t*d*V
   Causal attention is counted in full (the masked half is still computed). Norms, softmax,
   embedding lookups and the relative position bias are left out.
   """
   d, a, f, v = cfg.d_model, cfg.inner_dim, cfg.d_ff, cfg.vocab_size
+  kv = (1 if cfg.tied_key_value else 2) * cfg.kv_inner_dim
   e, t = input_length, target_length
   m = 3 if cfg.feed_forward_proj == "gated-gelu" else 2
-  encoder_layer = 2 * e * d * 4 * a + 4 * e * e * a + 2 * e * d * f * m
-  decoder_layer = (2 * t * d * 4 * a + 4 * t * t * a
-                   + 2 * t * d * 2 * a + 2 * e * d * 2 * a + 4 * t * e * a
+  encoder_layer = 2 * e * d * (2 * a + kv) + 4 * e * e * a + 2 * e * d * f * m
+  decoder_layer = (2 * t * d * (2 * a + kv) + 4 * t * t * a
+                   + 2 * t * d * 2 * a + 2 * e * d * kv + 4 * t * e * a
                    + 2 * t * d * f * m)
-  forward = (cfg.num_encoder_layers * encoder_layer + cfg.num_decoder_layers * decoder_layer
-             + 2 * t * d * v)
-  return 3.0 * forward
+  return float(cfg.num_encoder_layers * encoder_layer + cfg.num_decoder_layers * decoder_layer
+               + 2 * t * d * v)
+
+
+def train_flops_per_example(cfg: T5Config, input_length: int, target_length: int) -> float:
+  """Training matmul FLOPs for one example: 3 x forward (forward + backward)."""
+  return 3.0 * forward_flops_per_example(cfg, input_length, target_length)
 
 
 FLOPS_FORMULA = "3 x forward matmul FLOPs (2mnk, attention and logits included) / (input + target tokens)"
@@ -233,3 +298,26 @@ FLOPS_FORMULA = "3 x forward matmul FLOPs (2mnk, attention and logits included) 
 def flops_per_token(cfg: T5Config, input_length: int = 512, target_length: int = 114) -> float:
   """Training FLOPs per token, where tokens are input plus target tokens of an example."""
   return train_flops_per_example(cfg, input_length, target_length) / (input_length + target_length)
+
+
+def inference_flops_per_token(cfg: T5Config, input_length: int = 512,
+                              target_length: int = 114) -> float:
+  """Inference (forward-pass) FLOPs per input + target token: a third of the training FLOPs."""
+  return forward_flops_per_example(cfg, input_length, target_length) / (input_length + target_length)
+
+
+def weight_bytes(cfg: T5Config, bytes_per_param: int) -> int:
+  """Memory of the weights alone at `bytes_per_param` (4: float32, 2: bfloat16)."""
+  return num_params(cfg) * bytes_per_param
+
+
+def kv_cache_bytes_per_token(cfg: T5Config, bytes_per_value: int) -> int:
+  """Decoder self-attention cache added per decoded token of one sequence, at `bytes_per_value`.
+
+  Every decoder layer keeps num_kv_heads * d_kv numbers for the key and as many for the value; with
+  tied key/value (-skv) the value is the key and is kept once. Shared heads (-sh) keep one head
+  instead of num_heads: num_heads times less. (Cross-attention keys and values come from the
+  encoder output and do not grow with the decoded length.)
+  """
+  tensors = 1 if cfg.tied_key_value else 2
+  return cfg.num_decoder_layers * tensors * cfg.kv_inner_dim * bytes_per_value

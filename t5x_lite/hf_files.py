@@ -83,11 +83,14 @@ def hf_incompatibility(cfg: T5Config) -> str | None:
   Every T5Config field must either map onto an HF config key or only describe execution; a field
   added later without an HF mapping blocks the export unless it still holds its default.
   """
-  from t5x_lite.config import hf_config_dict
+  from t5x_lite.config import EXPANDED_ON_HF_EXPORT, hf_config_dict
   hf_keys = set(hf_config_dict(cfg))
   renamed = {"num_encoder_layers": "num_layers"}
   for f in dataclasses.fields(T5Config):
     if f.name in EXECUTION_ONLY_FIELDS or renamed.get(f.name, f.name) in hf_keys:
+      continue
+    if f.name in EXPANDED_ON_HF_EXPORT:  # hf_mapping writes these out in HF's untied layout
+      continue
       continue
     if f.default is dataclasses.MISSING or getattr(cfg, f.name) != f.default:
       return f"HF's T5 has no equivalent of {f.name}={getattr(cfg, f.name)!r}"

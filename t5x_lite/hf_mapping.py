@@ -4,6 +4,11 @@ Pure numpy in and out. PyTorch Linear weights are stored (out, in): the transpos
 (in, out) kernels. Both layouts are handled: scanned (each layer's params stacked on a leading
 axis under `layers`) and unscanned (`layers_0`, `layers_1`, ...). Encoder and decoder depths may
 differ, and each stack is walked over its own depth.
+
+HF's T5 has one key and one value projection per head. A model with shared heads (`-sh`) exports
+its single key/value head repeated for every head, and a model with tied key/value (`-skv`) its
+one matrix as both `k` and `v`: the same function, so the export is lossless. Reading such a state
+dict back into a shared/tied config checks that the copies agree.
 """
 
 from typing import Iterator, NamedTuple
@@ -22,11 +27,15 @@ class Entry(NamedTuple):
   path: tuple[str, ...]   # path in our tree; for a layer param, below the layer
   layer: int | None       # layer index, or None for a param outside the layer stack
   transpose: bool         # Linear weight <-> kernel
+  repeat: int = 1         # HF holds our (out, in) weight this many times along `out` (shared heads)
 
 
-def _attention(hf_prefix, our_name, stack, i):
-  for hf, ours in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
-    yield Entry(f"{hf_prefix}.{hf}.weight", (stack, our_name, ours, "kernel"), i, True)
+def _attention(hf_prefix, our_name, stack, i, cfg):
+  kv_repeat = cfg.num_heads // cfg.num_kv_heads
+  value = "key" if cfg.tied_key_value else "value"
+  for hf, ours, repeat in (("q", "query", 1), ("k", "key", kv_repeat), ("v", value, kv_repeat),
+                           ("o", "out", 1)):
+    yield Entry(f"{hf_prefix}.{hf}.weight", (stack, our_name, ours, "kernel"), i, True, repeat)
 
 
 def _mlp(hf_prefix, cfg, stack, i):
@@ -45,15 +54,16 @@ def entries(cfg: T5Config) -> Iterator[Entry]:
     for i in range(depth):
       block = f"{stack}.block.{i}.layer"
       if stack == "encoder":
-        yield from _attention(f"{block}.0.SelfAttention", "attention", stack, i)
+        yield from _attention(f"{block}.0.SelfAttention", "attention", stack, i, cfg)
         yield Entry(f"{block}.0.layer_norm.weight", (stack, "pre_attention_layer_norm", "scale"), i, False)
         yield from _mlp(f"{block}.1.DenseReluDense", cfg, stack, i)
         yield Entry(f"{block}.1.layer_norm.weight", (stack, "pre_mlp_layer_norm", "scale"), i, False)
       else:
-        yield from _attention(f"{block}.0.SelfAttention", "self_attention", stack, i)
+        yield from _attention(f"{block}.0.SelfAttention", "self_attention", stack, i, cfg)
         yield Entry(f"{block}.0.layer_norm.weight",
                     (stack, "pre_self_attention_layer_norm", "scale"), i, False)
-        yield from _attention(f"{block}.1.EncDecAttention", "encoder_decoder_attention", stack, i)
+        yield from _attention(f"{block}.1.EncDecAttention", "encoder_decoder_attention", stack,
+                              i, cfg)
         yield Entry(f"{block}.1.layer_norm.weight",
                     (stack, "pre_cross_attention_layer_norm", "scale"), i, False)
         yield from _mlp(f"{block}.2.DenseReluDense", cfg, stack, i)
@@ -111,6 +121,8 @@ def to_hf_state_dict(params, cfg: T5Config) -> dict[str, np.ndarray]:
     if index is not None:
       value = value[index]
     value = value.T if entry.transpose else value
+    if entry.repeat > 1:  # One shared key/value head, written once per head.
+      value = np.tile(value, (entry.repeat, 1))
     expected = hf_shape(entry, cfg)
     if value.shape != expected:
       raise UserError(f"param {'/'.join(path)} for {entry.hf_key} has shape {value.shape}; "
@@ -139,8 +151,15 @@ def from_hf_state_dict(state_dict, cfg: T5Config) -> dict:
     if value.shape != expected:
       raise UserError(f"key {entry.hf_key!r} has shape {tuple(value.shape)}; "
                       f"model {cfg.name!r} needs {expected}")
+    if entry.repeat > 1:
+      value = _single_head(value, entry, cfg)
     value = np.array(value.T if entry.transpose else value, dtype=np.float32)
     path, index = _our_path(entry, cfg.scan_layers)
+    earlier = _get_or_none(params, path) if index is None else stacked.get(path, {}).get(index)
+    if earlier is not None and not np.array_equal(earlier, value):
+      # Tied key/value: `k` and `v` are one matrix of ours and must be equal.
+      raise UserError(f"key {entry.hf_key!r} differs from the key projection it is tied to in "
+                      f"model {cfg.name!r} (-skv); import it as an untied model")
     if index is None:
       _set(params, path, value)
     else:
@@ -153,6 +172,47 @@ def from_hf_state_dict(state_dict, cfg: T5Config) -> dict:
       raise UserError(f"key {key!r} has shape {shape}; model {cfg.name!r} needs "
                       f"{(cfg.vocab_size, cfg.d_model)}")
   return params
+
+
+def _single_head(value: np.ndarray, entry: Entry, cfg: T5Config) -> np.ndarray:
+  """The one key/value head of a shared-heads model from HF's per-head copies, which must agree."""
+  heads = value.reshape(entry.repeat, -1, value.shape[-1])
+  if not (heads == heads[:1]).all():
+    raise UserError(f"key {entry.hf_key!r} has different heads; model {cfg.name!r} (-sh) shares "
+                    "one key/value head; import it as a model without shared heads")
+  return heads[0]
+
+
+def tied_variants(state_dict, cfg: T5Config) -> list[str]:
+  """Which of the `-sh` / `-skv` structures an HF state dict of an ordinary `cfg` carries.
+
+  An export of a shared-heads or tied key/value model writes repeated heads or equal k and v in
+  every attention layer; a trained ordinary model has neither. Returns e.g. ['sh', 'skv'] or [].
+  """
+  pairs = [(e.hf_key, e.hf_key[:-len("k.weight")] + "v.weight") for e in entries(cfg)
+           if e.hf_key.endswith(".k.weight")]
+  if not pairs or any(k not in state_dict or v not in state_dict for k, v in pairs):
+    return []
+
+  def heads_repeated(matrix):  # [heads * d_kv, d_model]: every head equal to the first
+    heads = matrix.reshape(cfg.num_heads, -1, matrix.shape[-1])
+    return bool((heads == heads[:1]).all())
+
+  found = []
+  if cfg.num_heads > 1 and all(heads_repeated(_numpy(state_dict[key]))
+                               for pair in pairs for key in pair):
+    found.append("sh")
+  if all(np.array_equal(_numpy(state_dict[k]), _numpy(state_dict[v])) for k, v in pairs):
+    found.append("skv")
+  return found
+
+
+def _get_or_none(tree, path):
+  for key in path:
+    if not isinstance(tree, dict) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree
 
 
 def _numpy(value) -> np.ndarray:

@@ -213,6 +213,7 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
     gin_utils.parse_gin([run_gin_file], [], finalize=False)
     cfg = config.model_config(name=name, **dims)
     params = hf_mapping.from_hf_state_dict(state_dict, cfg)
+    shared_structure = hf_mapping.tied_variants(state_dict, cfg)
     model = EncoderDecoderModel(cfg)
     mesh = partitioning.make_mesh(1, devices=jax.local_devices()[:1])
     trainer = Trainer(model, mesh, partitioning.logical_axis_rules(), {"inputs": 1, "targets": 1})
@@ -244,6 +245,9 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
     gin.clear_config()
 
   log(f"imported {hf_dir} as step 0 of {model_dir} (model {name}, scan_layers={cfg.scan_layers})")
+  if shared_structure:
+    log(f"{hf_dir} holds a -{'-'.join(shared_structure)} model written out in HF's layout; imported "
+        f"as an ordinary untied model ({name}): its key/value weights train independently from here")
   for label, command in continue_commands(model_dir, run_gin_file, spm_bytes is not None):
     log(f"{label}: {command}")
   if spm_bytes is not None:

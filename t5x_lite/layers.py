@@ -135,6 +135,10 @@ class Attention(nn.Module):
   `bias` [batch, heads|1, q, k] carries both the relative position bias and the mask.
   With `decode=True` keys and values of past steps live in the 'cache' collection and
   each call processes one new token at position `decode_step`.
+  Keys and values have `cfg.num_kv_heads` heads: one with shared heads (`-sh`, multi-query
+  attention), whose projections are named ('embed', 'kv') so the rules replicate that single head
+  rather than split it over `model`. With tied key/value (`-skv`) there is no `value` projection:
+  the values are the keys, and the cache holds them once.
   """
   cfg: T5Config
   enable_dropout: bool = False
@@ -144,26 +148,39 @@ class Attention(nn.Module):
     cfg = self.cfg
     dtype = activation_dtype(cfg)
     query_init = lambda key, shape, dt: attention_init(key, shape, dt) / math.sqrt(cfg.d_kv)
-    project = lambda name, init: Dense(cfg.inner_dim, ("embed", "joined_kv"), init, dtype, name=name)
+    kv_axes = ("embed", "kv") if cfg.shared_heads else ("embed", "joined_kv")
+    kv_head_axis = None if cfg.shared_heads else "heads"
 
-    def split_heads(x):  # [batch, length, joined_kv] -> [batch, length, heads, kv]
-      x = x.reshape(x.shape[:-1] + (cfg.num_heads, cfg.d_kv))
-      return constrain(x, "batch", "length", "heads", "kv")
+    def split_heads(x, heads, head_axis):  # [batch, length, joined] -> [batch, length, heads, kv]
+      x = x.reshape(x.shape[:-1] + (heads, cfg.d_kv))
+      return constrain(x, "batch", "length", head_axis, "kv")
 
-    query = split_heads(project("query", query_init)(inputs_q))
-    key = split_heads(project("key", attention_init)(inputs_kv))
-    value = split_heads(project("value", attention_init)(inputs_kv))
+    query = Dense(cfg.inner_dim, ("embed", "joined_kv"), query_init, dtype, name="query")(inputs_q)
+    query = split_heads(query, cfg.num_heads, "heads")
+    project_kv = lambda name: split_heads(
+        Dense(cfg.kv_inner_dim, kv_axes, attention_init, dtype, name=name)(inputs_kv),
+        cfg.num_kv_heads, kv_head_axis)
+    key = project_kv("key")  # [batch, kv_length, kv_heads, kv]
+    value = key if cfg.tied_key_value else project_kv("value")
 
     if decode:
       is_initialized = self.has_variable("cache", "cached_key")
       cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+      if not cfg.tied_key_value:
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
       if is_initialized:  # One new token: write it at decode_step and attend to the whole cache.
         index = (0, decode_step, 0, 0)
+        if not cfg.tied_key_value:
+          cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, index)
+          value = cached_value.value
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, index)
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, index)
-        key, value = cached_key.value, cached_value.value
+        key = cached_key.value
+        if cfg.tied_key_value:
+          value = key
 
+    # Each key/value head serves num_heads / num_kv_heads query heads: broadcast them to one per
+    # query head for the score and combine einsums (a no-op without shared heads).
+    key, value = (broadcast_kv_heads(x, cfg.num_heads) for x in (key, value))
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits + bias, axis=-1).astype(dtype)  # [batch, heads, q, k]
     if self.enable_dropout and cfg.dropout_rate > 0:
@@ -173,6 +190,16 @@ class Attention(nn.Module):
     out = out.reshape(out.shape[:2] + (cfg.inner_dim,))
     out = Dense(cfg.d_model, ("joined_kv", "embed"), attention_init, dtype, name="out")(out)
     return constrain(out, "batch", "length", "embed")  # [batch, q, embed]
+
+
+def broadcast_kv_heads(x, num_heads: int):
+  """[batch, length, kv_heads, kv] -> [batch, length, num_heads, kv], each key/value head repeated
+  for the query heads it serves (grouped-query order: query head h uses kv head h // group)."""
+  kv_heads = x.shape[2]
+  if kv_heads == num_heads:
+    return x
+  x = jnp.repeat(x, num_heads // kv_heads, axis=2)
+  return constrain(x, "batch", "length", "heads", "kv")
 
 
 def gelu_new(x):
