@@ -19,6 +19,7 @@ from t5x_lite import checkpoints, config, flops, partitioning
 from t5x_lite import optimizers  # noqa: F401  (registers gin configurables)
 from t5x_lite.data import pipeline
 from t5x_lite.errors import UserError
+from t5x_lite.memory_fit import fit_trainer
 from t5x_lite.metrics_writer import MetricsWriter
 from t5x_lite.models import EncoderDecoderModel
 from t5x_lite.trainer import LossConfig, Trainer
@@ -85,10 +86,13 @@ def train(model_dir: str | None = None,
           seed: int = 0,
           use_packing: bool = False,
           peak_flops_per_device: float | None = None,
+          memory_fit: str = "auto",
           stop_at_step: int | None = None) -> dict:
   """Trains until `train_steps`; returns the last train and eval metrics.
 
   `stop_at_step` (not a gin binding) ends the run early with a checkpoint, as a preemption would.
+  `memory_fit`: 'auto' switches to the cheapest remat policy / microbatch count that fits the
+  device when the configured step does not; 'off' fails instead (see memory_fit.py).
   """
   if not model_dir:
     raise UserError("MODEL_DIR is not set; pass --gin.MODEL_DIR=\"'/path/to/run'\"")
@@ -120,6 +124,7 @@ def train(model_dir: str | None = None,
                     num_microbatches=num_microbatches, loss_config=LossConfig())
   ckpt = checkpoints.Checkpointer(model_dir)
   writer = MetricsWriter(model_dir)
+  trainer = fit_trainer(trainer, memory_fit, batch_size, use_packing, writer.console)
   shard = dict(shard_id=jax.process_index(), num_shards=jax.process_count())
   train_iter = pipeline.DataIterator(pipeline.get_dataset(
       mixture_or_task_name, task_feature_lengths, "train", batch_size, shuffle=True, seed=seed,
