@@ -171,14 +171,14 @@ def fit_trainer(trainer, mode: str, batch_size: int, use_packing: bool,
           f"training with remat_policy={policy}, num_microbatches={count} "
           f"({total / GiB:.2f} GiB)")
   with gin.unlock_config():
-    gin.bind_parameter("memory_fit.chosen.remat_policy", policy)
-    gin.bind_parameter("memory_fit.chosen.num_microbatches", count)
-  chosen()
+    gin.bind_parameter("memory_fit_choice.remat_policy", policy)
+    gin.bind_parameter("memory_fit_choice.num_microbatches", count)
+  memory_fit_choice()
   return rebuild(trainer, policy, count)
 
 
 @gin.configurable
-def chosen(remat_policy: str | None = None, num_microbatches: int | None = None) -> tuple:
+def memory_fit_choice(remat_policy: str | None = None, num_microbatches: int | None = None) -> tuple:
   """Records memory_fit's choice in the operative gin config (config.gin); used by nothing else."""
   return remat_policy, num_microbatches
 

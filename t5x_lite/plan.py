@@ -253,12 +253,35 @@ def sweep(cfg, target_name: str, devices, settings: RunSettings,
   return sorted(options, key=lambda o: (o["flops_overhead"], o["num_microbatches"]))
 
 
+def fit(cfg, target_name: str, devices, settings: RunSettings) -> dict:
+  """The first of memory_fit's candidates (from the configured pair on) that fits; if none
+  does, the configured step's result (fits: false)."""
+  from t5x_lite import memory_fit
+  data = len(devices) // settings.num_partitions
+  first = None
+  for policy, count in memory_fit.candidates(cfg.remat_policy, settings.num_microbatches,
+                                             settings.batch_size // data):
+    row = plan_one(dataclasses.replace(cfg, remat_policy=policy), target_name, devices,
+                   settings, count)
+    row.update(remat_policy=policy, num_microbatches=count)
+    first = first or row
+    if row["fits"]:
+      return row
+    state = row["per_device_bytes"]
+    if state and state["params"] + state["opt_state"] > row["device_bytes"]:
+      break  # the state alone does not fit: no remat policy or microbatch count helps
+  return first
+
+
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(prog="python -m t5x_lite.plan", description=__doc__)
   parser.add_argument("--target", required=True, help=", ".join(TARGETS))
   parser.add_argument("--sweep", action="store_true",
                       help="list the remat policy / microbatch counts that fit, cheapest first")
+  parser.add_argument("--fit", action="store_true",
+                      help="as train.memory_fit='auto' would: the configured step if it fits, else "
+                           "the first remat policy / microbatch count that does")
   parser.add_argument("--remat_policies", default=None,
                       help="comma-separated remat policies to sweep (default: all)")
   # Gin flags are separated before argparse sees them (their values may look like flags).
@@ -290,6 +313,8 @@ def main(argv=None) -> int:
       result["num_microbatches"] = settings.num_microbatches
       policies = args.remat_policies.split(",") if args.remat_policies else None
       result["options"] = sweep(cfg, args.target, devices, settings, policies)
+    elif args.fit:
+      result = fit(cfg, args.target, devices, settings)
     else:
       result = plan_one(cfg, args.target, devices, settings, settings.num_microbatches)
   except (UserError, PlanError) as e:
