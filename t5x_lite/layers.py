@@ -141,15 +141,13 @@ def dot_product_attention(query, key, value, bias=None, mask=None, dtype=jnp.flo
   Projections and the context carry checkpoint names that remat policies save (network.py); the
   logits and softmax carry none: they are recomputed from the saved query and key.
   """
+  query = checkpoint_name(query, "query")
+  key = checkpoint_name(key, "key")
+  value = checkpoint_name(value, "value")
   batch, q_len, heads, d_kv = query.shape
   kv_heads, k_len = key.shape[2], key.shape[1]
-  # Head-major layouts [batch, heads, length, d_kv], as both the forward and backward matmuls read
-  # them: saved in that layout, a residual is stored once, not also as a transposed copy.
-  query = checkpoint_name(jnp.swapaxes(query, 1, 2), "query")
-  key = checkpoint_name(jnp.swapaxes(key, 1, 2), "key")
-  value = checkpoint_name(jnp.swapaxes(value, 1, 2), "value")
-  grouped = query.reshape(batch, kv_heads, heads // kv_heads, q_len, d_kv)
-  logits = jnp.einsum("bgrqd,bgkd->bgrqk", grouped, key, preferred_element_type=jnp.float32)
+  grouped = query.reshape(batch, q_len, kv_heads, heads // kv_heads, d_kv)
+  logits = jnp.einsum("bqgrd,bkgd->bgrqk", grouped, key, preferred_element_type=jnp.float32)
   logits = logits.reshape(batch, heads, q_len, k_len)
   if bias is not None:
     logits = logits + bias
@@ -159,7 +157,7 @@ def dot_product_attention(query, key, value, bias=None, mask=None, dtype=jnp.flo
   if weights_fn is not None:
     weights = weights_fn(weights)
   weights = weights.reshape(batch, kv_heads, heads // kv_heads, q_len, k_len)
-  out = jnp.einsum("bgrqk,bgkd->bqgrd", weights, value.astype(dtype))
+  out = jnp.einsum("bgrqk,bkgd->bqgrd", weights, value.astype(dtype))
   return checkpoint_name(out.reshape(batch, q_len, heads, d_kv), "attention_context")
 
 
