@@ -172,8 +172,19 @@ def build_trainer(cfg, devices, settings: RunSettings, num_microbatches: int):
                  settings.lengths, num_microbatches=num_microbatches, loss_config=LossConfig())
 
 
+_planned: dict = {}  # (config, microbatches, target) -> result: a sweep re-uses the configured step
+
+
 def plan_one(cfg, target_name: str, devices, settings: RunSettings, num_microbatches: int) -> dict:
   """Compiles one configuration; the JSON object of the fixed keys."""
+  key = (cfg, num_microbatches, target_name)
+  if key not in _planned:
+    _planned[key] = _compile_and_measure(cfg, target_name, devices, settings, num_microbatches)
+  return dict(_planned[key])
+
+
+def _compile_and_measure(cfg, target_name: str, devices, settings: RunSettings,
+                         num_microbatches: int) -> dict:
   from t5x_lite import config, memory_fit
   trainer = build_trainer(cfg, devices, settings, num_microbatches)
   limit = device_bytes(TARGETS[target_name])
