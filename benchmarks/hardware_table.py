@@ -44,7 +44,7 @@ def row(model: str, result: dict) -> str:
   if model in FSDP_MODELS:
     mesh += " (fsdp)"
   per_device = result["per_device_bytes"]
-  total = f"{per_device['total'] / GB:.1f}" if per_device else "> HBM"
+  total = f"{per_device['total'] / GB:.1f}" if per_device["total"] is not None else "> HBM"
   return (f"| t5-efficient-{model.replace('_', '-')} | {result['target']} | {mesh} | "
           f"{result['remat_policy']} / {result['num_microbatches']} | {total} | "
           f"{result['device_bytes'] / GB:.1f} | {'yes' if result['fits'] else 'no'} |")

@@ -195,11 +195,17 @@ def _compile_and_measure(cfg, target_name: str, devices, settings: RunSettings,
   except Exception as e:  # noqa: BLE001  (the compiler's out-of-memory is an answer: no fit)
     if not memory_fit.is_out_of_memory(e):
       raise
-    fp = None
+    # libtpu refuses programs whose temporaries exceed HBM: the state's shards are still known.
+    state = trainer.abstract_state()
+    fp = {"params": memory_fit.per_device_bytes(state.params),
+          "opt_state": memory_fit.per_device_bytes(state.opt_state),
+          "batch": memory_fit.per_device_bytes(memory_fit.abstract_batch(
+              trainer, settings.batch_size, settings.use_packing)),
+          "temp": None, "total": None}
   flops = config.train_flops_per_example(cfg, settings.lengths["inputs"],
                                          settings.lengths["targets"]) * settings.batch_size
   return {"target": target_name, "mesh": dict(trainer.mesh.shape), "per_device_bytes": fp,
-          "device_bytes": limit, "fits": fp is not None and fp["total"] <= limit,
+          "device_bytes": limit, "fits": fp["total"] is not None and fp["total"] <= limit,
           "train_flops_per_step": flops, "compile_s": round(time.perf_counter() - start, 1)}
 
 
@@ -255,7 +261,7 @@ def sweep(cfg, target_name: str, devices, settings: RunSettings,
       row = plan_one(dataclasses.replace(cfg, remat_policy=policy), target_name, devices,
                      settings, count)
       print(json.dumps({"remat_policy": policy, "num_microbatches": count, "fits": row["fits"],
-                        "total": row["per_device_bytes"] and row["per_device_bytes"]["total"]}),
+                        "total": row["per_device_bytes"]["total"]}),
             file=sys.stderr, flush=True)
       if row["fits"]:
         options.append({**row, "remat_policy": policy, "num_microbatches": count,
@@ -279,7 +285,7 @@ def fit(cfg, target_name: str, devices, settings: RunSettings) -> dict:
     if row["fits"]:
       return row
     state = row["per_device_bytes"]
-    if state and state["params"] + state["opt_state"] > row["device_bytes"]:
+    if state["params"] + state["opt_state"] > row["device_bytes"]:
       break  # the state alone does not fit: no remat policy or microbatch count helps
   return first
 
