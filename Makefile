@@ -24,7 +24,7 @@ quickstart: install
 # Compilers for `python -m t5x_lite.plan`, at the versions the installed jax pins for its `tpu` and
 # `cuda12` extras. They live beside the environment, not in it: only `plan` puts them on its path
 # (libtpu holds a process lock file; the CUDA plugin must never start on a CPU run).
-# The TPU part is ~140 MB (installed by `make test`); the CUDA part ~5 GB.
+# The TPU part is a ~140 MB download (installed by `make test`); the CUDA part ~5 GB.
 PLAN_DEPS := $(VENV)/plan-deps
 plan_requirements = $(PY) -c 'from t5x_lite.plan import jax_extra_requirements as r; print("\n".join(r("$(1)")))'
 
