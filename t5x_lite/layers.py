@@ -13,7 +13,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from t5x_lite.config import T5Config
 
-# Added to attention logits where the mask is off; finite so fully masked rows stay finite.
+# Replaces attention logits where the mask is off; finite so fully masked rows stay finite.
 NEG_INF = -1e10
 
 # Initializers as T5X uses them.
@@ -123,11 +123,6 @@ class RelativePositionBias(nn.Module):
                                        self.cfg.relative_attention_max_distance)
     bias = jnp.take(table, buckets, axis=0)  # [batch, q, k, heads]
     return jnp.transpose(bias, (0, 3, 1, 2))
-
-
-def mask_to_bias(mask):
-  """Boolean mask [batch, 1, q, k] -> additive float32 bias."""
-  return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
 
 
 def dot_product_attention(query, key, value, bias=None, mask=None, dtype=jnp.float32,
