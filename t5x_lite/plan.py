@@ -285,8 +285,8 @@ def fit(cfg, target_name: str, devices, settings: RunSettings) -> dict:
     if row["fits"]:
       return row
     state = row["per_device_bytes"]
-    if state["params"] + state["opt_state"] > row["device_bytes"]:
-      break  # the state alone does not fit: no remat policy or microbatch count helps
+    if 2 * state["params"] + state["opt_state"] > row["device_bytes"]:
+      break  # state and float32 gradients alone do not fit: no remat or microbatching helps
   return first
 
 
