@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install test quickstart clean
+.PHONY: install test quickstart clean plan-deps plan-deps-tpu plan-deps-cuda
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,11 +15,27 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+test: install plan-deps-tpu
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 quickstart: install
 	$(PY) -m t5x_lite.quickstart --model_dir=$(MODEL_DIR)
+
+# Compilers for `python -m t5x_lite.plan`, at the versions the installed jax pins for its `tpu` and
+# `cuda12` extras. They live beside the environment, not in it: only `plan` puts them on its path
+# (libtpu holds a process lock file; the CUDA plugin must never start on a CPU run).
+# The TPU part is a ~140 MB download (installed by `make test`); the CUDA part ~5 GB.
+PLAN_DEPS := $(VENV)/plan-deps
+plan_requirements = $(PY) -c 'from t5x_lite.plan import jax_extra_requirements as r; print("\n".join(r("$(1)")))'
+
+$(PLAN_DEPS)/%/.installed: | $(VENV)/.installed
+	rm -rf $(PLAN_DEPS)/$*
+	$(call plan_requirements,$*) | xargs -d '\n' $(PY) -m pip install --quiet --target $(PLAN_DEPS)/$*
+	touch $@
+
+plan-deps-tpu: $(PLAN_DEPS)/tpu/.installed
+plan-deps-cuda: $(PLAN_DEPS)/cuda/.installed
+plan-deps: plan-deps-tpu plan-deps-cuda
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,7 +20,10 @@ DTYPES = ("float32", "bfloat16")
 #   minimal             matmul outputs without batch dimensions are saved (T5X's 'minimal')
 #   save_dots           every matmul output is saved; elementwise ops are recomputed
 #   save_attention_out  only each layer's attention and mlp outputs are saved
-REMAT_POLICIES = ("none", "full", "minimal", "save_dots", "save_attention_out")
+#   lean                bfloat16 query/key/value, attention context and output, MLP pre-activation
+#                       are saved; attention scores are recomputed (the recipe's default: a
+#                       scanned stack then needs no more memory than an unscanned one)
+REMAT_POLICIES = ("none", "full", "minimal", "save_dots", "save_attention_out", "lean")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,10 +9,11 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from t5x_lite.config import T5Config
 
-# Added to attention logits where the mask is off; finite so fully masked rows stay finite.
+# Replaces attention logits where the mask is off; finite so fully masked rows stay finite.
 NEG_INF = -1e10
 
 # Initializers as T5X uses them.
@@ -124,17 +125,43 @@ class RelativePositionBias(nn.Module):
     return jnp.transpose(bias, (0, 3, 1, 2))
 
 
-def mask_to_bias(mask):
-  """Boolean mask [batch, 1, q, k] -> additive float32 bias."""
-  return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
+def dot_product_attention(query, key, value, bias=None, mask=None, dtype=jnp.float32,
+                          weights_fn=None):
+  """T5's attention core: unscaled scores, float32 softmax, weighted sum of values.
+
+  query [batch, q, heads, d_kv]; key, value [batch, k, kv_heads, d_kv] where kv_heads divides
+  heads (1: one key/value head shared by all query heads); bias float32 [batch|1, heads, q, k]
+  (the relative position bias); mask boolean [batch|1, 1, q, k]. Returns [batch, q, heads, d_kv].
+  The mask selects rather than adds, so no [batch, heads, q, k] bias is ever materialised.
+  Projections and the context carry checkpoint names that remat policies save (network.py); the
+  logits and softmax carry none: they are recomputed from the saved query and key.
+  """
+  query = checkpoint_name(query, "query")
+  key = checkpoint_name(key, "key")
+  value = checkpoint_name(value, "value")
+  batch, q_len, heads, d_kv = query.shape
+  kv_heads, k_len = key.shape[2], key.shape[1]
+  grouped = query.reshape(batch, q_len, kv_heads, heads // kv_heads, d_kv)
+  logits = jnp.einsum("bqgrd,bkgd->bgrqk", grouped, key, preferred_element_type=jnp.float32)
+  logits = logits.reshape(batch, heads, q_len, k_len)
+  if bias is not None:
+    logits = logits + bias
+  if mask is not None:
+    logits = jnp.where(mask, logits, NEG_INF)
+  weights = jax.nn.softmax(logits, axis=-1).astype(dtype)  # [batch, heads, q, k]
+  if weights_fn is not None:
+    weights = weights_fn(weights)
+  weights = weights.reshape(batch, kv_heads, heads // kv_heads, q_len, k_len)
+  out = jnp.einsum("bgrqk,bkgd->bqgrd", weights, value.astype(dtype))
+  return checkpoint_name(out.reshape(batch, q_len, heads, d_kv), "attention_context")
 
 
 class Attention(nn.Module):
   """Multi-head attention without 1/sqrt(d) scaling; the query init is scaled instead.
 
-  `bias` [batch, heads|1, q, k] carries both the relative position bias and the mask.
-  With `decode=True` keys and values of past steps live in the 'cache' collection and
-  each call processes one new token at position `decode_step`.
+  `bias` [batch|1, heads, q, k] is the relative position bias (or None) and `mask` a boolean
+  [batch|1, 1, q, k]. With `decode=True` keys and values of past steps live in the 'cache'
+  collection and each call processes one new token at position `decode_step`.
   Keys and values have `cfg.num_kv_heads` heads: one with shared heads (`-sh`, multi-query
   attention), whose projections are named ('embed', 'kv') so the rules replicate that single head
   rather than split it over `model`. With tied key/value (`-skv`) there is no `value` projection:
@@ -144,7 +171,7 @@ class Attention(nn.Module):
   enable_dropout: bool = False
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv, bias, decode: bool = False, decode_step=None):
+  def __call__(self, inputs_q, inputs_kv, bias, mask, decode: bool = False, decode_step=None):
     cfg = self.cfg
     dtype = activation_dtype(cfg)
     query_init = lambda key, shape, dt: attention_init(key, shape, dt) / math.sqrt(cfg.d_kv)
@@ -178,28 +205,16 @@ class Attention(nn.Module):
         if cfg.tied_key_value:
           value = key
 
-    # Each key/value head serves num_heads / num_kv_heads query heads: broadcast them to one per
-    # query head for the score and combine einsums (a no-op without shared heads).
-    key, value = (broadcast_kv_heads(x, cfg.num_heads) for x in (key, value))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits + bias, axis=-1).astype(dtype)  # [batch, heads, q, k]
+    # Each key/value head serves num_heads / num_kv_heads query heads; the core groups the
+    # query heads instead of copying the shared key/value head.
+    weights_fn = None
     if self.enable_dropout and cfg.dropout_rate > 0:
-      weights = nn.Dropout(cfg.dropout_rate, deterministic=False)(weights)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, q, heads, kv]
-    out = constrain(out, "batch", "length", "heads", "kv")
+      weights_fn = nn.Dropout(cfg.dropout_rate, deterministic=False)
+    out = dot_product_attention(query, key, value, bias, mask, dtype, weights_fn)
+    out = constrain(out, "batch", "length", "heads", "kv")  # [batch, q, heads, kv]
     out = out.reshape(out.shape[:2] + (cfg.inner_dim,))
     out = Dense(cfg.d_model, ("joined_kv", "embed"), attention_init, dtype, name="out")(out)
     return constrain(out, "batch", "length", "embed")  # [batch, q, embed]
-
-
-def broadcast_kv_heads(x, num_heads: int):
-  """[batch, length, kv_heads, kv] -> [batch, length, num_heads, kv], each key/value head repeated
-  for the query heads it serves (grouped-query order: query head h uses kv head h // group)."""
-  kv_heads = x.shape[2]
-  if kv_heads == num_heads:
-    return x
-  x = jnp.repeat(x, num_heads // kv_heads, axis=2)
-  return constrain(x, "batch", "length", "heads", "kv")
 
 
 def gelu_new(x):
@@ -216,7 +231,9 @@ class MLP(nn.Module):
   def __call__(self, x):
     cfg = self.cfg
     dtype = activation_dtype(cfg)
-    up = lambda name: Dense(cfg.d_ff, ("embed", "mlp"), mlp_init, dtype, name=name)(x)
+    # The pre-activation is what remat policies save ("mlp_hidden"); the activation is recomputed.
+    up = lambda name: checkpoint_name(
+        Dense(cfg.d_ff, ("embed", "mlp"), mlp_init, dtype, name=name)(x), "mlp_hidden")
     if cfg.feed_forward_proj == "gated-gelu":
       h = gelu_new(up("wi_0")) * up("wi_1")
     else:

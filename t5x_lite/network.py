@@ -26,7 +26,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from t5x_lite.config import T5Config
 from t5x_lite.layers import (MLP, Attention, Embed, Dense, RelativePositionBias, RMSNorm,
-                             activation_dtype, constrain, mask_to_bias, mlp_init)
+                             activation_dtype, constrain, mlp_init)
 
 
 def remat_policy(name: str):
@@ -37,7 +37,14 @@ def remat_policy(name: str):
       "minimal": policies.dots_with_no_batch_dims_saveable,
       "save_dots": policies.checkpoint_dots,
       "save_attention_out": policies.save_only_these_names("attention_out", "mlp_out"),
+      # bfloat16 projections, attention context and MLP pre-activations are kept; attention
+      # logits/softmax (recomputed from query and key: the only matmuls redone) and the float32
+      # norm internals (elementwise) are not. See config.REMAT_POLICIES.
+      "lean": policies.save_only_these_names(*LEAN_SAVED_NAMES),
   }[name]
+
+
+LEAN_SAVED_NAMES = ("query", "key", "value", "attention_context", "attention_out", "mlp_hidden")
 
 
 def dropout(cfg: T5Config, enable: bool, x):
@@ -51,10 +58,11 @@ class EncoderLayer(nn.Module):
   enable_dropout: bool = False
 
   @nn.compact
-  def __call__(self, x, bias):  # x: [batch, length, embed]; bias: [batch, heads, length, length]
+  def __call__(self, x, bias, mask):
+    # x: [batch, length, embed]; bias: [batch|1, heads, length, length]; mask: [batch, 1, length, length]
     cfg, drop = self.cfg, self.enable_dropout
     h = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
-    h = Attention(cfg, drop, name="attention")(h, h, bias)
+    h = Attention(cfg, drop, name="attention")(h, h, bias, mask)
     x = x + dropout(cfg, drop, checkpoint_name(h, "attention_out"))
     h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
     h = MLP(cfg, drop, name="mlp")(h)
@@ -68,13 +76,13 @@ class DecoderLayer(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, bias, encoded, cross_bias, decode_step):
+  def __call__(self, x, bias, mask, encoded, cross_mask, decode_step):
     cfg, drop = self.cfg, self.enable_dropout
     h = RMSNorm(cfg, name="pre_self_attention_layer_norm")(x)
-    h = Attention(cfg, drop, name="self_attention")(h, h, bias, self.decode, decode_step)
+    h = Attention(cfg, drop, name="self_attention")(h, h, bias, mask, self.decode, decode_step)
     x = x + dropout(cfg, drop, checkpoint_name(h, "attention_out"))
     h = RMSNorm(cfg, name="pre_cross_attention_layer_norm")(x)
-    h = Attention(cfg, drop, name="encoder_decoder_attention")(h, encoded, cross_bias)
+    h = Attention(cfg, drop, name="encoder_decoder_attention")(h, encoded, None, cross_mask)
     x = x + dropout(cfg, drop, checkpoint_name(h, "attention_out"))
     h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
     h = MLP(cfg, drop, name="mlp")(h)
@@ -137,8 +145,9 @@ class Encoder(nn.Module):
     positions = default_positions(tokens, positions)
     bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(positions, positions)
     valid = tokens > 0
-    bias = bias + mask_to_bias(attention_mask(valid, valid, segment_ids, segment_ids))
-    x = layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, 1, enable_dropout=enable_dropout)(x, bias)
+    mask = attention_mask(valid, valid, segment_ids, segment_ids)
+    x = layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, 2,
+                    enable_dropout=enable_dropout)(x, bias, mask)
     x = RMSNorm(cfg, name="encoder_norm")(x)
     return dropout(cfg, enable_dropout, x)
 
@@ -169,7 +178,8 @@ class Decoder(nn.Module):
       decode_step = step.value
       query_pos = jnp.full((batch, 1), decode_step, jnp.int32)
       key_pos = jnp.broadcast_to(key_positions.value, (batch,) + key_positions.value.shape)
-      bias = relpos(query_pos, key_pos) + mask_to_bias((key_pos <= decode_step)[:, None, None, :])
+      bias = relpos(query_pos, key_pos)
+      mask = (key_pos <= decode_step)[:, None, None, :]
       cross_mask = attention_mask(jnp.ones((batch, 1), bool), encoder_valid)
       step.value = decode_step + 1
     else:
@@ -181,13 +191,13 @@ class Decoder(nn.Module):
       else:
         valid = jnp.ones((batch, length), bool)
       positions = default_positions(decoder_input_tokens, decoder_positions)
-      bias = relpos(positions, positions) + mask_to_bias(
-          attention_mask(valid, valid, decoder_segment_ids, decoder_segment_ids, causal=True))
+      bias = relpos(positions, positions)
+      mask = attention_mask(valid, valid, decoder_segment_ids, decoder_segment_ids, causal=True)
       cross_mask = attention_mask(valid, encoder_valid, decoder_segment_ids, encoder_segment_ids)
 
-    stack = layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, 4,
+    stack = layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, 5,
                         enable_dropout=enable_dropout, decode=decode)
-    x = stack(x, bias, encoded, mask_to_bias(cross_mask), decode_step)
+    x = stack(x, bias, mask, encoded, cross_mask, decode_step)
     x = dropout(cfg, enable_dropout, RMSNorm(cfg, name="decoder_norm")(x))
 
     if cfg.tie_word_embeddings:

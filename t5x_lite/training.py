@@ -19,6 +19,7 @@ from t5x_lite import checkpoints, config, flops, partitioning, resume_check, run
 from t5x_lite import optimizers  # noqa: F401  (registers gin configurables)
 from t5x_lite.data import pipeline, tokenized_cache
 from t5x_lite.errors import UserError
+from t5x_lite.memory_fit import fit_trainer
 from t5x_lite.metrics_writer import MetricsWriter
 from t5x_lite.models import EncoderDecoderModel
 from t5x_lite.trainer import LossConfig, Trainer
@@ -103,12 +104,15 @@ def train(model_dir: str | None = None,
           use_packing: bool = False,
           peak_flops_per_device: float | None = None,
           allow_data_change: bool = False,
+          memory_fit: str = "auto",
           stop_at_step: int | None = None) -> dict:
   """Trains until `train_steps`; returns the last train and eval metrics.
 
   `stop_at_step` (not a gin binding) ends the run early with a checkpoint, as a preemption would.
   `allow_data_change`: resume a checkpoint whose data settings differ (see resume_check.py) with
   the data stream started afresh, instead of refusing.
+  `memory_fit`: 'auto' switches to the cheapest remat policy / microbatch count that fits the
+  device when the configured step does not; 'off' fails instead (see memory_fit.py).
   """
   if not model_dir:
     raise UserError("MODEL_DIR is not set; pass --gin.MODEL_DIR=\"'/path/to/run'\"")
@@ -135,7 +139,7 @@ def train(model_dir: str | None = None,
     return _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_feature_lengths,
                   num_partitions, num_microbatches, checkpoint_period, eval_period, eval_steps,
                   log_period, seed, use_packing, peak_flops_per_device, allow_data_change,
-                  stop_at_step)
+                  memory_fit, stop_at_step)
   finally:
     if lock:
       lock.release()
@@ -144,7 +148,7 @@ def train(model_dir: str | None = None,
 def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_feature_lengths,
            num_partitions, num_microbatches, checkpoint_period, eval_period, eval_steps,
            log_period, seed, use_packing, peak_flops_per_device, allow_data_change,
-           stop_at_step) -> dict:
+           memory_fit, stop_at_step) -> dict:
   preemption = _Preemption()  # early: a SIGTERM during set-up still ends in a clean save
   cfg = config.model_config()
   model = EncoderDecoderModel(cfg)
@@ -188,6 +192,7 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
   restored = ckpt.restore(trainer.abstract_state(), check_meta=check_meta)
   writer = MetricsWriter(model_dir)
   writer.drop_rows_after(restored[0] if restored else None)
+  trainer = fit_trainer(trainer, memory_fit, batch_size, use_packing, writer.console)
   shard = dict(shard_id=jax.process_index(), num_shards=jax.process_count())
   train_iter = pipeline.DataIterator(pipeline.get_dataset(
       mixture_or_task_name, task_feature_lengths, "train", batch_size, shuffle=True, seed=seed,
