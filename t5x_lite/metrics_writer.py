@@ -94,10 +94,12 @@ class MetricsWriter:
     rate = done / max(time.time() - started, 1e-9)
     eta = (total_steps - r["step"]) / rate if rate > 0 else float("inf")
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+    speed = (f"{r['tokens_per_second']:,.0f} tok/s | {r['step_time_s'] * 1000:.0f} ms/step"
+             if r.get("step_time_s") else "compiled step, not timed")
     self.console(
         f"step {r['step']:>7d}/{total_steps} | loss {r['loss']:.4f} | acc {r['accuracy']:.4f} | "
         f"lr {r['learning_rate']:.3e} | gnorm {r['grad_norm']:.3f} | "
-        f"{r['tokens_per_second']:,.0f} tok/s | {r['step_time_s'] * 1000:.0f} ms/step | MFU {mfu} | "
+        f"{speed} | MFU {mfu} | "
         f"ETA {_fmt_duration(eta)}")
 
   def close(self) -> None:

@@ -28,18 +28,34 @@ from t5x_lite.trainer import LossConfig, Trainer
 class _Preemption:
   """SIGTERM asks for a save at the next step boundary that every process agrees on.
 
-  One process: a Python signal handler sets a flag. Several processes: JAX's coordination
-  service already catches SIGTERM on any of them and picks one safe step for all
-  (`reached_preemption_sync_point`), so no process waits in a collective the others skipped.
+  One process: a Python signal handler sets a flag, for SIGTERM and for a first Ctrl-C (a second
+  Ctrl-C aborts without saving). Several processes: JAX's coordination service already catches
+  SIGTERM on any of them and picks one safe step for all (`reached_preemption_sync_point`), so no
+  process waits in a collective the others skipped; launch/local.sh turns Ctrl-C into SIGTERM.
   """
 
   def __init__(self):
     self._flag = False
+    self.signal_name = "SIGTERM"
     self._multi = jax.process_count() > 1
+    self._previous = {}
     if not self._multi:
-      signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self._handle),
+                        signal.SIGINT: signal.signal(signal.SIGINT, self._interrupt)}
+
+  def close(self) -> None:
+    """Gives the signals back to whoever had them (e.g. a caller that trains in-process)."""
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
   def _handle(self, signum, frame):
+    self._flag = True
+
+  def _interrupt(self, signum, frame):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C aborts at once
+    print("Ctrl-C: saving at the next step boundary, then exiting (Ctrl-C again aborts without "
+          "saving)", flush=True)
+    self.signal_name = "Ctrl-C"
     self._flag = True
 
   def should_stop(self, step: int) -> bool:
@@ -132,6 +148,7 @@ def train(model_dir: str | None = None,
   run_setup.prepare_model_dir(model_dir)
   lock = run_lock.RunLock(model_dir) if jax.process_index() == 0 else None
   stale = lock.acquire() if lock else None
+  preemption = _Preemption()  # early: a SIGTERM during set-up still ends in a clean save
   try:
     run_setup.send_library_logs_to(model_dir)
     if stale:
@@ -139,8 +156,9 @@ def train(model_dir: str | None = None,
     return _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_feature_lengths,
                   num_partitions, num_microbatches, checkpoint_period, eval_period, eval_steps,
                   log_period, seed, use_packing, peak_flops_per_device, allow_data_change,
-                  memory_fit, stop_at_step)
+                  memory_fit, stop_at_step, preemption)
   finally:
+    preemption.close()
     if lock:
       lock.release()
 
@@ -148,8 +166,7 @@ def train(model_dir: str | None = None,
 def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_feature_lengths,
            num_partitions, num_microbatches, checkpoint_period, eval_period, eval_steps,
            log_period, seed, use_packing, peak_flops_per_device, allow_data_change,
-           memory_fit, stop_at_step) -> dict:
-  preemption = _Preemption()  # early: a SIGTERM during set-up still ends in a clean save
+           memory_fit, stop_at_step, preemption) -> dict:
   cfg = config.model_config()
   model = EncoderDecoderModel(cfg)
   mesh = partitioning.make_mesh(num_partitions)
@@ -159,7 +176,8 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
                     f"{data_parallel} ({jax.device_count()} devices / NUM_PARTITIONS={num_partitions})")
   if batch_size % (data_parallel * num_microbatches) and num_microbatches > 1:
     raise UserError(f"BATCH_SIZE={batch_size} is not divisible by num_microbatches={num_microbatches} "
-                    f"x data-parallel size {data_parallel}")
+                    f"x data-parallel size {data_parallel}; lower --gin.train.num_microbatches (runs/pretrain.gin "
+                    f"sets 2 to halve activation memory) or raise BATCH_SIZE")
   run_setup.check_model_splits(cfg, mesh.shape["model"])
   vocab_size = run_setup.task_vocab_size(mixture_or_task_name)
   if vocab_size > cfg.vocab_size:
@@ -277,8 +295,7 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
       config_written = True
 
     is_last = step == end_step
-    # Not when the window holds only the compiled step (log_period 1): it has no step time.
-    do_log = (step % log_period == 0 or is_last) and step > last_log_step
+    do_log = step % log_period == 0 or is_last
     do_eval = step % eval_period == 0 or step == train_steps
     stop_now = preemption.should_stop(step)
     do_save = step % checkpoint_period == 0 or is_last or stop_now
@@ -293,16 +310,19 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
     if do_log:
       host_metrics = jax.device_get(pending[-1][1])
       now = time.time()
-      step_time = (now - last_log_time) / max(step - last_log_step, 1)
+      # A window that holds only the compiled step (log_period 1) has no step time of its own.
+      step_time = (now - last_log_time) / (step - last_log_step) if step > last_log_step else None
       last_log_time, last_log_step = now, step
       record = {"step": step, "loss": float(host_metrics["loss"]),
                 "accuracy": float(host_metrics["accuracy"]),
                 "z_loss": float(host_metrics["z_loss"]),
                 "learning_rate": float(lr_schedule(step - 1)),
                 "grad_norm": float(host_metrics["grad_norm"]),
-                "tokens_per_second": tokens_per_step / step_time, "step_time_s": step_time}
-      record["mfu"], peak = flops.utilization(flops_per_example * batch_size / step_time, peak,
-                                              jax.device_count(), not peak_flops_per_device)
+                "tokens_per_second": tokens_per_step / step_time if step_time else None,
+                "step_time_s": step_time, "mfu": None}
+      if step_time:
+        record["mfu"], peak = flops.utilization(flops_per_example * batch_size / step_time, peak,
+                                                jax.device_count(), not peak_flops_per_device)
       if compile_s is not None and not last_train:  # the first logged row of this process
         record["compile_s"] = compile_s
       writer.write(record)
@@ -322,7 +342,7 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
       last_saved = step
       last_log_time = time.time()  # nor the blocking part of the save
       if stop_now:
-        writer.console(f"SIGTERM: saved step {step}, exiting")
+        writer.console(f"{preemption.signal_name}: saved step {step}, exiting")
         break
   ckpt.close()
   _write_config(model_dir)

@@ -45,7 +45,8 @@ def bindings(tmp_path, data_dir):
           "model_config.name = 't5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
           "model_config.vocab_size = 256", "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
           "BATCH_SIZE = 8", "TRAIN_STEPS = 3", "CHECKPOINT_PERIOD = 3", "EVAL_PERIOD = 3",
-          "train.eval_steps = 1", "train.log_period = 1", "model_config.dtype = 'float32'"]
+          "train.eval_steps = 1", "train.log_period = 1", "model_config.dtype = 'float32'",
+          "train.num_microbatches = 1"]
 
 
 def test_c4_tfds_trains_a_few_steps(tmp_path, c4_data_dir, capsys):
@@ -62,12 +63,13 @@ def test_c4_tfds_trains_a_few_steps(tmp_path, c4_data_dir, capsys):
   assert (batch["encoder_input_tokens"].numpy() >= 60).any()
   assert result["step"] == 3
   rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
-  # Step 1 (compilation) has no window of its own: its time is compile_s, on a console line of
-  # its own, and the first logged window (step 2) is an ordinary step.
+  # Step 1 (compilation) has no step time of its own: its time is compile_s, on a console line of
+  # its own, and the first timed window (step 2) is an ordinary step.
   train_rows = [r for r in rows if "loss" in r]
-  assert [r["step"] for r in train_rows] == [2, 3]
-  assert "compile_s" in train_rows[0] and "compile_s" not in train_rows[1]
-  assert train_rows[0]["step_time_s"] < train_rows[0]["compile_s"] / 2
+  assert [r["step"] for r in train_rows] == [1, 2, 3]
+  assert train_rows[0]["step_time_s"] is None and train_rows[0]["mfu"] is None
+  assert "compile_s" in train_rows[0] and all("compile_s" not in r for r in train_rows[1:])
+  assert train_rows[1]["step_time_s"] < train_rows[0]["compile_s"] / 2
   assert "compiled the train step in" in capsys.readouterr().out
-  assert all(0 < r["mfu"] <= 1 for r in train_rows)
+  assert all(0 < r["mfu"] <= 1 for r in train_rows[1:])
   assert [r["step"] for r in rows if "eval_loss" in r] == [0, 3]

@@ -123,17 +123,18 @@ def test_sigkill_then_restart_is_bit_identical(corpus, reference_run, tmp_path):
   assert_bit_identical(final_params(tmp_path), final_params(ref_dir))
 
 
-def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
+@pytest.mark.parametrize("signum,said", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
+def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path, signum, said):
   cmd = train_command(corpus, tmp_path, steps=10_000, period=10_000)
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   deadline = time.time() + 180
   while not (tmp_path / "metrics.jsonl").exists() or '"accuracy"' not in (tmp_path / "metrics.jsonl").read_text():
     assert proc.poll() is None and time.time() < deadline, "training did not start"
     time.sleep(0.2)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signum)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0
-  assert "SIGTERM: saved step" in out
+  assert f"{said}: saved step" in out
   assert len([s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]) == 1
 
 
