@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from t5x_lite import resume_check
-from t5x_lite.errors import UserError
+from t5x_lite.errors import UserError, first_line
 
 
 def _rmtree(path: str) -> None:
@@ -140,8 +140,7 @@ class Checkpointer:
                   explicit: bool) -> str:
     """Moves an unreadable latest step aside and returns where; refuses to move a second one."""
     where = os.path.join(self.directory, str(step))
-    text = str(error).strip()
-    reason = text.splitlines()[0][:300] if text else type(error).__name__
+    reason = first_line(error)
     if explicit or step == steps[0] or moved is not None:
       earlier = f"{moved} was moved aside on this start; " if moved else ""
       older = [s for s in steps if s < step]

@@ -17,7 +17,7 @@ import time
 
 import jax
 
-from t5x_lite.errors import UserError
+from t5x_lite.errors import UserError, first_line
 
 _ENV = "T5X_LITE_"
 
@@ -100,7 +100,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                process_id=process_id, local_device_ids=local_device_ids,
                                initialization_timeout=timeout_s)
   except Exception as e:  # jax raises XlaRuntimeError/RuntimeError with long multi-line texts
-    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-    raise UserError(f"could not join the job at {where} within {timeout_s}s: {first}") from None
+    raise UserError(f"could not join the job at {where} within {timeout_s}s: "
+                    f"{first_line(e)}") from None
   if num_processes is not None and jax.process_count() != num_processes:
     raise UserError(f"expected {num_processes} processes, the runtime reports {jax.process_count()}")

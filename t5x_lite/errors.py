@@ -11,6 +11,13 @@ class UserError(Exception):
   """
 
 
+def first_line(error: BaseException, limit: int | None = 300) -> str:
+  """The first line of an exception's message (cut to `limit` characters), else its type name:
+  library errors often carry long multi-line texts that must not reach a one-line message."""
+  text = str(error).strip()
+  return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 def fail(message: str, exit_code: int = 2) -> NoReturn:
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(exit_code)
@@ -21,7 +28,7 @@ def run_main(main: Callable[[], int | None]) -> NoReturn:
   try:
     code = main()
   except UserError as e:
-    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    fail(first_line(e, limit=None))
   except KeyboardInterrupt:
     fail("interrupted", exit_code=130)
   sys.exit(code or 0)

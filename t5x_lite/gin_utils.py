@@ -17,7 +17,7 @@ from typing import Sequence
 
 import gin
 
-from t5x_lite.errors import UserError
+from t5x_lite.errors import UserError, first_line
 
 # The repo's gin/ directory (the package is installed in editable mode from the repo).
 REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
@@ -105,11 +105,6 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str
   return files, bindings, rest
 
 
-def _one_line(e: Exception) -> str:
-  text = str(e).strip().splitlines()
-  return text[0] if text else type(e).__name__
-
-
 def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = True) -> None:
   """Parses gin files and bindings; any mistake becomes a one-line UserError."""
   resolved = [_resolve_gin_file(f) for f in files]
@@ -122,9 +117,9 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
     if finalize:
       gin.finalize()
   except OSError as e:  # found, but unreadable
-    raise UserError(f"cannot read a gin file: {_one_line(e)}") from None
+    raise UserError(f"cannot read a gin file: {first_line(e, limit=None)}") from None
   except (ValueError, SyntaxError, KeyError, TypeError, NameError, AttributeError) as e:
-    raise UserError(f"bad gin configuration: {_one_line(e)}") from None
+    raise UserError(f"bad gin configuration: {first_line(e, limit=None)}") from None
   check_command_line_macros(bindings)
 
 

@@ -12,7 +12,7 @@ import tempfile
 from typing import Any, NamedTuple
 
 from t5x_lite.config import T5Config
-from t5x_lite.errors import UserError
+from t5x_lite.errors import UserError, first_line
 
 EXTRA_IDS = 100
 # T5Config fields with no counterpart in HF's T5Config: they only say how our code runs.
@@ -130,11 +130,6 @@ def _read_only_manager(directory: str):
         "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
-def _reason(e: Exception) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 def restore_params(model_dir: str, step: int | None = None, device=None) -> Restored:
   """Restores only the params of a checkpoint (the latest complete one, or `step`) onto one device.
 
@@ -178,8 +173,8 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
       raise
     except Exception as e:  # corrupt, truncated or incompatible: say which, try the previous
       if step is not None or candidate == steps[0]:
-        raise UserError(f"checkpoint {where} cannot be restored: {_reason(e)}") from None
-      print(f"warning: checkpoint {where} cannot be restored ({_reason(e)}); "
+        raise UserError(f"checkpoint {where} cannot be restored: {first_line(e)}") from None
+      print(f"warning: checkpoint {where} cannot be restored ({first_line(e)}); "
             "using the previous one", flush=True)
   raise AssertionError("unreachable")
 
@@ -196,7 +191,7 @@ def check_sentencepiece(model_bytes: bytes, source: str) -> int:
   try:
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
   except Exception as e:
-    raise UserError(f"{source} is not a SentencePiece model: {_reason(e)}") from None
+    raise UserError(f"{source} is not a SentencePiece model: {first_line(e)}") from None
   ids = (sp.pad_id(), sp.eos_id(), sp.unk_id())
   if ids != (0, 1, 2):
     raise UserError(f"{source} has pad/eos/unk ids {ids}; T5 needs (0, 1, 2)")
@@ -244,7 +239,7 @@ def task_sentencepiece(meta: dict) -> tuple[bytes | None, str]:
     finally:
       gin.clear_config()
   except Exception as e:
-    return None, f"the vocabulary of task {task!r} is not available ({_reason(e)})"
+    return None, f"the vocabulary of task {task!r} is not available ({first_line(e)})"
 
 
 def fast_tokenizer(model_bytes: bytes):

@@ -51,6 +51,19 @@ def make_mesh(num_partitions: int = 1, devices: Sequence[Any] | None = None) -> 
   return Mesh(np.asarray(devices).reshape(shape), ("data", "model"), axis_types=axis_types)
 
 
+def check_batch_split(batch_size: int, mesh: Mesh, num_microbatches: int = 1) -> None:
+  """The global batch splits evenly over the `data` axis, and each shard over the microbatches."""
+  data = mesh.shape["data"]
+  if batch_size % data:
+    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by the data-parallel size {data} "
+                    f"({mesh.size} devices / NUM_PARTITIONS={mesh.shape['model']})")
+  if batch_size % (data * num_microbatches):
+    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by num_microbatches="
+                    f"{num_microbatches} x data-parallel size {data}; lower "
+                    f"--gin.train.num_microbatches (runs/pretrain.gin sets 2 to halve activation "
+                    f"memory) or raise BATCH_SIZE")
+
+
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
   """Mesh and logical rules in scope, so activations' logical constraints take effect."""

@@ -165,9 +165,7 @@ def build_trainer(cfg, devices, settings: RunSettings, num_microbatches: int):
   from t5x_lite.models import EncoderDecoderModel
   from t5x_lite.trainer import LossConfig, Trainer
   mesh = partitioning.make_mesh(settings.num_partitions, devices=devices)
-  if settings.batch_size % (mesh.shape["data"] * num_microbatches):
-    raise PlanError(f"BATCH_SIZE={settings.batch_size} is not divisible by num_microbatches="
-                    f"{num_microbatches} x data-parallel size {mesh.shape['data']}")
+  partitioning.check_batch_split(settings.batch_size, mesh, num_microbatches)
   return Trainer(EncoderDecoderModel(cfg), mesh, partitioning.logical_axis_rules(),
                  settings.lengths, num_microbatches=num_microbatches, loss_config=LossConfig())
 
@@ -303,7 +301,7 @@ def main(argv=None) -> int:
                       help="comma-separated remat policies to sweep (default: all)")
   # Gin flags are separated before argparse sees them (their values may look like flags).
   from t5x_lite import gin_utils
-  from t5x_lite.errors import UserError
+  from t5x_lite.errors import UserError, first_line
   try:
     gin_files, gin_bindings, rest = gin_utils.split_gin_flags(argv)
   except UserError as e:
@@ -335,7 +333,7 @@ def main(argv=None) -> int:
     else:
       result = plan_one(cfg, args.target, devices, settings, settings.num_microbatches)
   except (UserError, PlanError) as e:
-    _fail(str(e).splitlines()[0])
+    _fail(first_line(e, limit=None))
   print(json.dumps(result), flush=True)
   return 0
 

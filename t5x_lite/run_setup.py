@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from t5x_lite.config import T5Config
 from t5x_lite.data import pipeline
-from t5x_lite.errors import UserError
+from t5x_lite.errors import UserError, first_line
 
 
 def prepare_model_dir(model_dir: str) -> None:
@@ -23,7 +23,7 @@ def prepare_model_dir(model_dir: str) -> None:
     try:
       tf.io.gfile.makedirs(model_dir)
     except tf.errors.OpError as e:
-      raise UserError(f"cannot create MODEL_DIR {model_dir}: {str(e).splitlines()[0]}") from None
+      raise UserError(f"cannot create MODEL_DIR {model_dir}: {first_line(e)}") from None
     return
   existing = model_dir
   while not os.path.exists(existing):
@@ -55,9 +55,7 @@ def task_vocab_size(mixture_or_task_name: str) -> int:
   try:
     return vocab.vocab_size
   except Exception as e:  # noqa: BLE001  (tf, sentencepiece and gcs raise many kinds)
-    text = str(e).strip().splitlines()
-    raise UserError(_vocab_unreadable(mixture_or_task_name, path,
-                                      text[0][:200] if text else type(e).__name__)) from None
+    raise UserError(_vocab_unreadable(mixture_or_task_name, path, first_line(e, limit=200))) from None
 
 
 def _vocab_unreadable(task: str, path: str | None, reason: str) -> str:

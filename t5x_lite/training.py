@@ -170,14 +170,7 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
   cfg = config.model_config()
   model = EncoderDecoderModel(cfg)
   mesh = partitioning.make_mesh(num_partitions)
-  data_parallel = mesh.shape["data"]
-  if batch_size % data_parallel:
-    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by the data-parallel size "
-                    f"{data_parallel} ({jax.device_count()} devices / NUM_PARTITIONS={num_partitions})")
-  if batch_size % (data_parallel * num_microbatches) and num_microbatches > 1:
-    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by num_microbatches={num_microbatches} "
-                    f"x data-parallel size {data_parallel}; lower --gin.train.num_microbatches (runs/pretrain.gin "
-                    f"sets 2 to halve activation memory) or raise BATCH_SIZE")
+  partitioning.check_batch_split(batch_size, mesh, num_microbatches)
   run_setup.check_model_splits(cfg, mesh.shape["model"])
   vocab_size = run_setup.task_vocab_size(mixture_or_task_name)
   if vocab_size > cfg.vocab_size:

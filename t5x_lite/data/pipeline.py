@@ -17,7 +17,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite.data import registry, tokenized_cache
-from t5x_lite.errors import UserError
+from t5x_lite.errors import UserError, first_line
 
 # A fixed default seed keeps resumption exact: a restored iterator must rebuild the same graph
 # (the stateless span-corruption seeds are baked into it).
@@ -122,6 +122,6 @@ class DataIterator:
       self._checkpoint.read(os.path.join(directory, self._PREFIX)).assert_consumed()
     except (tf.errors.OpError, AssertionError, ValueError) as e:
       raise UserError(f"cannot restore the data iterator from {directory}: "
-                      f"{str(e).strip().splitlines()[0]} (was the data config changed?)") from None
+                      f"{first_line(e, limit=None)} (was the data config changed?)") from None
     with tf.io.gfile.GFile(state_path) as f:
       self._batches = int(json.load(f)["batches"])
