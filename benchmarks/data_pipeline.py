@@ -104,7 +104,7 @@ def _measure(stage: str, cores: int, num_examples: int, docs_path: str) -> dict:
   else:
     import seqio
 
-    import tasks  # noqa: F401
+    import t5x_lite.tasks  # noqa: F401
     from t5x_lite.data import pipeline  # noqa: F401
     from t5x_lite.data import tokenized_cache
     from t5x_lite.data.quickstart_corpus import ensure_quickstart_assets

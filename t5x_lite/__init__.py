@@ -1,3 +1,46 @@
-"""t5x_lite: pretrain T5 encoder-decoder models with span corruption, in JAX/Flax."""
+"""t5x_lite: pretrain T5 encoder-decoder models with span corruption, in JAX/Flax.
+
+Imports run one way, from the commands down to the model (tests/test_layering.py checks it):
+
+  cli       the `python -m t5x_lite.X` commands             may import every layer
+  training  the loop, the train step, checkpoints, metrics  may import model, data, base
+  hf        Hugging Face files, weight mapping, model card   may import model, data, base
+  data      seqio tasks, sources, vocabularies, the pipeline may import base
+  model     model config, layers, the model, mesh/rules, optimizer  may import base
+  base      errors, paths, token ids, gin flags, progress    imports nothing of the package
+
+So `data` knows nothing of the model or of training, the model nothing above it, training and hf
+not each other, and no library module imports a command: code a command and a library module
+share lives in the library module. A new module is added to a layer below.
+"""
 
 __version__ = "0.1.0"
+
+LAYERS = {
+    "base": ("errors", "paths", "tokens", "gin_utils", "progress", "commands", "flops",
+             "step_fallback"),
+    "model": ("config", "layers", "network", "models", "partitioning", "optimizers"),
+    "data": ("data", "tasks"),  # the sub-packages, whole
+    "training": ("trainer", "training", "checkpoints", "resume_check", "metrics_writer",
+                 "run_lock", "run_setup", "memory_fit", "efficiency", "distributed"),
+    "hf": ("hf_files", "hf_mapping", "model_card"),
+    "cli": ("train", "export_hf", "import_hf", "infer", "inspect_data", "cache_tokenized",
+            "quickstart", "train_vocab", "model_info", "plan"),
+}
+
+MAY_IMPORT = {
+    "base": {"base"},
+    "model": {"model", "base"},
+    "data": {"data", "base"},
+    "training": {"training", "model", "data", "base"},
+    "hf": {"hf", "model", "data", "base"},
+    "cli": set(LAYERS),
+}
+
+
+def layer_of(module: str) -> str | None:
+  """The layer of a module of the package (`t5x_lite.data.vocab` -> 'data'), None if unplaced."""
+  if module == "t5x_lite":
+    return "base"
+  top = module.removeprefix("t5x_lite.").split(".")[0]
+  return next((layer for layer, names in LAYERS.items() if top in names), None)

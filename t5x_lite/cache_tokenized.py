@@ -16,12 +16,12 @@ import sys
 import time
 
 from t5x_lite.errors import UserError, run_main
-from t5x_lite.gin_utils import parse_gin, split_gin_flags
-from t5x_lite.inspect_data import import_configurables, required_macro
+from t5x_lite.gin_utils import parse_gin, required_macro, split_gin_flags
+from t5x_lite.inspect_data import import_configurables
 
 
-def main() -> int:
-  files, bindings, rest = split_gin_flags(sys.argv[1:])
+def main(argv=None) -> int:
+  files, bindings, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--task", help="task or mixture (default: MIXTURE_OR_TASK_NAME from gin)")
   parser.add_argument("--cache_dir", help="default: tokenized_cache.cache_dir from gin")

@@ -22,7 +22,7 @@ import jax.experimental.multihost_utils
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from t5x_lite import resume_check
+from t5x_lite import paths, resume_check, step_fallback
 from t5x_lite.errors import UserError, first_line
 
 
@@ -36,7 +36,7 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, max_to_keep: int | None = 3, keep_period: int | None = None,
                async_save: bool = True):
-    self.model_dir = model_dir if "://" in model_dir else os.path.abspath(model_dir)
+    self.model_dir = model_dir if paths.is_remote(model_dir) else os.path.abspath(model_dir)
     self.directory = os.path.join(self.model_dir, "checkpoints")
     self.data_directory = os.path.join(self.model_dir, "data_state")
     options = ocp.CheckpointManagerOptions(
@@ -48,8 +48,8 @@ class Checkpointer:
                        "meta": ocp.JsonCheckpointHandler()})
 
   # -- saving ------------------------------------------------------------------------------------
-  def save(self, step: int, state: Any, meta: dict, save_data_iterator: Callable[[str], None] | None,
-           force: bool = True) -> None:
+  def save(self, step: int, state: Any, meta: dict,
+           save_data_iterator: Callable[[str], None] | None) -> None:
     """Starts saving `state` at `step` (asynchronously); the data position is written first."""
     if save_data_iterator is not None:
       final = self._data_path(step)
@@ -60,7 +60,7 @@ class Checkpointer:
       tf.io.gfile.makedirs(os.path.dirname(final))
       tf.io.gfile.rename(tmp, final, overwrite=True)
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -111,41 +111,38 @@ class Checkpointer:
         raise UserError(f"no checkpoint for step {step} in {self.directory}; available: {steps}")
       steps = [step]
     expected = resume_check.leaf_shapes(abstract_state)
-    moved = None
-    for candidate in reversed(steps):
-      where = os.path.join(self.directory, str(candidate))
-      try:
+
+    def attempt(candidate: int) -> tuple[int, Any, dict]:
+      with step_fallback.reading():
         meta = self.read_meta(candidate)
         saved = self.saved_shapes(candidate)
-      except Exception as e:  # noqa: BLE001  (any failure to read is reported the same way)
-        moved = self._unreadable(candidate, steps, e, moved, step is not None)
-        continue
       if check_meta is not None:
         check_meta(candidate, meta)
       mismatch = resume_check.state_mismatch(saved, expected)
       if mismatch:
-        raise UserError(f"checkpoint {where} holds a state of another shape than this run builds "
-                        f"({mismatch}); was the model or optimizer changed? Use another MODEL_DIR "
-                        f"for a new run (the checkpoints are unchanged)")
-      try:
+        raise UserError(f"checkpoint {os.path.join(self.directory, str(candidate))} holds a state "
+                        f"of another shape than this run builds ({mismatch}); was the model or "
+                        f"optimizer changed? Use another MODEL_DIR for a new run (the checkpoints "
+                        f"are unchanged)")
+      with step_fallback.reading():
         restored = self.manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
-      except Exception as e:  # noqa: BLE001
-        moved = self._unreadable(candidate, steps, e, moved, step is not None)
-        continue
       return candidate, restored.state, meta
-    return None
 
-  def _unreadable(self, step: int, steps: list[int], error: Exception, moved: str | None,
-                  explicit: bool) -> str:
+    moved = []
+    return step_fallback.newest_readable(
+        steps, attempt, lambda s, e: moved.append(self._unreadable(s, steps, e, moved, step)))
+
+  def _unreadable(self, step: int, steps: list[int], error: BaseException, moved: list[str],
+                  explicit: int | None) -> str:
     """Moves an unreadable latest step aside and returns where; refuses to move a second one."""
     where = os.path.join(self.directory, str(step))
     reason = first_line(error)
-    if explicit or step == steps[0] or moved is not None:
-      earlier = f"{moved} was moved aside on this start; " if moved else ""
+    if explicit is not None or step == steps[0] or moved:
+      earlier = f"{moved[0]} was moved aside on this start; " if moved else ""
       older = [s for s in steps if s < step]
       fallback = (f"run again to move it aside too and use step {older[-1]}, or " if older and
-                  not explicit else "")
+                  explicit is None else "")
       raise UserError(f"checkpoint {where} cannot be read ({reason}); {earlier}nothing else was "
                       f"moved: {fallback}restore it from a copy, or use another MODEL_DIR")
     target = self._quarantine(step)

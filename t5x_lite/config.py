@@ -5,7 +5,6 @@ Every gin file binds exactly one function, `model_config`, which turns a release
 """
 
 import dataclasses
-import functools
 import re
 
 import gin
@@ -235,17 +234,9 @@ def hf_config_dict(cfg: T5Config) -> dict:
   }
 
 
-@functools.lru_cache(maxsize=None)
-def num_params(cfg: T5Config) -> int:
-  """Exact parameter count, from the shapes of the Flax init (nothing is allocated)."""
-  import jax  # Imported here so that reading configs stays light.
-  from t5x_lite import models
-  abstract = models.EncoderDecoderModel(cfg).abstract_params(input_length=1, target_length=1)
-  return sum(int(x.size) for x in jax.tree_util.tree_leaves(abstract))
-
-
 def params_by_formula(cfg: T5Config) -> int:
-  """The parameter count in closed form (num_params counts the initialised tree instead).
+  """The parameter count in closed form (models.num_params counts the initialised tree
+  instead).
 
   With d = d_model, a = num_heads * d_kv, c = num_kv_heads * d_kv, p = 2 key/value projections
   (1 when tied), f = d_ff, g = 2 (gated-gelu) or 1 (relu) input projections, V = vocab_size:
@@ -307,11 +298,6 @@ def inference_flops_per_token(cfg: T5Config, input_length: int = 512,
                               target_length: int = 114) -> float:
   """Inference (forward-pass) FLOPs per input + target token: a third of the training FLOPs."""
   return forward_flops_per_example(cfg, input_length, target_length) / (input_length + target_length)
-
-
-def weight_bytes(cfg: T5Config, bytes_per_param: int) -> int:
-  """Memory of the weights alone at `bytes_per_param` (4: float32, 2: bfloat16)."""
-  return num_params(cfg) * bytes_per_param
 
 
 def kv_cache_bytes_per_token(cfg: T5Config, bytes_per_value: int) -> int:

@@ -14,24 +14,11 @@ import sys
 
 import numpy as np
 
-from t5x_lite import hf_files, model_card
-from t5x_lite.config import hf_config_dict, num_params
+from t5x_lite import hf_files, model_card, paths, tokens
+from t5x_lite.config import hf_config_dict
 from t5x_lite.errors import UserError, run_main
 
 GENERATION_CONFIG = {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
-
-
-def _vocabulary(model_dir: str, vocab: str | None, meta: dict) -> tuple[bytes | None, str, str]:
-  """(SentencePiece bytes or None, where from, why not): --vocab, MODEL_DIR/spiece.model, task."""
-  if vocab:
-    if not hf_files.isfile(vocab):
-      raise UserError(f"--vocab file {vocab} does not exist")
-    return hf_files.read_bytes(vocab), vocab, ""
-  beside = os.path.join(model_dir, "spiece.model")
-  if hf_files.isfile(beside):  # what import_hf copies in
-    return hf_files.read_bytes(beside), beside, ""
-  data, why = hf_files.task_sentencepiece(meta)
-  return data, f"task {meta.get('mixture_or_task_name')!r}", why
 
 
 def _metrics_text(model_dir: str) -> str | None:
@@ -45,14 +32,14 @@ def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str 
   """Exports one checkpoint; returns a summary (step, paths, whether a tokenizer was written)."""
   import ml_dtypes
   from safetensors.numpy import save_file
-  from t5x_lite import hf_mapping
+  from t5x_lite import hf_mapping, models
 
   if dtype not in ("float32", "bfloat16"):
     raise UserError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
   if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license_id):
     raise UserError(f"--license must be a license identifier such as apache-2.0, mit or other, "
                     f"got {license_id!r}")
-  model_dir, output_dir = hf_files.resolve(model_dir), hf_files.resolve(output_dir)
+  model_dir, output_dir = paths.resolve(model_dir), paths.resolve(output_dir)
   hf_files.check_output_dir(output_dir, overwrite)
   restored = hf_files.restore_params(model_dir, step)
   cfg = restored.cfg
@@ -68,12 +55,11 @@ def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str 
   np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
   state = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in state.items()}
 
-  spm_bytes, source, why_not = _vocabulary(model_dir, vocab, restored.meta)
+  spm_bytes, source, why_not = hf_files.run_sentencepiece(model_dir, vocab, restored.meta)
   if spm_bytes is not None:
     pieces = hf_files.check_sentencepiece(spm_bytes, source)
-    if pieces + hf_files.EXTRA_IDS > cfg.vocab_size:
-      raise UserError(f"vocabulary {source} has {pieces} pieces + {hf_files.EXTRA_IDS} extra ids, "
-                      f"more than the model's vocab_size {cfg.vocab_size}")
+    tokens.check_vocab_fits(pieces + tokens.EXTRA_IDS, cfg.vocab_size,
+                            f"vocabulary {source} ({pieces} pieces + {tokens.EXTRA_IDS} extra ids)")
 
   hf_config = hf_config_dict(cfg)
   hf_config.update(torch_dtype=dtype, dtype=dtype)
@@ -84,7 +70,7 @@ def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str 
     if spm_bytes is not None:
       lengths = restored.meta.get("task_feature_lengths") or {}
       hf_files.write_tokenizer_files(tmp, spm_bytes, int(lengths.get("inputs", 512)))
-    card = model_card.model_card(cfg, num_params(cfg), restored.step, restored.meta,
+    card = model_card.model_card(cfg, models.num_params(cfg), restored.step, restored.meta,
                                  _metrics_text(model_dir), dtype, license_id, spm_bytes is not None)
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
       f.write(card)

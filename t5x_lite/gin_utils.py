@@ -8,6 +8,7 @@ them: gin's own include lookup treats a directory such as `runs/` in the working
 Python package and fails on it.
 """
 
+import contextlib
 import difflib
 import io
 import os
@@ -17,6 +18,7 @@ from typing import Sequence
 
 import gin
 
+from t5x_lite import paths
 from t5x_lite.errors import UserError, first_line
 
 # The repo's gin/ directory (the package is installed in editable mode from the repo).
@@ -30,7 +32,7 @@ def gin_search_path() -> list[str]:
 
 def _resolve_gin_file(name: str, included_from: str | None = None) -> str:
   """The file a `--gin_file` or `include` names: the first search-path root holding it."""
-  if "://" in name:  # gs:// and other object stores, read through tf.io.gfile
+  if paths.is_remote(name):  # gs:// and other object stores, read through tf.io.gfile
     import tensorflow as tf
     if tf.io.gfile.exists(name):
       return name
@@ -50,12 +52,58 @@ _INCLUDE = re.compile(r"""^\s*include\s+(['"])([^'"]+)\1\s*(#.*)?$""")
 
 
 def _read_text(path: str) -> str:
-  if "://" in path:
+  if paths.is_remote(path):
     import tensorflow as tf
     with tf.io.gfile.GFile(path) as f:
       return f.read()
   with open(path, encoding="utf-8") as f:
     return f.read()
+
+
+# Configs written by earlier versions (a run's config.gin, a checkpoint's stored gin_config) name
+# things that have since moved or gone; `upgrade_old_names` rewrites them so they parse again.
+_MOVED_MODULES = (  # (pattern, replacement): the seqio tasks moved into the package
+    (re.compile(r"^(\s*)import tasks\b", re.M), r"\1import t5x_lite.tasks"),
+    (re.compile(r"^(\s*)from tasks\b", re.M), r"\1from t5x_lite.tasks"),
+    (re.compile(r"(?<![\w.])tasks\.(c4|local_corpora|quickstart)\."), r"t5x_lite.tasks.\1."),
+)
+# No longer configurable: every caller passes all their arguments, so a binding did nothing.
+RETIRED_CONFIGURABLES = ("make_mesh",)
+_RETIRED_BINDING = re.compile(
+    rf"^(?:[\w./]*\.)?(?:{'|'.join(RETIRED_CONFIGURABLES)})\.\w+\s*=.*$", re.M)
+
+
+def upgrade_old_names(text: str) -> str:
+  """Gin text of an earlier version, with moved modules renamed and bindings of configurables
+  that no longer exist commented out (what they set had no effect)."""
+  for pattern, replacement in _MOVED_MODULES:
+    text = pattern.sub(replacement, text)
+  return _RETIRED_BINDING.sub(lambda m: f"# no longer configurable: {m.group(0)}", text)
+
+
+@contextlib.contextmanager
+def fresh_config():
+  """An empty gin config inside the block; the caller's own config is back after it.
+
+  For library code that parses a config of its own (a checkpoint's stored one, a model gin to
+  compare with): `gin.clear_config()` alone would wipe the caller's bindings. Gin has no public
+  way to save its state, so its module-level tables are copied and put back.
+  """
+  # pylint: disable=protected-access
+  tables = gin.config
+  saved = ({key: dict(values) for key, values in tables._CONFIG.items()},
+           {key: dict(values) for key, values in tables._OPERATIVE_CONFIG.items()},
+           set(tables._IMPORTS), dict(tables._SINGLETONS), gin.config_is_locked())
+  gin.clear_config()
+  try:
+    yield
+  finally:
+    gin.clear_config()
+    tables._CONFIG.update(saved[0])
+    tables._OPERATIVE_CONFIG.update(saved[1])
+    tables._IMPORTS.update(saved[2])
+    tables._SINGLETONS.update(saved[3])
+    tables._set_config_is_locked(saved[4])
 
 
 def expand_gin_file(path: str, _stack: tuple[str, ...] = ()) -> str:
@@ -75,7 +123,7 @@ def expand_gin_file(path: str, _stack: tuple[str, ...] = ()) -> str:
       lines.append(expand_gin_file(included, (*_stack, path)))
     else:
       lines.append(line)
-  return "\n".join(lines) + "\n"
+  return upgrade_old_names("\n".join(lines) + "\n")
 
 
 def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
@@ -121,6 +169,14 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
   except (ValueError, SyntaxError, KeyError, TypeError, NameError, AttributeError) as e:
     raise UserError(f"bad gin configuration: {first_line(e, limit=None)}") from None
   check_command_line_macros(bindings)
+
+
+def required_macro(name: str):
+  """The value of a macro the gin files must set (for commands that read it themselves)."""
+  try:
+    return gin.query_parameter(f"{name}/macro.value")
+  except ValueError:
+    raise UserError(f"the gin files do not set {name}; pass --gin.{name}=...") from None
 
 
 # Macros that inspect_data and cache_tokenized read themselves (gin.query_parameter), with or

@@ -11,10 +11,11 @@ import shutil
 import tempfile
 from typing import Any, NamedTuple
 
+from t5x_lite import paths, step_fallback
+from t5x_lite.tokens import EOS_ID, EXTRA_IDS, PAD_ID, UNK_ID
 from t5x_lite.config import T5Config
 from t5x_lite.errors import UserError, first_line
 
-EXTRA_IDS = 100
 # T5Config fields with no counterpart in HF's T5Config: they only say how our code runs.
 EXECUTION_ONLY_FIELDS = ("name", "dtype", "scan_layers", "scan_unroll", "remat_policy")
 
@@ -24,20 +25,6 @@ EXECUTION_ONLY_FIELDS = ("name", "dtype", "scan_layers", "scan_unroll", "remat_p
 def _gfile():
   import tensorflow as tf
   return tf.io.gfile
-
-
-def is_remote(path: str) -> bool:
-  return "://" in path
-
-
-def resolve(path: str) -> str:
-  """An absolute local path, or a URL (gs://, file://) as given."""
-  return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
-
-
-def orbax_path(path: str) -> str:
-  """Orbax takes gs:// URLs but not file:// ones: those become plain paths."""
-  return path[len("file://"):] if path.startswith("file://") else path
 
 
 def exists(path: str) -> bool:
@@ -140,10 +127,10 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
   import orbax.checkpoint as ocp
   from t5x_lite.models import EncoderDecoderModel
 
-  directory = os.path.join(resolve(model_dir), "checkpoints")
+  directory = os.path.join(paths.resolve(model_dir), "checkpoints")
   if not isdir(directory):
     raise UserError(f"no checkpoints in {model_dir} (expected {directory}/<step>/)")
-  manager = _read_only_manager(orbax_path(directory))
+  manager = _read_only_manager(paths.orbax_path(directory))
   steps = sorted(manager.all_steps())
   if not steps:
     raise UserError(f"no complete checkpoint in {directory}")
@@ -153,30 +140,32 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
     steps = [step]
   device = device or jax.local_devices()[0]
   sharding = jax.sharding.SingleDeviceSharding(device)
-  for candidate in reversed(steps):
+
+  def attempt(candidate: int) -> Restored:
     where = os.path.join(directory, str(candidate))
-    try:
-      with _quiet_absl():
-        meta = dict(manager.restore(candidate, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore())).meta)
-      cfg = config_from_meta(meta, where)
-      abstract = EncoderDecoderModel(cfg).abstract_params()
-      restore_args = jax.tree.map(
-          lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
-          abstract)
-      with _quiet_absl():
-        state = manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": abstract}, restore_args={"params": restore_args},
-            partial_restore=True))).state
-      return Restored(candidate, cfg, state["params"], meta)
-    except UserError:
-      raise
-    except Exception as e:  # corrupt, truncated or incompatible: say which, try the previous
-      if step is not None or candidate == steps[0]:
-        raise UserError(f"checkpoint {where} cannot be restored: {first_line(e)}") from None
-      print(f"warning: checkpoint {where} cannot be restored ({first_line(e)}); "
-            "using the previous one", flush=True)
-  raise AssertionError("unreachable")
+    with step_fallback.reading(), _quiet_absl():
+      meta = dict(manager.restore(candidate, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore())).meta)
+    cfg = config_from_meta(meta, where)
+    abstract = EncoderDecoderModel(cfg).abstract_params()
+    restore_args = jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
+        abstract)
+    with step_fallback.reading(), _quiet_absl():
+      state = manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item={"params": abstract}, restore_args={"params": restore_args},
+          partial_restore=True))).state
+    return Restored(candidate, cfg, state["params"], meta)
+
+  def unreadable(candidate: int, error: BaseException) -> None:
+    """Read-only: a step that cannot be read is named and skipped, never moved."""
+    where = os.path.join(directory, str(candidate))
+    if step is not None or candidate == steps[0]:
+      raise UserError(f"checkpoint {where} cannot be restored: {first_line(error)}") from None
+    print(f"warning: checkpoint {where} cannot be restored ({first_line(error)}); "
+          "using the previous one", flush=True)
+
+  return step_fallback.newest_readable(steps, attempt, unreadable)
 
 
 # -- tokenizer files -------------------------------------------------------------------------------
@@ -193,8 +182,8 @@ def check_sentencepiece(model_bytes: bytes, source: str) -> int:
   except Exception as e:
     raise UserError(f"{source} is not a SentencePiece model: {first_line(e)}") from None
   ids = (sp.pad_id(), sp.eos_id(), sp.unk_id())
-  if ids != (0, 1, 2):
-    raise UserError(f"{source} has pad/eos/unk ids {ids}; T5 needs (0, 1, 2)")
+  if ids != (PAD_ID, EOS_ID, UNK_ID):
+    raise UserError(f"{source} has pad/eos/unk ids {ids}; T5 needs {(PAD_ID, EOS_ID, UNK_ID)}")
   if sp.piece_to_id("<extra_id_0>") != sp.unk_id():
     raise UserError(f"{source} already contains <extra_id_*> pieces; give the model without them")
   return sp.get_piece_size()
@@ -220,6 +209,21 @@ def sentencepiece_bytes_of(vocab) -> bytes:
   return _strip_extra_ids(data)
 
 
+def run_sentencepiece(model_dir: str, vocab: str | None, meta: dict
+                      ) -> tuple[bytes | None, str, str]:
+  """The SentencePiece model of a run, as (bytes or None, where from, why not): the file `vocab`
+  (--vocab), else MODEL_DIR/spiece.model (what import_hf copies in), else the run's task's."""
+  if vocab:
+    if not isfile(vocab):
+      raise UserError(f"--vocab file {vocab} does not exist")
+    return read_bytes(vocab), vocab, ""
+  beside = os.path.join(model_dir, "spiece.model")
+  if isfile(beside):
+    return read_bytes(beside), beside, ""
+  data, why = task_sentencepiece(meta)
+  return data, f"task {meta.get('mixture_or_task_name')!r}", why
+
+
 def task_sentencepiece(meta: dict) -> tuple[bytes | None, str]:
   """(model bytes, '') from the run's task vocabulary, or (None, why not)."""
   task = meta.get("mixture_or_task_name")
@@ -227,17 +231,14 @@ def task_sentencepiece(meta: dict) -> tuple[bytes | None, str]:
     return None, "the checkpoint names no task"
   try:
     import gin
-    import tasks  # noqa: F401  (registers the seqio tasks)
+    import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks)
+    from t5x_lite import gin_utils
     from t5x_lite.data import pipeline
     # Vocabulary paths can be gin bindings of the run: apply the run's saved config.
-    if meta.get("gin_config"):
-      gin.clear_config()
-      gin.parse_config(meta["gin_config"], skip_unknown=True)
-    try:
-      vocab = pipeline.get_vocabulary(task)
-      return sentencepiece_bytes_of(vocab), ""
-    finally:
-      gin.clear_config()
+    with gin_utils.fresh_config():
+      gin.parse_config(gin_utils.upgrade_old_names(meta.get("gin_config") or ""),
+                       skip_unknown=True)
+      return sentencepiece_bytes_of(pipeline.get_vocabulary(task)), ""
   except Exception as e:
     return None, f"the vocabulary of task {task!r} is not available ({first_line(e)})"
 
@@ -350,9 +351,9 @@ def staged_output_dir(out_dir: str, overwrite: bool = False, flag: str | None = 
   directory, never a half-written `out_dir`. For an object store (gs://), where directories
   cannot be renamed, the finished tree is uploaded once the body succeeded.
   """
-  out_dir = resolve(out_dir)
+  out_dir = paths.resolve(out_dir)
   check_output_dir(out_dir, overwrite, flag)
-  if is_remote(out_dir):
+  if paths.is_remote(out_dir):
     tmp = tempfile.mkdtemp(prefix="t5x_lite_export-")
     try:
       yield tmp

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from t5x_lite import commands, config, gin_utils, hf_files
+from t5x_lite import commands, config, gin_utils, hf_files, paths, tokens
 from t5x_lite.config import T5Config
 from t5x_lite.errors import UserError, run_main
 
@@ -94,13 +94,9 @@ def model_gin_text(name: str, dims: dict, source: str) -> str:
 
 def check_against_model_gin(dims: dict, gin_file: str) -> None:
   """An import must agree with a model gin the user means to train with: name what differs."""
-  import gin
-  gin.clear_config()
-  try:
+  with gin_utils.fresh_config():
     gin_utils.parse_gin([gin_file], [], finalize=False)
     cfg = config.model_config()
-  finally:
-    gin.clear_config()
   for key in GIN_DIMS:
     if getattr(cfg, key) != dims[key]:
       raise UserError(f"{gin_file} has {key}={getattr(cfg, key)!r} but the HF model has "
@@ -178,7 +174,7 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
   from t5x_lite.models import EncoderDecoderModel
   from t5x_lite.trainer import Trainer, TrainState
 
-  hf_dir, model_dir = hf_files.resolve(hf_dir), hf_files.resolve(model_dir)
+  hf_dir, model_dir = paths.resolve(hf_dir), paths.resolve(model_dir)
   config_path = os.path.join(hf_dir, "config.json")
   if not hf_files.isfile(config_path):
     raise UserError(f"no config.json in {hf_dir}")
@@ -202,14 +198,12 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
   if hf_files.isfile(spm_path):
     spm_bytes = hf_files.read_bytes(spm_path)
     pieces = hf_files.check_sentencepiece(spm_bytes, spm_path)
-    if pieces + hf_files.EXTRA_IDS > dims["vocab_size"]:
-      raise UserError(f"{spm_path} has {pieces} pieces + {hf_files.EXTRA_IDS} extra ids, more "
-                      f"than the model's vocab_size {dims['vocab_size']}")
+    tokens.check_vocab_fits(pieces + tokens.EXTRA_IDS, dims["vocab_size"],
+                            f"{spm_path} ({pieces} pieces + {tokens.EXTRA_IDS} extra ids)")
 
   # The run gin decides what the checkpoint must match when training restores it: scan layout,
   # optimizer state structure, activation dtype.
-  gin.clear_config()
-  try:
+  with gin_utils.fresh_config():
     gin_utils.parse_gin([run_gin_file], [], finalize=False)
     cfg = config.model_config(name=name, **dims)
     params = hf_mapping.from_hf_state_dict(state_dict, cfg)
@@ -241,8 +235,6 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
       if spm_bytes is not None:
         with open(os.path.join(tmp, "spiece.model"), "wb") as f:
           f.write(spm_bytes)
-  finally:
-    gin.clear_config()
 
   log(f"imported {hf_dir} as step 0 of {model_dir} (model {name}, scan_layers={cfg.scan_layers})")
   if shared_structure:

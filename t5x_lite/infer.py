@@ -16,9 +16,9 @@ import tempfile
 
 import numpy as np
 
-from t5x_lite import hf_files
+from t5x_lite import hf_files, paths
 from t5x_lite.errors import UserError, run_main
-from t5x_lite.models import EOS_ID, PAD_ID
+from t5x_lite.tokens import EOS_ID, EXTRA_IDS, PAD_ID, check_vocab_fits
 
 DEFAULT_MAX_DECODE_LENGTH = 64
 
@@ -26,21 +26,16 @@ DEFAULT_MAX_DECODE_LENGTH = 64
 def load_vocabulary(model_dir: str, vocab: str | None, meta: dict):
   """seqio vocabulary: --vocab, else MODEL_DIR/spiece.model (an import), else the run's task."""
   import seqio
-  path = vocab or os.path.join(model_dir, "spiece.model")
-  if vocab and not hf_files.isfile(vocab):
-    raise UserError(f"--vocab file {vocab} does not exist")
-  if hf_files.isfile(path):  # seqio reads it through tf.io.gfile: local or gs://
-    hf_files.check_sentencepiece(hf_files.read_bytes(path), path)
-    return seqio.SentencePieceVocabulary(path, extra_ids=hf_files.EXTRA_IDS)
-  data, why = hf_files.task_sentencepiece(meta)
+  data, source, why = hf_files.run_sentencepiece(model_dir, vocab, meta)
   if data is None:
     raise UserError(f"no vocabulary: {why}; pass --vocab=PATH/spiece.model")
+  hf_files.check_sentencepiece(data, source)
   # seqio reads vocabularies from files: load from a temporary copy, then drop it.
   fd, path = tempfile.mkstemp(suffix=".model")
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
-    vocab = seqio.SentencePieceVocabulary(path, extra_ids=hf_files.EXTRA_IDS)
+    vocab = seqio.SentencePieceVocabulary(path, extra_ids=EXTRA_IDS)
     vocab.vocab_size  # noqa: B018  (loads the model now, while the file exists)
   finally:
     os.remove(path)
@@ -106,12 +101,10 @@ def main(argv=None) -> int:
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.max_decode_length is not None and args.max_decode_length < 1:
     raise UserError(f"--max_decode_length must be positive, got {args.max_decode_length}")
-  model_dir = hf_files.resolve(args.model_dir)
+  model_dir = paths.resolve(args.model_dir)
   decoder = Decoder(model_dir, args.step, args.dtype)
   vocab = load_vocabulary(model_dir, args.vocab, decoder.meta)
-  if vocab.vocab_size > decoder.cfg.vocab_size:
-    raise UserError(f"the vocabulary has {vocab.vocab_size} ids but the model only "
-                    f"{decoder.cfg.vocab_size}")
+  check_vocab_fits(vocab.vocab_size, decoder.cfg.vocab_size, "the vocabulary")
   inputs = [list(vocab.encode(text)) + [EOS_ID] for text in args.input]
   outputs = decoder.generate(inputs, args.max_decode_length or decoder.default_max_decode_length())
   for input_ids, output_ids in zip(inputs, outputs):

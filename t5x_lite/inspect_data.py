@@ -9,40 +9,24 @@ packing; --decode adds "inputs_text"/"targets_text" with sentinels shown as <ext
 """
 
 import argparse
-import importlib
 import itertools
 import json
 import sys
 
-import gin
-
 from t5x_lite.errors import UserError, run_main
-from t5x_lite.gin_utils import parse_gin, split_gin_flags
-
-# Modules whose gin configurables may appear in run gin files besides the data ones.
-_OTHER_CONFIGURABLE_MODULES = ("t5x_lite.train",)
+from t5x_lite.gin_utils import parse_gin, required_macro, split_gin_flags
 
 
 def import_configurables() -> None:
-  import tasks  # noqa: F401  (registers the tasks)
+  """Registers every configurable a run gin binds: the tasks and data ones, and training's (the
+  run gins set train.*, the model and the optimizer too)."""
+  import t5x_lite.tasks  # noqa: F401
+  from t5x_lite import training  # noqa: F401
   from t5x_lite.data import pipeline  # noqa: F401
-  for name in _OTHER_CONFIGURABLE_MODULES:
-    try:
-      importlib.import_module(name)
-    except ModuleNotFoundError as e:
-      if e.name != name:  # A real missing dependency, not an optional module.
-        raise
 
 
-def required_macro(name: str):
-  try:
-    return gin.query_parameter(f"{name}/macro.value")
-  except ValueError:
-    raise UserError(f"the gin files do not set {name}; pass --gin.{name}=...") from None
-
-
-def main() -> int:
-  files, bindings, rest = split_gin_flags(sys.argv[1:])
+def main(argv=None) -> int:
+  files, bindings, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--split", default="train")
   parser.add_argument("--num_examples", type=int, default=5)

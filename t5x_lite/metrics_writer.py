@@ -12,6 +12,8 @@ import time
 import jax
 import tensorflow as tf
 
+from t5x_lite import paths
+
 
 def _fmt_duration(seconds: float) -> str:
   if not math.isfinite(seconds):
@@ -58,7 +60,7 @@ class MetricsWriter:
 
   def _rewrite(self) -> None:
     text = "".join(line + "\n" for line in self._lines)
-    if "://" in self._path:
+    if paths.is_remote(self._path):
       with tf.io.gfile.GFile(self._path, "w") as f:
         f.write(text)
       return
@@ -73,7 +75,7 @@ class MetricsWriter:
     record = {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, bool)) else v)
               for k, v in record.items()}
     self._lines.append(json.dumps(record))
-    if "://" in self._path:
+    if paths.is_remote(self._path):
       self._rewrite()
     else:
       with open(self._path, "a", encoding="utf-8") as f:

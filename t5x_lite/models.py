@@ -5,6 +5,8 @@ Batches are dicts of seqio EncDecFeatureConverter features: `encoder_input_token
 `{encoder,decoder}_segment_ids` and `{encoder,decoder}_positions`.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,9 +14,8 @@ import jax.numpy as jnp
 from t5x_lite.config import T5Config
 from t5x_lite.errors import UserError
 from t5x_lite.network import Transformer
+from t5x_lite.tokens import EOS_ID, PAD_ID
 
-EOS_ID = 1
-PAD_ID = 0
 DECODER_START_ID = 0
 
 _MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
@@ -35,17 +36,37 @@ def cross_entropy_with_z_loss(logits, targets, weights, z_loss: float):
   return loss * weights, z_part * weights
 
 
-def normalize_loss(loss_sum, weight_sum, loss_normalizing_factor: None | str | float):
-  """Applies a loss_normalizing_factor (see EncoderDecoderModel.loss_fn) to a summed loss."""
-  if loss_normalizing_factor is None:
-    return loss_sum
-  if loss_normalizing_factor == "num_target_tokens":
-    return loss_sum / jnp.maximum(weight_sum, 1.0)
-  if (isinstance(loss_normalizing_factor, (int, float)) and not isinstance(loss_normalizing_factor, bool)
-      and loss_normalizing_factor > 0):
-    return loss_sum / loss_normalizing_factor
-  raise UserError(f"loss_normalizing_factor must be None, 'num_target_tokens' or a positive number, "
-                  f"got {loss_normalizing_factor!r}")
+# T5X's names for the factors computed from the batch (losses.SpecialLossNormalizingFactor).
+NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"  # the non-padding target tokens
+NUM_TOTAL_TARGET_TOKENS = "NUM_TOTAL_TARGET_TOKENS"  # batch * target length, padding included
+# Earlier spellings, still accepted (configs and checkpoints written with them keep working).
+_OLD_FACTOR_NAMES = {"num_real_target_tokens": NUM_REAL_TARGET_TOKENS,
+                     "num_total_target_tokens": NUM_TOTAL_TARGET_TOKENS,
+                     "num_target_tokens": NUM_REAL_TARGET_TOKENS}
+
+
+def loss_normalizer(loss_normalizing_factor: None | str | float, weights: jax.Array) -> jax.Array:
+  """What a summed loss is divided by, given the batch's `decoder_loss_weights`.
+
+  None: 1 (the plain sum, T5X's default; Adafactor is insensitive to scale);
+  'NUM_REAL_TARGET_TOKENS': the sum of the weights (at least 1), i.e. a mean over real tokens;
+  'NUM_TOTAL_TARGET_TOKENS': batch * target length, so padding dilutes the loss as in Mesh TF T5;
+  a positive number: that constant.
+  """
+  factor = loss_normalizing_factor
+  if isinstance(factor, str):
+    factor = _OLD_FACTOR_NAMES.get(factor, factor)
+  if factor is None:
+    return jnp.ones((), jnp.float32)
+  if factor == NUM_REAL_TARGET_TOKENS:
+    return jnp.maximum(jnp.sum(weights, dtype=jnp.float32), 1.0)
+  if factor == NUM_TOTAL_TARGET_TOKENS:
+    return jnp.asarray(weights.size, jnp.float32)
+  if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0:
+    return jnp.asarray(factor, jnp.float32)
+  raise UserError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; use "
+                  f"'{NUM_REAL_TARGET_TOKENS}', '{NUM_TOTAL_TARGET_TOKENS}', a positive number or "
+                  f"None")
 
 
 class EncoderDecoderModel:
@@ -92,10 +113,7 @@ class EncoderDecoderModel:
               loss_normalizing_factor: None | str | float = None):
     """Weighted cross-entropy with z-loss over the target tokens: returns (loss, aux).
 
-    loss_normalizing_factor:
-      None                  the sum over tokens (T5X's default; Adafactor is insensitive to scale)
-      'num_target_tokens'   divided by the sum of `decoder_loss_weights` in this batch
-      a float               divided by that constant (e.g. batch_size * target_length)
+    loss_normalizing_factor: what the summed loss is divided by (see `loss_normalizer`).
     aux holds sums (never means) so that microbatches can be accumulated by adding them:
     `loss`, `z_loss`, `cross_ent_loss` (loss without the z part), `weight_sum`, `correct`
     (weighted count of argmax hits, for accuracy) and `num_examples`.
@@ -111,7 +129,9 @@ class EncoderDecoderModel:
     aux = {"loss": loss_sum, "z_loss": z_sum, "cross_ent_loss": loss_sum - z_sum,
            "weight_sum": weight_sum, "correct": correct,
            "num_examples": jnp.asarray(targets.shape[0], jnp.float32)}
-    return normalize_loss(loss_sum, weight_sum, loss_normalizing_factor), aux
+    if loss_normalizing_factor is None:
+      return loss_sum, aux
+    return loss_sum / loss_normalizer(loss_normalizing_factor, weights), aux
 
   # ---- inference -----------------------------------------------------------------------------
 
@@ -152,3 +172,15 @@ class EncoderDecoderModel:
     init = (state["cache"], start, jnp.zeros((batch,), bool))
     _, tokens = jax.lax.scan(step, init, None, length=max_decode_length)
     return tokens.T  # [batch, max_decode_length]
+
+
+@functools.lru_cache(maxsize=None)
+def num_params(cfg: T5Config) -> int:
+  """Exact parameter count, from the shapes of the Flax init (nothing is allocated)."""
+  abstract = EncoderDecoderModel(cfg).abstract_params(input_length=1, target_length=1)
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(abstract))
+
+
+def weight_bytes(cfg: T5Config, bytes_per_param: int) -> int:
+  """Memory of the weights alone at `bytes_per_param` (4: float32, 2: bfloat16)."""
+  return num_params(cfg) * bytes_per_param

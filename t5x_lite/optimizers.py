@@ -1,11 +1,13 @@
 """Optimizer and learning-rate schedule of the T5 recipe, from optax (nothing home-made)."""
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import gin
 import jax
 import jax.numpy as jnp
 import optax
+
+from t5x_lite.errors import UserError
 
 
 @gin.configurable
@@ -19,6 +21,20 @@ def rsqrt_schedule(base_learning_rate: float = 1.0, warmup_steps: int = 10_000) 
   return schedule
 
 
+class ScheduledOptimizer(NamedTuple):
+  """An optax transformation and the learning-rate schedule it applies (update k uses
+  `learning_rate(k)`), so what is logged is what the optimizer does, whatever is bound."""
+  init: Callable
+  update: Callable
+  learning_rate: optax.Schedule
+
+
+def _as_schedule(learning_rate: optax.Schedule | float) -> optax.Schedule:
+  if callable(learning_rate):
+    return learning_rate
+  return lambda step: jnp.asarray(learning_rate, jnp.float32)
+
+
 @gin.configurable
 def adafactor(learning_rate: optax.Schedule | float | None = None,
               decay_rate: float = 0.8,
@@ -30,14 +46,14 @@ def adafactor(learning_rate: optax.Schedule | float | None = None,
               weight_decay_rate: float | None = None) -> optax.GradientTransformation:
   """optax.adafactor with the T5 defaults (factored second moments, decay 0.8, clipping 1.0,
   parameter-scale multiplication, no momentum)."""
-  if learning_rate is None:
-    learning_rate = rsqrt_schedule()
-  return optax.adafactor(learning_rate=learning_rate, decay_rate=decay_rate,
+  schedule = _as_schedule(rsqrt_schedule() if learning_rate is None else learning_rate)
+  tx = optax.adafactor(learning_rate=schedule, decay_rate=decay_rate,
                          clipping_threshold=clipping_threshold,
                          multiply_by_parameter_scale=multiply_by_parameter_scale,
                          factored=factored, momentum=momentum,
                          min_dim_size_to_factor=min_dim_size_to_factor,
                          weight_decay_rate=weight_decay_rate)
+  return ScheduledOptimizer(tx.init, tx.update, schedule)
 
 
 def per_layer(tx: optax.GradientTransformation, stacked: Any) -> optax.GradientTransformation:
@@ -84,12 +100,15 @@ def per_layer(tx: optax.GradientTransformation, stacked: Any) -> optax.GradientT
 
 
 @gin.configurable
-def make_optimizer(logical_specs: Any, optimizer=adafactor) -> optax.GradientTransformation:
+def make_optimizer(logical_specs: Any, optimizer=adafactor) -> ScheduledOptimizer:
   """The configured optimizer, applied per layer to parameters stacked by scan."""
   # Gin passes either the factory (`@adafactor`) or its result (`@adafactor()`).
-  tx = optimizer if isinstance(optimizer, optax.GradientTransformation) else optimizer()
+  tx = optimizer() if not hasattr(optimizer, "update") else optimizer
+  if not isinstance(tx, ScheduledOptimizer):
+    raise UserError(f"make_optimizer.optimizer must be an optimizer of t5x_lite.optimizers (which "
+                    f"says the learning rate it applies), got {type(tx).__name__}")
   stacked = jax.tree.map(lambda spec: bool(len(spec)) and spec[0] == "layers", logical_specs,
                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   if not any(jax.tree.leaves(stacked)):
     return tx
-  return per_layer(tx, stacked)
+  return ScheduledOptimizer(*per_layer(tx, stacked), learning_rate=tx.learning_rate)

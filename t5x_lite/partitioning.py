@@ -36,7 +36,6 @@ def logical_axis_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> tupl
   return tuple((name, axis) for name, axis in rules)
 
 
-@gin.configurable
 def make_mesh(num_partitions: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
   """A (data, model) mesh over all devices of all processes; `model` has `num_partitions`."""
   devices = list(devices) if devices is not None else jax.devices()

@@ -17,11 +17,11 @@ GIN_FILES = ("models/quickstart_tiny.gin", "runs/quickstart.gin")
 SAMPLE_INPUT = "The <extra_id_0> of the module."
 
 
-def main() -> int:
+def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m t5x_lite.quickstart", description=__doc__)
   parser.add_argument("--model_dir", default="runs/quickstart")
   parser.add_argument("--export_dir", default=None, help="default: MODEL_DIR/hf")
-  args, extra = parser.parse_known_args()
+  args, extra = parser.parse_known_args(argv)
   model_dir = os.path.abspath(args.model_dir)
   export_dir = os.path.abspath(args.export_dir or os.path.join(model_dir, "hf"))
 
@@ -32,7 +32,7 @@ def main() -> int:
         f"{time.time() - started:.0f}s", flush=True)
 
   from t5x_lite import training
-  import tasks  # noqa: F401
+  import t5x_lite.tasks  # noqa: F401
   files, bindings, rest = gin_utils.split_gin_flags(extra)
   if rest:
     parser.error(f"unknown arguments {rest}")

@@ -17,6 +17,7 @@ import socket
 
 import tensorflow as tf
 
+from t5x_lite import paths
 from t5x_lite.errors import UserError
 
 LOCK_NAME = "RUN_LOCK"
@@ -36,7 +37,7 @@ class RunLock:
 
   def __init__(self, model_dir: str):
     self.path = os.path.join(model_dir, LOCK_NAME)
-    self._remote = "://" in model_dir
+    self._remote = paths.is_remote(model_dir)
     self._content = json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})

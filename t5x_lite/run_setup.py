@@ -12,14 +12,16 @@ import tempfile
 import jax
 import tensorflow as tf
 
+from t5x_lite import paths
 from t5x_lite.config import T5Config
+from t5x_lite import tokens
 from t5x_lite.data import pipeline
 from t5x_lite.errors import UserError, first_line
 
 
 def prepare_model_dir(model_dir: str) -> None:
   """Creates MODEL_DIR; a path that is a file or cannot be written is a one-line error."""
-  if "://" in model_dir:
+  if paths.is_remote(model_dir):
     try:
       tf.io.gfile.makedirs(model_dir)
     except tf.errors.OpError as e:
@@ -50,16 +52,21 @@ def check_model_splits(cfg: T5Config, num_partitions: int) -> None:
 
 def task_vocab_size(mixture_or_task_name: str) -> int:
   """The task's vocabulary size; a vocabulary file that cannot be read is a one-line error."""
-  vocab = pipeline.get_vocabulary(mixture_or_task_name)
-  path = getattr(vocab, "sentencepiece_model_file", None)
+  task_vocab = pipeline.get_vocabulary(mixture_or_task_name)
+  path = getattr(task_vocab, "sentencepiece_model_file", None)
   try:
-    return vocab.vocab_size
+    return task_vocab.vocab_size
   except Exception as e:  # noqa: BLE001  (tf, sentencepiece and gcs raise many kinds)
     raise UserError(_vocab_unreadable(mixture_or_task_name, path, first_line(e, limit=200))) from None
 
 
+def check_task_fits_model(mixture_or_task_name: str, model_vocab_size: int) -> None:
+  tokens.check_vocab_fits(task_vocab_size(mixture_or_task_name), model_vocab_size,
+                          f"the vocabulary of task {mixture_or_task_name!r}")
+
+
 def _vocab_unreadable(task: str, path: str | None, reason: str) -> str:
-  offline = " (offline?)" if path and "://" in path else ""
+  offline = " (offline?)" if path and paths.is_remote(path) else ""
   return (f"the vocabulary of task {task!r} ({path}) cannot be read{offline}: {reason}; bind a "
           f"local SentencePiece model with --gin.task_vocabulary.path=\"'/path/vocab.model'\" "
           f"(python -m t5x_lite.train_vocab trains one)")
@@ -71,7 +78,7 @@ def send_library_logs_to(model_dir: str) -> str:
 
   Our own messages are printed, so the console shows them alone.
   """
-  if "://" in model_dir:
+  if paths.is_remote(model_dir):
     log_dir = tempfile.mkdtemp(prefix="t5x_lite_logs_")
   else:
     log_dir = os.path.join(model_dir, "logs")

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
                     "--gin_file=runs/pretrain.gin")
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          args.multi_host, args.distributed_timeout_s)
-  import tasks  # noqa: F401  (registers the seqio tasks named in gin)
+  import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks named in gin)
   gin_utils.parse_gin(gin_files, gin_bindings)
   result = training.train(stop_at_step=args.stop_at_step)
   if jax.process_index() == 0:

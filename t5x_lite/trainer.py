@@ -14,8 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from t5x_lite import optimizers, partitioning
-from t5x_lite.errors import UserError
+from t5x_lite import models, optimizers, partitioning
 from t5x_lite.models import EncoderDecoderModel
 
 
@@ -32,24 +31,14 @@ class TrainState:
 class LossConfig:
   """How the summed token losses of a batch become the training loss.
 
-  loss_normalizing_factor: 'num_real_target_tokens' (default; mean over non-padding target tokens
-  of the whole batch, across microbatches), 'num_total_target_tokens' (batch * target length, so
-  padding dilutes the loss as in Mesh TF T5), or a number to divide the summed loss by.
+  loss_normalizing_factor: T5X's names, computed over the whole batch (across microbatches):
+  'NUM_REAL_TARGET_TOKENS' (default; a mean over non-padding target tokens),
+  'NUM_TOTAL_TARGET_TOKENS' (batch * target length, so padding dilutes the loss as in Mesh TF
+  T5), or a number to divide the summed loss by (see models.loss_normalizer). The lower-case
+  spellings of earlier versions are accepted.
   """
   z_loss: float = 1e-4
-  loss_normalizing_factor: str | float = "num_real_target_tokens"
-
-
-def _normalizer(loss_config: LossConfig, weights: jax.Array) -> jax.Array:
-  factor = loss_config.loss_normalizing_factor
-  if factor == "num_real_target_tokens":
-    return jnp.maximum(jnp.sum(weights, dtype=jnp.float32), 1.0)
-  if factor == "num_total_target_tokens":
-    return jnp.asarray(weights.size, jnp.float32)
-  if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0:
-    return jnp.asarray(factor, jnp.float32)
-  raise UserError(f"unknown loss_normalizing_factor {factor!r}; use 'num_real_target_tokens', "
-                  "'num_total_target_tokens' or a positive number")
+  loss_normalizing_factor: str | float = models.NUM_REAL_TARGET_TOKENS
 
 
 class Trainer:
@@ -133,7 +122,8 @@ class Trainer:
 
   def _train_step_fn(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
-    normalizer = _normalizer(self.loss_config, batch["decoder_loss_weights"])
+    normalizer = models.loss_normalizer(self.loss_config.loss_normalizing_factor,
+                                        batch["decoder_loss_weights"])
     loss, aux, grads = self._loss_and_grads(state.params, batch, rng, normalizer)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -153,6 +143,10 @@ class Trainer:
             "num_tokens": aux["weight_sum"]}
 
   # -- host-facing API ---------------------------------------------------------------------------
+  def learning_rate(self, step: int) -> float:
+    """The learning rate the optimizer applies at update `step` (0-based), from its own schedule."""
+    return float(self.optimizer.learning_rate(step))
+
   def make_global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Assembles each process's slice of the batch into one array sharded over `data`."""
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)

@@ -8,15 +8,15 @@ import math
 import os
 import signal
 import time
+from typing import Any
 
 import gin
 import jax
 from jax.experimental import multihost_utils
-import numpy as np
 import tensorflow as tf
 
-from t5x_lite import checkpoints, config, flops, partitioning, resume_check, run_lock, run_setup
-from t5x_lite import optimizers  # noqa: F401  (registers gin configurables)
+from t5x_lite import checkpoints, config, flops, partitioning, paths, resume_check, run_lock
+from t5x_lite import run_setup
 from t5x_lite.data import pipeline, tokenized_cache
 from t5x_lite.errors import UserError
 from t5x_lite.memory_fit import fit_trainer
@@ -104,8 +104,34 @@ def _write_config(model_dir: str) -> None:
       f.write(gin.operative_config_str())
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The arguments of one `train` call, checked."""
+  model_dir: str
+  train_steps: int
+  batch_size: int
+  mixture_or_task_name: str
+  task_feature_lengths: dict
+  num_partitions: int
+  num_microbatches: int
+  checkpoint_period: int
+  eval_period: int
+  eval_steps: int
+  log_period: int
+  seed: int
+  use_packing: bool
+  peak_flops_per_device: float | None
+  allow_data_change: bool
+  memory_fit: str
+  stop_at_step: int | None
+
+  @property
+  def end_step(self) -> int:
+    return min(self.train_steps, self.stop_at_step) if self.stop_at_step else self.train_steps
+
+
 @gin.configurable(denylist=["stop_at_step"])
-def train(model_dir: str | None = None,
+def train(model_dir: str = gin.REQUIRED,
           train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED,
           mixture_or_task_name: str = gin.REQUIRED,
@@ -130,214 +156,309 @@ def train(model_dir: str | None = None,
   `memory_fit`: 'auto' switches to the cheapest remat policy / microbatch count that fits the
   device when the configured step does not; 'off' fails instead (see memory_fit.py).
   """
-  if not model_dir:
-    raise UserError("MODEL_DIR is not set; pass --gin.MODEL_DIR=\"'/path/to/run'\"")
-  if "://" not in model_dir:  # gs:// and other object stores are used as given
-    model_dir = os.path.abspath(os.path.expanduser(model_dir))
-  for name, value in (("TRAIN_STEPS", train_steps), ("BATCH_SIZE", batch_size),
-                      ("CHECKPOINT_PERIOD", checkpoint_period), ("EVAL_PERIOD", eval_period)):
-    if not isinstance(value, int) or value < 1:
-      raise UserError(f"{name} must be a positive integer, got {value!r}")
-  for name, value, low in (("train.log_period", log_period, 1),
-                           ("train.num_microbatches", num_microbatches, 1),
-                           ("train.eval_steps", eval_steps, 0)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-      raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
-  if stop_at_step is not None and stop_at_step < 1:
-    raise UserError(f"--stop_at_step must be a positive step, got {stop_at_step}")
-  run_setup.prepare_model_dir(model_dir)
-  lock = run_lock.RunLock(model_dir) if jax.process_index() == 0 else None
+  s = _checked(Settings(
+      model_dir, train_steps, batch_size, mixture_or_task_name, task_feature_lengths,
+      num_partitions, num_microbatches, checkpoint_period, eval_period, eval_steps, log_period,
+      seed, use_packing, peak_flops_per_device, allow_data_change, memory_fit, stop_at_step))
+  run_setup.prepare_model_dir(s.model_dir)
+  lock = run_lock.RunLock(s.model_dir) if jax.process_index() == 0 else None
   stale = lock.acquire() if lock else None
   preemption = _Preemption()  # early: a SIGTERM during set-up still ends in a clean save
   try:
-    run_setup.send_library_logs_to(model_dir)
+    run_setup.send_library_logs_to(s.model_dir)
     if stale:
       print(f"warning: {stale}", flush=True)
-    return _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_feature_lengths,
-                  num_partitions, num_microbatches, checkpoint_period, eval_period, eval_steps,
-                  log_period, seed, use_packing, peak_flops_per_device, allow_data_change,
-                  memory_fit, stop_at_step, preemption)
+    run = _setup(s, preemption)
+    _restore(run)
+    _start(run)
+    _loop(run)
+    return _finish(run)
   finally:
     preemption.close()
     if lock:
       lock.release()
 
 
-def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_feature_lengths,
-           num_partitions, num_microbatches, checkpoint_period, eval_period, eval_steps,
-           log_period, seed, use_packing, peak_flops_per_device, allow_data_change,
-           memory_fit, stop_at_step, preemption) -> dict:
+def _checked(s: Settings) -> Settings:
+  if not s.model_dir:  # runs/pretrain.gin binds MODEL_DIR = None (see there)
+    raise UserError("MODEL_DIR is not set; pass --gin.MODEL_DIR=\"'/path/to/run'\"")
+  for name, value in (("TRAIN_STEPS", s.train_steps), ("BATCH_SIZE", s.batch_size),
+                      ("CHECKPOINT_PERIOD", s.checkpoint_period),
+                      ("EVAL_PERIOD", s.eval_period)):
+    if not isinstance(value, int) or value < 1:
+      raise UserError(f"{name} must be a positive integer, got {value!r}")
+  for name, value, low in (("train.log_period", s.log_period, 1),
+                           ("train.num_microbatches", s.num_microbatches, 1),
+                           ("train.eval_steps", s.eval_steps, 0)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+  if s.stop_at_step is not None and s.stop_at_step < 1:
+    raise UserError(f"--stop_at_step must be a positive step, got {s.stop_at_step}")
+  if paths.is_remote(s.model_dir):  # gs:// and other object stores are used as given
+    return s
+  return dataclasses.replace(s, model_dir=os.path.abspath(os.path.expanduser(s.model_dir)))
+
+
+@dataclasses.dataclass
+class _Run:
+  """One training run: its parts (built by `_setup`) and where the loop stands."""
+  s: Settings
+  preemption: _Preemption
+  model_meta: dict  # the model config, stored with every checkpoint
+  data: dict  # the data settings a resume is checked against (resume_check.data_settings)
+  trainer: Trainer
+  ckpt: checkpoints.Checkpointer
+  writer: MetricsWriter
+  flops_per_example: float
+  peak: float | None  # FLOP/s per device that MFU is measured against
+  train_iter: pipeline.DataIterator | None = None
+  eval_dataset: Any = None
+  restored: tuple | None = None  # (step, state, meta) of the checkpoint resumed from
+  data_reset: list = dataclasses.field(default_factory=list)  # changes that reset the data
+  # The loop.
+  step: int = 0
+  state: Any = None
+  first_batch: dict | None = None
+  pending: list = dataclasses.field(default_factory=list)  # (step, metrics) not yet checked
+  last_saved: int | None = None
+  last_train: dict = dataclasses.field(default_factory=dict)
+  last_eval: dict = dataclasses.field(default_factory=dict)
+  compile_s: float | None = None  # this process's first step: compilation, not a step time
+  started: float = 0.0  # when the timed part of the run (after the compiled step) began
+  first_step: int = 0
+  last_log_time: float = 0.0
+  last_log_step: int = 0
+  config_written: bool = False
+
+
+def _setup(s: Settings, preemption: _Preemption) -> _Run:
+  """The model, mesh, trainer, checkpointer and metrics writer; checks that they fit together."""
   cfg = config.model_config()
-  model = EncoderDecoderModel(cfg)
-  mesh = partitioning.make_mesh(num_partitions)
-  partitioning.check_batch_split(batch_size, mesh, num_microbatches)
+  mesh = partitioning.make_mesh(s.num_partitions)
+  partitioning.check_batch_split(s.batch_size, mesh, s.num_microbatches)
   run_setup.check_model_splits(cfg, mesh.shape["model"])
-  vocab_size = run_setup.task_vocab_size(mixture_or_task_name)
-  if vocab_size > cfg.vocab_size:
-    raise UserError(f"task {mixture_or_task_name!r} has {vocab_size} tokens but the model's "
-                    f"vocab_size is {cfg.vocab_size}")
+  run_setup.check_task_fits_model(s.mixture_or_task_name, cfg.vocab_size)
+  trainer = Trainer(EncoderDecoderModel(cfg), mesh, partitioning.logical_axis_rules(),
+                    s.task_feature_lengths, num_microbatches=s.num_microbatches,
+                    loss_config=LossConfig())
+  lengths = s.task_feature_lengths
+  return _Run(
+      s=s, preemption=preemption, model_meta=dataclasses.asdict(cfg),
+      data=resume_check.data_settings(s.mixture_or_task_name, lengths, s.batch_size,
+                                      s.use_packing, s.seed),
+      trainer=trainer, ckpt=checkpoints.Checkpointer(s.model_dir),
+      writer=MetricsWriter(s.model_dir),
+      flops_per_example=config.train_flops_per_example(cfg, lengths["inputs"], lengths["targets"]),
+      peak=s.peak_flops_per_device or flops.peak_flops_per_device())
 
-  trainer = Trainer(model, mesh, partitioning.logical_axis_rules(), task_feature_lengths,
-                    num_microbatches=num_microbatches, loss_config=LossConfig())
-  ckpt = checkpoints.Checkpointer(model_dir)
-  data = resume_check.data_settings(mixture_or_task_name, task_feature_lengths, batch_size,
-                                    use_packing, seed)
-  model_meta = dataclasses.asdict(cfg)
-  data_reset = []  # the changes that reset the data position, when allowed
 
-  def check_meta(at_step: int, meta: dict) -> None:
-    where = os.path.join(ckpt.directory, str(at_step))
-    resume_check.check_model(meta.get("model_config"), model_meta, where)
-    if not meta.get("batches_consumed"):
-      return  # consumed no data (e.g. an imported model): any data starts afresh
-    changes = resume_check.data_changes(
-        meta, data, resume_check.saved_process_count(ckpt.data_directory, at_step))
-    if changes and not allow_data_change:
-      raise UserError(
-          f"checkpoint {where} was trained on other data settings "
-          f"({resume_check.describe(changes)}); its data position does not apply to them: pass "
-          f"--gin.train.allow_data_change=True to continue from step {at_step} with the new data "
-          f"from its start, or use another MODEL_DIR")
-    data_reset[:] = changes
+def _check_meta(run: _Run, at_step: int, meta: dict) -> None:
+  """Refuses a checkpoint of another model, or of other data unless `allow_data_change`."""
+  where = os.path.join(run.ckpt.directory, str(at_step))
+  resume_check.check_model(meta.get("model_config"), run.model_meta, where)
+  if not meta.get("batches_consumed"):
+    return  # consumed no data (e.g. an imported model): any data starts afresh
+  changes = resume_check.data_changes(
+      meta, run.data, resume_check.saved_process_count(run.ckpt.data_directory, at_step))
+  if changes and not run.s.allow_data_change:
+    raise UserError(
+        f"checkpoint {where} was trained on other data settings "
+        f"({resume_check.describe(changes)}); its data position does not apply to them: pass "
+        f"--gin.train.allow_data_change=True to continue from step {at_step} with the new data "
+        f"from its start, or use another MODEL_DIR")
+  run.data_reset[:] = changes
 
-  restored = ckpt.restore(trainer.abstract_state(), check_meta=check_meta)
-  writer = MetricsWriter(model_dir)
-  writer.drop_rows_after(restored[0] if restored else None)
-  trainer = fit_trainer(trainer, memory_fit, batch_size, use_packing, writer.console)
-  shard = dict(shard_id=jax.process_index(), num_shards=jax.process_count())
-  train_iter = pipeline.DataIterator(pipeline.get_dataset(
-      mixture_or_task_name, task_feature_lengths, "train", batch_size, shuffle=True, seed=seed,
-      use_packing=use_packing, **shard))
-  eval_dataset = pipeline.get_dataset(
-      mixture_or_task_name, task_feature_lengths, "validation", batch_size, shuffle=False,
-      seed=seed, use_packing=use_packing, repeat=True, **shard)
+
+def _restore(run: _Run) -> None:
+  """Restores the latest checkpoint, fits the step to the device, then builds the data."""
+  run.restored = run.ckpt.restore(run.trainer.abstract_state(),
+                                  check_meta=lambda step, meta: _check_meta(run, step, meta))
+  run.writer.drop_rows_after(run.restored[0] if run.restored else None)
+  run.trainer = fit_trainer(run.trainer, run.s.memory_fit, run.s.batch_size, run.s.use_packing,
+                            run.writer.console)
+  _make_data(run)
+  if run.restored is None:
+    return  # the state is initialised in _start, once the data is known to be there
+  run.step, run.state, meta = run.restored
+  run.last_saved = run.step
+  _restore_data_position(run, meta)
+  run.writer.console(f"resumed from step {run.step} ({run.ckpt.directory})")
+
+
+def _make_data(run: _Run) -> None:
+  """This process's shard of the train stream and of the (repeated) validation set."""
+  s = run.s
+  common = dict(batch_size=s.batch_size, seed=s.seed, use_packing=s.use_packing,
+                shard_id=jax.process_index(), num_shards=jax.process_count())
+  run.train_iter = pipeline.DataIterator(pipeline.get_dataset(
+      s.mixture_or_task_name, s.task_feature_lengths, "train", shuffle=True, **common))
+  run.eval_dataset = pipeline.get_dataset(
+      s.mixture_or_task_name, s.task_feature_lengths, "validation", shuffle=False, repeat=True,
+      **common)
   if tokenized_cache.tokenized_cache_config():
-    writer.console(f"reading pre-tokenized data from the cache in "
-                   f"{tokenized_cache.tokenized_cache_config()}")
+    run.writer.console(f"reading pre-tokenized data from the cache in "
+                       f"{tokenized_cache.tokenized_cache_config()}")
 
-  if restored is None:
-    state, step = None, 0  # initialised once the data is known to be there
-  else:
-    step, state, meta = restored
-    data_path = ckpt.data_state_path(step)
-    if data_reset:
-      writer.console(f"data changed ({resume_check.describe(data_reset)}): the data position is "
-                     f"reset; training continues from step {step} on the new data")
-    elif data_path is not None:
-      train_iter.restore(data_path)
-    elif meta.get("batches_consumed", 0) != 0:
-      raise UserError(f"checkpoint step {step} in {ckpt.directory} has no data position for "
-                      f"process {jax.process_index()} in {ckpt.data_directory}")
-    # else: a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh.
-    writer.console(f"resumed from step {step} ({ckpt.directory})")
 
-  flops_per_example = config.train_flops_per_example(
-      cfg, task_feature_lengths["inputs"], task_feature_lengths["targets"])
-  peak = peak_flops_per_device or flops.peak_flops_per_device()
-  tokens_per_step = batch_size * (task_feature_lengths["inputs"] + task_feature_lengths["targets"])
-  lr_schedule = optimizers.rsqrt_schedule()
+def _restore_data_position(run: _Run, meta: dict) -> None:
+  data_path = run.ckpt.data_state_path(run.step)
+  if run.data_reset:
+    run.writer.console(f"data changed ({resume_check.describe(run.data_reset)}): the data "
+                       f"position is reset; training continues from step {run.step} on the new "
+                       f"data")
+  elif data_path is not None:
+    run.train_iter.restore(data_path)
+  elif meta.get("batches_consumed", 0) != 0:
+    raise UserError(f"checkpoint step {run.step} in {run.ckpt.directory} has no data position "
+                    f"for process {jax.process_index()} in {run.ckpt.data_directory}")
+  # else: a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh.
 
-  def save(at_step: int, state) -> None:
-    meta = {"step": at_step, "batches_consumed": train_iter.state()["batches"],
-            "model_config": model_meta, "gin_config": gin.config_str(),
-            "mixture_or_task_name": mixture_or_task_name,
-            "task_feature_lengths": dict(task_feature_lengths), "data": data}
-    ckpt.save(at_step, state, meta, train_iter.save)
 
-  def next_batch():
-    try:
-      return next(train_iter)
-    except StopIteration:
-      raise _no_data(mixture_or_task_name, "train") from None
+def _next_batch(run: _Run) -> dict:
+  if run.first_batch is not None:
+    batch, run.first_batch = run.first_batch, None
+    return batch
+  try:
+    return next(run.train_iter)
+  except StopIteration:
+    raise _no_data(run.s.mixture_or_task_name, "train") from None
 
+
+def _start(run: _Run) -> None:
+  """The first batch, the initial state and (for a new run) the step-0 evaluation."""
   # The first batch before anything compiles: an empty corpus is an error within seconds.
-  first_batch = next_batch() if step < train_steps else None
-  if state is None:
-    state = trainer.init_state(seed)
-  last_eval = {}
-  if step == 0:
-    last_eval = {"step": 0, **evaluate(trainer, state, eval_dataset, eval_steps,
-                                       mixture_or_task_name)}
-    writer.write(last_eval)
-    writer.console(f"step {0:>7d} | eval loss {last_eval['eval_loss']:.4f} | "
-                   f"eval acc {last_eval['eval_accuracy']:.4f}")
+  if run.step < run.s.train_steps:
+    run.first_batch = _next_batch(run)
+  if run.state is None:
+    run.state = run.trainer.init_state(run.s.seed)
+  if run.step == 0:
+    _evaluate(run)
+  run.last_log_time = run.started = time.time()
+  run.first_step = run.last_log_step = run.step
 
-  end_step = min(train_steps, stop_at_step) if stop_at_step else train_steps
-  pending: list[tuple[int, dict]] = []
-  last_saved = step if restored is not None else None
-  last_log_time = started = time.time()
-  first_step, last_log_step, last_train = step, step, {}
-  config_written = False
-  compile_s = None  # this process's first step: compilation, reported apart from step times
-  while step < end_step:
-    batch = first_batch if first_batch is not None else next_batch()
-    first_batch = None
-    step_started = time.time()
-    state, metrics = trainer.train_step(state, batch)
-    step += 1
-    pending.append((step, metrics))
-    if compile_s is None:
-      compile_s = _first_step_seconds(metrics, step_started)
-      writer.console(f"compiled the train step in {compile_s:.1f} s (step {step}; not counted "
-                     "in step times)")
-      if step != end_step:  # the first window (and the ETA) starts after it
-        last_log_time = started = time.time()
-        last_log_step = first_step = step
-    if not config_written:
-      _write_config(model_dir)
-      config_written = True
 
-    is_last = step == end_step
-    do_log = step % log_period == 0 or is_last
-    do_eval = step % eval_period == 0 or step == train_steps
-    stop_now = preemption.should_stop(step)
-    do_save = step % checkpoint_period == 0 or is_last or stop_now
+def _train_step(run: _Run) -> None:
+  batch = _next_batch(run)
+  step_started = time.time()
+  run.state, metrics = run.trainer.train_step(run.state, batch)
+  run.step += 1
+  run.pending.append((run.step, metrics))
+  if run.compile_s is None:
+    run.compile_s = _first_step_seconds(metrics, step_started)
+    run.writer.console(f"compiled the train step in {run.compile_s:.1f} s (step {run.step}; not "
+                       "counted in step times)")
+    if run.step != run.s.end_step:  # the first window (and the ETA) starts after it
+      run.last_log_time = run.started = time.time()
+      run.last_log_step = run.first_step = run.step
+  if not run.config_written:
+    # Written once the first step has run rather than at set-up: a resume that fails before
+    # training (a bad override, a refused checkpoint) keeps the config.gin that describes the
+    # checkpoints already there. (gin lists only the configurables called so far; all are
+    # called by now.) It is written again at the end.
+    _write_config(run.s.model_dir)
+    run.config_written = True
+
+
+def _loop(run: _Run) -> None:
+  """The steps, each followed by what is due: a log line, an evaluation, a checkpoint, a stop."""
+  s = run.s
+  while run.step < s.end_step:
+    _train_step(run)
+    step = run.step
+    stop_now = run.preemption.should_stop(step)
+    do_log = step % s.log_period == 0 or step == s.end_step
+    do_eval = step % s.eval_period == 0 or step == s.train_steps
+    do_save = step % s.checkpoint_period == 0 or step == s.end_step or stop_now
     if do_log or do_eval or do_save:
-      bad_step = _first_nonfinite(pending)
-      if bad_step is not None:
-        ckpt.wait()
-        good = f"the last good checkpoint is step {last_saved} in {ckpt.directory}" if last_saved \
-            is not None else "no checkpoint was written"
-        raise UserError(f"loss is {float(dict(pending)[bad_step]['loss'])} at step {bad_step}; "
-                        f"stopping ({good})")
-    if do_log:
-      host_metrics = jax.device_get(pending[-1][1])
-      now = time.time()
-      # A window that holds only the compiled step (log_period 1) has no step time of its own.
-      step_time = (now - last_log_time) / (step - last_log_step) if step > last_log_step else None
-      last_log_time, last_log_step = now, step
-      record = {"step": step, "loss": float(host_metrics["loss"]),
-                "accuracy": float(host_metrics["accuracy"]),
-                "z_loss": float(host_metrics["z_loss"]),
-                "learning_rate": float(lr_schedule(step - 1)),
-                "grad_norm": float(host_metrics["grad_norm"]),
-                "tokens_per_second": tokens_per_step / step_time if step_time else None,
-                "step_time_s": step_time, "mfu": None}
-      if step_time:
-        record["mfu"], peak = flops.utilization(flops_per_example * batch_size / step_time, peak,
-                                                jax.device_count(), not peak_flops_per_device)
-      if compile_s is not None and not last_train:  # the first logged row of this process
-        record["compile_s"] = compile_s
-      writer.write(record)
-      writer.train_line(record, train_steps, started, first_step)
-      last_train = record
-    if do_log or do_eval or do_save:
-      pending.clear()
-    if do_eval:
-      last_eval = {"step": step, **evaluate(trainer, state, eval_dataset, eval_steps,
-                                            mixture_or_task_name)}
-      writer.write(last_eval)
-      writer.console(f"step {step:>7d} | eval loss {last_eval['eval_loss']:.4f} | "
-                     f"eval acc {last_eval['eval_accuracy']:.4f}")
-      last_log_time = time.time()  # keep eval time out of the step time
-    if do_save:
-      save(step, state)
-      last_saved = step
-      last_log_time = time.time()  # nor the blocking part of the save
-      if stop_now:
-        writer.console(f"{preemption.signal_name}: saved step {step}, exiting")
-        break
-  ckpt.close()
-  _write_config(model_dir)
-  writer.close()
-  return {"step": step, **last_train, **{k: v for k, v in last_eval.items() if k != "step"}}
+      _maybe_log(run, do_log, _check_finite(run))
+    _maybe_eval(run, do_eval)
+    _maybe_save(run, do_save)
+    if stop_now:
+      run.writer.console(f"{run.preemption.signal_name}: saved step {step}, exiting")
+      return
+
+
+def _finish(run: _Run) -> dict:
+  run.ckpt.close()
+  _write_config(run.s.model_dir)
+  run.writer.close()
+  return {"step": run.step, **run.last_train,
+          **{k: v for k, v in run.last_eval.items() if k != "step"}}
+
+
+def _check_finite(run: _Run) -> dict:
+  """Stops on a non-finite loss among the steps since the last check; returns the latest metrics.
+
+  Checked only when the loop logs, evaluates or saves, never per step: reading a loss on the host
+  waits for its step to finish, and a wait per step would keep the host from queueing the next
+  step while the device runs this one. A NaN is found at most log_period steps late, and always
+  before a checkpoint could hold it.
+  """
+  bad_step = _first_nonfinite(run.pending)
+  if bad_step is not None:
+    run.ckpt.wait()
+    good = (f"the last good checkpoint is step {run.last_saved} in {run.ckpt.directory}"
+            if run.last_saved is not None else "no checkpoint was written")
+    raise UserError(f"loss is {float(dict(run.pending)[bad_step]['loss'])} at step {bad_step}; "
+                    f"stopping ({good})")
+  latest = run.pending[-1][1]
+  run.pending.clear()
+  return latest
+
+
+def _maybe_log(run: _Run, due: bool, metrics: dict) -> None:
+  """One metrics row and console line: the latest step's metrics and the window's speed."""
+  if not due:
+    return
+  s, step = run.s, run.step
+  host_metrics = jax.device_get(metrics)
+  now = time.time()
+  # A window that holds only the compiled step (log_period 1) has no step time of its own.
+  step_time = (now - run.last_log_time) / (step - run.last_log_step) \
+      if step > run.last_log_step else None
+  run.last_log_time, run.last_log_step = now, step
+  tokens_per_step = s.batch_size * (s.task_feature_lengths["inputs"]
+                                    + s.task_feature_lengths["targets"])
+  record = {"step": step, "loss": float(host_metrics["loss"]),
+            "accuracy": float(host_metrics["accuracy"]),
+            "z_loss": float(host_metrics["z_loss"]),
+            "learning_rate": run.trainer.learning_rate(step - 1),
+            "grad_norm": float(host_metrics["grad_norm"]),
+            "tokens_per_second": tokens_per_step / step_time if step_time else None,
+            "step_time_s": step_time, "mfu": None}
+  if step_time:
+    record["mfu"], run.peak = flops.utilization(
+        run.flops_per_example * s.batch_size / step_time, run.peak, jax.device_count(),
+        not s.peak_flops_per_device)
+  if run.compile_s is not None and not run.last_train:  # the first logged row of this process
+    record["compile_s"] = run.compile_s
+  run.writer.write(record)
+  run.writer.train_line(record, s.train_steps, run.started, run.first_step)
+  run.last_train = record
+
+
+def _evaluate(run: _Run) -> None:
+  run.last_eval = {"step": run.step, **evaluate(run.trainer, run.state, run.eval_dataset,
+                                                run.s.eval_steps, run.s.mixture_or_task_name)}
+  run.writer.write(run.last_eval)
+  run.writer.console(f"step {run.step:>7d} | eval loss {run.last_eval['eval_loss']:.4f} | "
+                     f"eval acc {run.last_eval['eval_accuracy']:.4f}")
+
+
+def _maybe_eval(run: _Run, due: bool) -> None:
+  if due:
+    _evaluate(run)
+    run.last_log_time = time.time()  # keep eval time out of the step time
+
+
+def _maybe_save(run: _Run, due: bool) -> None:
+  if not due:
+    return
+  s = run.s
+  meta = {"step": run.step, "batches_consumed": run.train_iter.state()["batches"],
+          "model_config": run.model_meta, "gin_config": gin.config_str(),
+          "mixture_or_task_name": s.mixture_or_task_name,
+          "task_feature_lengths": dict(s.task_feature_lengths), "data": run.data}
+  run.ckpt.save(run.step, run.state, meta, run.train_iter.save)
+  run.last_saved = run.step
+  run.last_log_time = time.time()  # nor the blocking part of the save

@@ -11,55 +11,44 @@ import socket
 import subprocess
 import sys
 
-import gin
 import pytest
 
-import tasks  # noqa: F401
-from t5x_lite import gin_utils, training
+import conftest
+import t5x_lite.tasks  # noqa: F401
+from conftest import TINY_MODEL
+from t5x_lite import gin_utils
 from t5x_lite.data import testing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = [
     "--gin_file=runs/quickstart.gin",
-    "--gin.model_config.name='t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
-    "--gin.model_config.vocab_size=256",
-    "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
-    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
-    "--gin.BATCH_SIZE=8", "--gin.train.eval_steps=0", "--gin.TRAIN_STEPS=1",
+    *[f"--gin.{binding.replace(' = ', '=', 1)}" for binding in TINY_MODEL],
+    "--gin.train.eval_steps=0", "--gin.TRAIN_STEPS=1",
     "--gin.CHECKPOINT_PERIOD=1", "--gin.EVAL_PERIOD=1",
 ]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  root = tmp_path_factory.mktemp("corpus")
-  docs = testing.make_documents(60, seed=7, max_words=60)
+def corpus(tiny_corpus):
+  """The shared corpus, with an empty text file and JSON lines without a "text" field beside it."""
+  root = tiny_corpus.root
   (root / "empty-0.txt").write_text("")
   (root / "no_text_key.jsonl").write_text("".join(
-      json.dumps({"body": doc}) + "\n" for doc in docs[:20]))
-  return {"train": testing.write_text_shards(root, "train", docs[:50], 1),
-          "validation": testing.write_text_shards(root, "val", docs[50:], 1),
-          "vocab": testing.train_tiny_vocab(root, vocab_size=100), "root": root}
+      json.dumps({"body": doc}) + "\n" for doc in testing.make_documents(20, seed=7)))
+  return {"root": root, "flags": tiny_corpus.flags()}
 
 
 def data_flags(corpus) -> list[str]:
-  return [f"--gin.text_corpus.train_files='{corpus['train']}'",
-          f"--gin.text_corpus.validation_files='{corpus['validation']}'",
-          f"--gin.task_vocabulary.path='{corpus['vocab']}'"]
+  return corpus["flags"]
 
 
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
   """A run with a checkpoint at step 1, trained in this process (one compile, no evaluation)."""
   model_dir = tmp_path_factory.mktemp("trained") / "run"
-  gin.clear_config()
   flags = TINY + data_flags(corpus) + [f"--gin.MODEL_DIR='{model_dir}'"]
   files, bindings, _ = gin_utils.split_gin_flags(flags)
-  gin_utils.parse_gin(files, bindings)
-  try:
-    training.train()
-  finally:
-    gin.clear_config()
+  conftest.train_in_process(files, bindings)
   return model_dir
 
 

@@ -9,7 +9,7 @@ import sys
 import gin
 import pytest
 
-from t5x_lite import config, gin_utils
+from t5x_lite import config, gin_utils, models
 from t5x_lite.config import T5Config, resolve_model_name
 from t5x_lite.errors import UserError
 
@@ -23,7 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
     ("t5-efficient-xxl", 11_307_321_344),
 ])
 def test_released_parameter_counts(name, count):
-  assert config.num_params(resolve_model_name(name)) == count
+  assert models.num_params(resolve_model_name(name)) == count
 
 
 def test_name_grammar():
@@ -87,7 +87,7 @@ def _hf_count(cfg: T5Config) -> int:
 ])
 def test_counts_match_hf(name):
   cfg = resolve_model_name(name)
-  assert config.num_params(cfg) == _hf_count(cfg)
+  assert models.num_params(cfg) == _hf_count(cfg)
 
 
 def test_flops_formula():
@@ -99,7 +99,7 @@ def test_flops_formula():
   assert config.train_flops_per_example(cfg, e, t) == expected
   assert config.flops_per_token(cfg) == expected / (e + t)
   # Roughly 6 FLOPs per non-embedding parameter per token, as for any transformer.
-  non_embedding = config.num_params(cfg) - v * d
+  non_embedding = models.num_params(cfg) - v * d
   assert 4 < config.flops_per_token(cfg) / non_embedding < 8
   gated = dataclasses.replace(cfg, feed_forward_proj="gated-gelu")
   assert config.flops_per_token(gated) > config.flops_per_token(cfg)

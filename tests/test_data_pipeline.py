@@ -4,7 +4,7 @@ import gin
 import numpy as np
 import pytest
 
-import tasks  # noqa: F401  (registers the tasks)
+import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 from t5x_lite.data import pipeline, testing
 from t5x_lite.errors import UserError
 
@@ -58,13 +58,29 @@ def test_features_shapes_and_dtypes(configured):
   assert batch["decoder_target_tokens"][0, 0] == vocab.vocab_size - 1  # <extra_id_0>
 
 
-def test_packing_adds_segments_and_positions(configured):
-  batch = take(pipeline.get_dataset("jsonl_span_corruption", {"inputs": 64, "targets": 16}, "train",
-                                    2, use_packing=True), 1)[0]
-  for k in ("encoder_segment_ids", "encoder_positions", "decoder_segment_ids", "decoder_positions"):
-    assert batch[k].shape[0] == 2 and batch[k].dtype == np.int32
-  # Segments fill the lengths exactly, so each row holds one example starting at position 0.
-  assert (batch["encoder_segment_ids"][:, 0] == 1).all() and (batch["encoder_positions"][:, 0] == 0).all()
+def test_packing_puts_several_examples_in_a_row(configured, tmp_path):
+  # Span corruption concatenates groups of 128 documents and cuts them into examples of the full
+  # length; a group shorter than that is one short example. 260 documents of a word or two: three
+  # groups, each far shorter than a row (about 170, 180 and 7 input tokens), so they share one.
+  short = testing.make_documents(260, seed=2, min_words=1, max_words=2)
+  gin.bind_parameter("jsonl_corpus.train_files",
+                     testing.write_jsonl_shards(tmp_path, "short", short, 1, field="body"))
+  rows = take(pipeline.get_dataset("jsonl_span_corruption", {"inputs": 2048, "targets": 512},
+                                   "train", 1, shuffle=False, repeat=False, use_packing=True), 100)
+  assert max(int(r["encoder_segment_ids"].max()) for r in rows) >= 2, "nothing was packed"
+  for row in rows:
+    for side, tokens in (("encoder", "encoder_input_tokens"), ("decoder", "decoder_target_tokens")):
+      segments, positions = row[f"{side}_segment_ids"][0], row[f"{side}_positions"][0]
+      assert segments.dtype == positions.dtype == np.int32
+      used = segments[segments > 0]
+      # Segments 1, 2, ... follow each other, each with positions 0, 1, ... of its own and its
+      # own EOS (1) on both sides.
+      assert list(np.unique(used)) == list(range(1, used.max() + 1))
+      assert (np.diff(used) >= 0).all()
+      for s in range(1, used.max() + 1):
+        np.testing.assert_array_equal(positions[segments == s], np.arange((segments == s).sum()))
+      assert (row[tokens][0] == 1).sum() == used.max()
+    assert row["encoder_segment_ids"].max() == row["decoder_segment_ids"].max()
 
 
 def test_shards_read_disjoint_data(configured):

@@ -11,7 +11,7 @@ import gin
 import pytest
 import tensorflow as tf
 
-import tasks  # noqa: F401  (registers the tasks)
+import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 from t5x_lite.data import registry, sources, text_decoding
 from t5x_lite.errors import UserError
 

@@ -8,7 +8,7 @@ import pytest
 import seqio
 import sentencepiece as spm
 
-import tasks  # noqa: F401  (registers the tasks)
+import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 from t5x_lite import train_vocab
 from t5x_lite.data import pipeline, quickstart_corpus, testing
 from t5x_lite.errors import UserError

@@ -10,7 +10,7 @@ import pytest
 import seqio
 from tokenizers import Tokenizer
 
-from t5x_lite import hf_files, train_vocab
+from t5x_lite import hf_files, tokens, train_vocab
 from t5x_lite.data import testing
 
 SAMPLES = [
@@ -44,7 +44,7 @@ def export_dir(tmp_path_factory, vocab_path):
 
 
 def seqio_ids(vocab_path):
-  vocab = seqio.SentencePieceVocabulary(vocab_path, extra_ids=hf_files.EXTRA_IDS)
+  vocab = seqio.SentencePieceVocabulary(vocab_path, extra_ids=tokens.EXTRA_IDS)
   return [list(vocab.encode(text)) for text in SAMPLES], vocab
 
 

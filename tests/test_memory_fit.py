@@ -3,13 +3,12 @@
 import os
 import re
 
-import gin
 import jax
 import pytest
 
-import tasks  # noqa: F401
-from t5x_lite import gin_utils, memory_fit, partitioning, training
-from t5x_lite.data import testing
+import conftest
+import t5x_lite.tasks  # noqa: F401
+from t5x_lite import memory_fit, partitioning
 from t5x_lite.errors import UserError
 from t5x_lite.models import EncoderDecoderModel
 from t5x_lite.trainer import Trainer
@@ -62,23 +61,13 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  root = tmp_path_factory.mktemp("corpus")
-  docs = testing.make_documents(120, seed=3, max_words=80)
-  return [
-      f"text_corpus.train_files = '{testing.write_text_shards(root, 'train', docs[:100], 1)}'",
-      f"text_corpus.validation_files = '{testing.write_text_shards(root, 'val', docs[100:], 1)}'",
-      f"task_vocabulary.path = '{testing.train_tiny_vocab(root, vocab_size=100)}'",
-  ]
+def corpus(tiny_corpus):
+  return tiny_corpus.bindings()
 
 
 def train_with(corpus, model_dir, extra):
-  gin.clear_config()
-  gin_utils.parse_gin(["runs/quickstart.gin"], [*TINY, *corpus, f"MODEL_DIR = '{model_dir}'", *extra])
-  try:
-    return training.train()
-  finally:
-    gin.clear_config()
+  return conftest.train_in_process(["runs/quickstart.gin"],
+                                   [*TINY, *corpus, f"MODEL_DIR = '{model_dir}'", *extra])
 
 
 def test_auto_switches_to_what_fits_and_records_it(corpus, tmp_path, capsys, totals):

@@ -221,12 +221,20 @@ def test_loss_fn_sums_and_normalisations(tiny):
   assert float(aux["correct"]) == correct
   with_z, aux_z = loss_fn(params, batch, None, z_loss=1e-4)
   assert float(aux_z["z_loss"]) > 0 and np.isclose(with_z, loss + aux_z["z_loss"], rtol=1e-6)
-  per_token = models.normalize_loss(aux_z["loss"], aux_z["weight_sum"], "num_target_tokens")
+  weights = jnp.asarray(w)
+  per_token, _ = loss_fn(params, batch, None, z_loss=1e-4,
+                         loss_normalizing_factor=models.NUM_REAL_TARGET_TOKENS)
   np.testing.assert_allclose(per_token, aux_z["loss"] / w.sum(), rtol=1e-6)
-  np.testing.assert_allclose(models.normalize_loss(aux_z["loss"], 1.0, 14.0), aux_z["loss"] / 14.0)
-  assert models.normalize_loss(aux_z["loss"], 1.0, None) == aux_z["loss"]
-  with pytest.raises(UserError, match="loss_normalizing_factor"):
-    models.normalize_loss(aux_z["loss"], 1.0, "tokens")
+  # The earlier lower-case names mean the same.
+  for old in ("num_real_target_tokens", "num_target_tokens"):
+    assert float(models.loss_normalizer(old, weights)) == w.sum()
+  assert float(models.loss_normalizer("NUM_TOTAL_TARGET_TOKENS", weights)) == w.size
+  assert float(models.loss_normalizer("num_total_target_tokens", weights)) == w.size
+  assert float(models.loss_normalizer(14.0, weights)) == 14.0
+  assert float(models.loss_normalizer(None, weights)) == 1.0
+  with pytest.raises(UserError, match="unknown loss_normalizing_factor 'tokens'; use "
+                                      "'NUM_REAL_TARGET_TOKENS'"):
+    models.loss_normalizer("tokens", weights)
   scores = jax.jit(model.score_batch)(params, batch)
   np.testing.assert_allclose(scores, -(nll * w).sum(-1), rtol=1e-5)
 

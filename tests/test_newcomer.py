@@ -28,7 +28,7 @@ def crowded_cwd(tmp_path, monkeypatch):
 
 
 def test_gin_files_and_includes_resolve_past_local_directories(crowded_cwd):
-  import tasks  # noqa: F401
+  import t5x_lite.tasks  # noqa: F401
   from t5x_lite import training  # noqa: F401  (registers the configurables)
   gin.clear_config()
   try:
@@ -43,7 +43,7 @@ def test_gin_files_and_includes_resolve_past_local_directories(crowded_cwd):
 
 def test_a_local_gin_file_still_comes_first(crowded_cwd):
   (crowded_cwd / "runs" / "mine.gin").write_text("include 'runs/quickstart.gin'\nBATCH_SIZE = 4\n")
-  import tasks  # noqa: F401
+  import t5x_lite.tasks  # noqa: F401
   from t5x_lite import training  # noqa: F401
   gin.clear_config()
   try:

@@ -64,7 +64,7 @@ def test_missing_compiler_names_make_plan_deps(tmp_path):
 
 def _num_params():
   import dataclasses
-  from t5x_lite import config
+  from t5x_lite import config, models
   cfg = dataclasses.replace(
       config.resolve_model_name("t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2"), vocab_size=256)
-  return config.num_params(cfg)
+  return models.num_params(cfg)

@@ -3,7 +3,7 @@ says about the shards it skips."""
 
 import gin
 
-import tasks  # noqa: F401  (registers the tasks)
+import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 from t5x_lite import progress
 from t5x_lite.data import registry, testing, tokenized_cache
 

@@ -11,21 +11,18 @@ import subprocess
 import sys
 import time
 
-import gin
 import pytest
 
-import tasks  # noqa: F401
-from t5x_lite import gin_utils, resume_check, run_lock, training
+import conftest
+import t5x_lite.tasks  # noqa: F401
+from conftest import TINY_MODEL
+from t5x_lite import resume_check, run_lock
 from t5x_lite.data import testing
 from t5x_lite.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = [
-    "model_config.name = 't5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
-    "model_config.vocab_size = 256",
-    "MIXTURE_OR_TASK_NAME = 'text_span_corruption'",
-    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
-    "BATCH_SIZE = 8",
+    *TINY_MODEL,
     "train.eval_steps = 1",
     "train.log_period = 1",
     "CHECKPOINT_PERIOD = 2",
@@ -34,26 +31,13 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  root = tmp_path_factory.mktemp("corpus")
-  docs = testing.make_documents(120, seed=5, max_words=60)
-  return {"train": testing.write_text_shards(root, "train", docs[:100], 2),
-          "validation": testing.write_text_shards(root, "val", docs[100:], 1),
-          "vocab": testing.train_tiny_vocab(root, vocab_size=100),
-          "root": root}
+def corpus(tiny_corpus):
+  return tiny_corpus
 
 
 def train(corpus, model_dir, steps, *extra):
-  gin.clear_config()
-  gin_utils.parse_gin(["runs/quickstart.gin"], [
-      *TINY, f"text_corpus.train_files = '{corpus['train']}'",
-      f"text_corpus.validation_files = '{corpus['validation']}'",
-      f"task_vocabulary.path = '{corpus['vocab']}'", f"MODEL_DIR = '{model_dir}'",
-      f"TRAIN_STEPS = {steps}", *extra])
-  try:
-    return training.train()
-  finally:
-    gin.clear_config()
+  return conftest.train_in_process(["runs/quickstart.gin"], [
+      *TINY, *corpus.bindings(), f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -195,10 +179,7 @@ def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
   flags = ["--gin_file=runs/quickstart.gin", *[f"--gin_bindings={b}" for b in TINY],
            f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=100000",
            "--gin.CHECKPOINT_PERIOD=100000", "--gin.EVAL_PERIOD=100000",
-           "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
-           f"--gin.text_corpus.train_files='{corpus['train']}'",
-           f"--gin.text_corpus.validation_files='{corpus['validation']}'",
-           f"--gin.task_vocabulary.path='{corpus['vocab']}'"]
+           "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'", *corpus.flags()]
   proc = subprocess.Popen(["bash", str(REPO / "launch" / "local.sh"), "2", *flags], cwd=REPO,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True)
@@ -231,3 +212,33 @@ def test_process_count_of_an_old_checkpoint_comes_from_its_data_positions():
   assert resume_check.data_changes(old_meta, new, saved_process_count=1) == []
   assert resume_check.data_changes({"data": dict(new, process_count=2)}, new, None) == [
       "process_count 2 -> 1"]
+
+
+# What configs written before the seqio tasks moved into the package (and before the loss
+# normaliser took T5X's names and make_mesh stopped being configurable) may hold.
+EARLIER_VERSION_LINES = [
+    "from tasks import quickstart",
+    "tasks.quickstart.quickstart_corpus.cache_dir = None",
+    "partitioning.make_mesh.devices = None",
+    "LossConfig.loss_normalizing_factor = 'num_real_target_tokens'",
+]
+
+
+def test_a_run_of_an_earlier_version_exports_and_resumes(corpus, base_run, tmp_path):
+  from t5x_lite import export_hf
+  model_dir = copy_of(base_run, tmp_path)
+  meta_file = model_dir / "checkpoints" / "4" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  meta["gin_config"] = "\n".join([*EARLIER_VERSION_LINES, meta["gin_config"]])
+  meta_file.write_text(json.dumps(meta))
+  config_gin = model_dir / "config.gin"
+  config_gin.write_text("\n".join([*EARLIER_VERSION_LINES, config_gin.read_text()]))
+
+  # Export finds the task's vocabulary through the stored config.
+  exported = export_hf.export(str(model_dir), str(tmp_path / "hf"), log=lambda line: None)
+  assert exported["step"] == 4 and exported["tokenizer"]
+  # The run's config.gin, given back to training, resumes it.
+  result = conftest.train_in_process([str(config_gin)],
+                                    [f"MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = 6"])
+  assert result["step"] == 6
+  assert metrics_steps(model_dir)[0][-1] == 6

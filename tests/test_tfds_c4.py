@@ -10,7 +10,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-import tasks  # noqa: E402,F401
+import t5x_lite.tasks  # noqa: E402,F401
 from t5x_lite import gin_utils, training  # noqa: E402
 from t5x_lite.data import pipeline, testing  # noqa: E402
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import seqio
 
-import tasks  # noqa: F401  (registers the tasks)
+import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 from t5x_lite.data import pipeline, registry, testing, tokenized_cache
 from t5x_lite.errors import UserError
 
@@ -100,3 +100,11 @@ def test_cli_writes_a_cache_the_trainer_reads(configured, tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   assert "complete" in out.stdout
   assert seqio.utils.get_task_dir_from_name(TASK) in os.listdir(tmp_path)
+  # The training pipeline, pointed at it, reads the same batches as from the text.
+  expected = batches()
+  gin.bind_parameter("tokenized_cache.cache_dir", str(tmp_path))
+  got = batches()
+  assert len(got) == len(expected) > 3
+  for a, b in zip(got, expected):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])

@@ -7,37 +7,23 @@ import subprocess
 import sys
 import time
 
-import gin
 import jax
 import numpy as np
 import pytest
 
-import tasks  # noqa: F401
-from t5x_lite import gin_utils, hf_files, training
-from t5x_lite.data import testing
+import conftest
+import t5x_lite.tasks  # noqa: F401
+from conftest import TINY_MODEL
+from t5x_lite import hf_files
 from t5x_lite.errors import UserError
 
-TINY = [
-    "model_config.name = 't5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
-    "model_config.vocab_size = 256",
-    "MIXTURE_OR_TASK_NAME = 'text_span_corruption'",
-    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
-    "BATCH_SIZE = 8",
-    "train.eval_steps = 2",
-    "train.log_period = 2",
-]
+TINY = [*TINY_MODEL, "train.eval_steps = 2", "train.log_period = 2"]
 GIN_FILES = ["runs/quickstart.gin"]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  root = tmp_path_factory.mktemp("corpus")
-  docs = testing.make_documents(200, seed=3, max_words=80)
-  return [
-      f"text_corpus.train_files = '{testing.write_text_shards(root, 'train', docs[:180], 2)}'",
-      f"text_corpus.validation_files = '{testing.write_text_shards(root, 'val', docs[180:], 1)}'",
-      f"task_vocabulary.path = '{testing.train_tiny_vocab(root, vocab_size=100)}'",
-  ]
+def corpus(tiny_corpus):
+  return tiny_corpus.bindings()
 
 
 def bindings(corpus, model_dir, steps, period, extra=()):
@@ -46,12 +32,8 @@ def bindings(corpus, model_dir, steps, period, extra=()):
 
 
 def train_in_process(corpus, model_dir, steps, period=2, stop_at_step=None, extra=()):
-  gin.clear_config()
-  gin_utils.parse_gin(GIN_FILES, bindings(corpus, model_dir, steps, period, extra))
-  try:
-    return training.train(stop_at_step=stop_at_step)
-  finally:
-    gin.clear_config()
+  return conftest.train_in_process(GIN_FILES, bindings(corpus, model_dir, steps, period, extra),
+                                   stop_at_step)
 
 
 def train_command(corpus, model_dir, steps, period=2, extra=()):
@@ -88,6 +70,9 @@ def test_metrics_config_and_eval(reference_run):
   assert [r["step"] for r in eval_records] == [0, 4, 8]
   assert eval_records[-1]["eval_loss"] < eval_records[0]["eval_loss"]  # it learns
   assert all(np.isfinite(r["loss"]) for r in train_records)
+  # The rate the optimizer applies (runs/quickstart.gin: rsqrt schedule, 1000 warmup steps).
+  assert [r["learning_rate"] for r in train_records] == pytest.approx(
+      [1000 ** -0.5] * len(train_records))
   assert result["step"] == 8
   config = (model_dir / "config.gin").read_text()
   assert "BATCH_SIZE = 8" in config and "train.batch_size = %BATCH_SIZE" in config

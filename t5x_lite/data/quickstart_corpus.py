@@ -203,7 +203,7 @@ def ensure_quickstart_assets(cache_dir=None, force: bool = False,
   if force and cache_dir.exists():
     shutil.rmtree(cache_dir)
   if not (cache_dir / "COMPLETE").exists():
-    from t5x_lite import train_vocab  # Imports sentencepiece; only needed when building.
+    from t5x_lite.data import vocab_training  # Imports sentencepiece; only when building.
 
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=cache_dir.name + ".tmp-", dir=cache_dir.parent))
@@ -213,8 +213,8 @@ def ensure_quickstart_assets(cache_dir=None, force: bool = False,
     try:
       stats = _write_corpus(tmp, log)
       started = time.monotonic()
-      train_vocab.train_vocab(str(tmp / "train-*.jsonl"), str(tmp / "vocab"), VOCAB_SIZE,
-                              input_format="jsonl", log=log)
+      vocab_training.train_vocab(str(tmp / "train-*.jsonl"), str(tmp / "vocab"), VOCAB_SIZE,
+                                 input_format="jsonl", log=log)
       if log:
         log(f"trained the {VOCAB_SIZE}-piece vocabulary in {time.monotonic() - started:.0f}s")
       (tmp / "COMPLETE").write_text(json.dumps(stats) + "\n")
@@ -230,11 +230,11 @@ def ensure_quickstart_assets(cache_dir=None, force: bool = False,
   return corpus_patterns(cache_dir), vocab_path(cache_dir)
 
 
-def main() -> int:
+def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--cache_dir", default=None, help="default: $T5X_LITE_CACHE/quickstart")
   parser.add_argument("--force", action="store_true", help="rebuild even if complete")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   try:
     patterns, vocab = ensure_quickstart_assets(args.cache_dir, force=args.force,
                                                log=progress.log_to_stderr)

@@ -1,6 +1,6 @@
 """Task registration that follows gin.
 
-`import tasks` runs before gin is parsed, but data locations and vocabularies live in gin. So each
+`import t5x_lite.tasks` runs before gin is parsed, but data locations and vocabularies live in gin. So each
 of our tasks is registered through a builder (a function returning a `seqio.Task` built from the
 gin-configurable settings it calls) and `refresh()` rebuilds them all from the current gin config.
 `get_dataset` and `get_vocabulary` call `refresh()`; tasks registered directly with seqio by users
@@ -42,7 +42,7 @@ def refresh(mixture_or_task_name: str):
   except ValueError:
     known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
     raise UserError(f"unknown task or mixture {mixture_or_task_name!r}; registered: "
-                    f"{', '.join(known) or 'none (was `tasks` imported?)'}") from None
+                    f"{', '.join(known) or 'none (was `t5x_lite.tasks` imported?)'}") from None
   for task in leaf_tasks(provider):
     prepare = _BUILDERS.get(task.name, (None, None))[1]
     if prepare:
@@ -54,6 +54,3 @@ def leaf_tasks(provider) -> list[seqio.Task]:
   """The tasks a task or mixture reads."""
   return provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
 
-
-def our_task_names() -> list[str]:
-  return sorted(_BUILDERS)

@@ -4,7 +4,7 @@ import json
 import pathlib
 import random
 
-from t5x_lite import train_vocab
+from t5x_lite.data import vocab_training
 
 _WORDS = ("the model reads a long text and learns to fill in the missing spans of words while the "
           "encoder sees the corrupted input and the decoder writes the spans back one token at a "
@@ -39,4 +39,4 @@ def train_tiny_vocab(directory, vocab_size: int = 64) -> str:
   """A SentencePiece model with T5's special ids over `make_documents` text."""
   pattern = write_text_shards(pathlib.Path(directory) / "vocab_corpus", "corpus",
                               make_documents(200, seed=123), num_shards=1)
-  return train_vocab.train_vocab(pattern, str(pathlib.Path(directory) / "tiny"), vocab_size)
+  return vocab_training.train_vocab(pattern, str(pathlib.Path(directory) / "tiny"), vocab_size)

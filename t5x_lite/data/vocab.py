@@ -5,9 +5,10 @@ import functools
 import gin
 import seqio
 
+from t5x_lite.tokens import EXTRA_IDS
+
 # The official T5 C4 vocabulary: 32000 SentencePiece pieces; with 100 extra ids, 32100 ids.
 C4_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
-EXTRA_IDS = 100
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,3 +31,4 @@ def task_vocabulary(default_path: str, path: str | None = None,
 def scoped_vocabulary(scope: str, default_path: str) -> seqio.Vocabulary:
   with gin.config_scope(scope):
     return task_vocabulary(default_path)
+

@@ -9,4 +9,4 @@ Span corruption (T5's objective) over:
 Locations and vocabularies are read from gin when a dataset is built (see t5x_lite.data.registry).
 """
 
-from tasks import c4, local_corpora, quickstart  # noqa: F401  (registration side effects)
+from t5x_lite.tasks import c4, local_corpora, quickstart  # noqa: F401  (registration side effects)
