@@ -9,6 +9,7 @@ import re
 
 import gin
 
+from t5x_lite import tokens
 from t5x_lite.errors import UserError
 
 FEED_FORWARD_PROJS = ("relu", "gated-gelu")
@@ -225,9 +226,9 @@ def hf_config_dict(cfg: T5Config) -> dict:
       "tie_word_embeddings": cfg.tie_word_embeddings,
       "is_encoder_decoder": True,
       "use_cache": True,
-      "pad_token_id": 0,
-      "eos_token_id": 1,
-      "decoder_start_token_id": 0,
+      "pad_token_id": tokens.PAD_ID,
+      "eos_token_id": tokens.EOS_ID,
+      "decoder_start_token_id": tokens.PAD_ID,  # T5 starts decoding from the pad id
       "initializer_factor": 1.0,
       "torch_dtype": "float32",
       "dtype": "float32",

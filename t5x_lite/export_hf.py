@@ -18,7 +18,8 @@ from t5x_lite import hf_files, model_card, paths, tokens
 from t5x_lite.config import hf_config_dict
 from t5x_lite.errors import UserError, run_main
 
-GENERATION_CONFIG = {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
+GENERATION_CONFIG = {"decoder_start_token_id": tokens.PAD_ID, "eos_token_id": tokens.EOS_ID,
+                     "pad_token_id": tokens.PAD_ID}
 
 
 def _metrics_text(model_dir: str) -> str | None:

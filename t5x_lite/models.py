@@ -16,7 +16,7 @@ from t5x_lite.errors import UserError
 from t5x_lite.network import Transformer
 from t5x_lite.tokens import EOS_ID, PAD_ID
 
-DECODER_START_ID = 0
+DECODER_START_ID = PAD_ID  # T5 starts decoding from the pad id
 
 _MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
                  "encoder_segment_ids", "decoder_segment_ids", "encoder_positions",

@@ -208,9 +208,9 @@ class _Run:
   data: dict  # the data settings a resume is checked against (resume_check.data_settings)
   trainer: Trainer
   ckpt: checkpoints.Checkpointer
-  writer: MetricsWriter
   flops_per_example: float
-  peak: float | None  # FLOP/s per device that MFU is measured against
+  writer: MetricsWriter | None = None  # opened once a checkpoint is accepted (or none is there)
+  peak: float | None = None  # FLOP/s per device that MFU is measured against (set in _start)
   train_iter: pipeline.DataIterator | None = None
   eval_dataset: Any = None
   restored: tuple | None = None  # (step, state, meta) of the checkpoint resumed from
@@ -232,7 +232,7 @@ class _Run:
 
 
 def _setup(s: Settings, preemption: _Preemption) -> _Run:
-  """The model, mesh, trainer, checkpointer and metrics writer; checks that they fit together."""
+  """The model, mesh, trainer and checkpointer; checks that they fit together."""
   cfg = config.model_config()
   mesh = partitioning.make_mesh(s.num_partitions)
   partitioning.check_batch_split(s.batch_size, mesh, s.num_microbatches)
@@ -247,9 +247,7 @@ def _setup(s: Settings, preemption: _Preemption) -> _Run:
       data=resume_check.data_settings(s.mixture_or_task_name, lengths, s.batch_size,
                                       s.use_packing, s.seed),
       trainer=trainer, ckpt=checkpoints.Checkpointer(s.model_dir),
-      writer=MetricsWriter(s.model_dir),
-      flops_per_example=config.train_flops_per_example(cfg, lengths["inputs"], lengths["targets"]),
-      peak=s.peak_flops_per_device or flops.peak_flops_per_device())
+      flops_per_example=config.train_flops_per_example(cfg, lengths["inputs"], lengths["targets"]))
 
 
 def _check_meta(run: _Run, at_step: int, meta: dict) -> None:
@@ -273,6 +271,7 @@ def _restore(run: _Run) -> None:
   """Restores the latest checkpoint, fits the step to the device, then builds the data."""
   run.restored = run.ckpt.restore(run.trainer.abstract_state(),
                                   check_meta=lambda step, meta: _check_meta(run, step, meta))
+  run.writer = MetricsWriter(run.s.model_dir)
   run.writer.drop_rows_after(run.restored[0] if run.restored else None)
   run.trainer = fit_trainer(run.trainer, run.s.memory_fit, run.s.batch_size, run.s.use_packing,
                             run.writer.console)
@@ -326,6 +325,7 @@ def _next_batch(run: _Run) -> dict:
 
 def _start(run: _Run) -> None:
   """The first batch, the initial state and (for a new run) the step-0 evaluation."""
+  run.peak = run.s.peak_flops_per_device or flops.peak_flops_per_device()
   # The first batch before anything compiles: an empty corpus is an error within seconds.
   if run.step < run.s.train_steps:
     run.first_batch = _next_batch(run)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from t5x_lite import config, efficiency, model_info
+from t5x_lite import config, efficiency, model_info, models
 from t5x_lite.errors import UserError
 
 # Two names of the tiny family, shrunk so that both compile in seconds.
@@ -78,7 +78,7 @@ def test_command_end_to_end_writes_csv_and_png(tmp_path):
   assert [r["name"] for r in rows] == NAMES
   for row in rows:
     cfg = config.resolve_model_name(row["name"])
-    assert int(row["num_params"]) == config.num_params(cfg)
+    assert int(row["num_params"]) == models.num_params(cfg)
     assert int(row["kv_cache_bytes_per_token"]) == config.kv_cache_bytes_per_token(cfg, 4)
     assert row["device"] == "8x cpu" and row["dtype"] == "float32"
     for field in ("step_ms", "examples_per_s", "tokens_per_s", "decode_tokens_per_s"):
