@@ -13,6 +13,7 @@ Checkpoints written before a setting was stored are checked on the settings they
 """
 
 import hashlib
+import inspect
 import os
 from typing import Any
 
@@ -54,6 +55,21 @@ def _data_locations() -> dict:
         locations[f"{name}.{key}"] = value if isinstance(value, (str, int, float, bool)) or \
             value is None else repr(value)
   return locations
+
+
+def _without_defaults(locations: dict) -> dict:
+  """Locations less the bindings that equal their parameter's default: bound or not, the same
+  data is read (a run's config.gin binds every default, and may be given back to resume)."""
+  kept = {}
+  for key, value in locations.items():
+    name, _, param = key.rpartition(".")
+    try:
+      default = inspect.signature(gin.get_configurable(name)).parameters[param].default
+    except (ValueError, KeyError, TypeError):  # not registered here, or no such parameter
+      default = inspect.Parameter.empty
+    if value != default:
+      kept[key] = value
+  return kept
 
 
 def data_settings(mixture_or_task_name: str, task_feature_lengths: dict, batch_size: int,
@@ -107,6 +123,9 @@ def data_changes(meta: dict, new: dict, saved_process_count: int | None) -> list
     if saved_process_count:
       saved["process_count"] = saved_process_count
     new = {k: new[k] for k in saved}
+  if "locations" in saved and "locations" in new:
+    saved = {**saved, "locations": _without_defaults(saved["locations"])}
+    new = {**new, "locations": _without_defaults(new["locations"])}
   return _changes(saved, new)
 
 
