@@ -36,9 +36,14 @@ class Footprint:
   batch: int
   temp: int | None
   total: int | None
+  # The compiler's own peak estimate of live bytes (state included), where it reports one. It
+  # can be well under `total`: libtpu's temp size counts more than its buffer assignment holds
+  # at once (BENCHMARKS.md, "Memory and planning"). `total` stays the conservative figure.
+  peak: int | None = None
 
   def as_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The fixed keys of `plan`'s per_device_bytes."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if k != "peak"}
 
   def fits(self, limit_bytes: int) -> bool:
     return self.total is not None and self.total <= limit_bytes
@@ -92,7 +97,9 @@ def footprint(compiled, state, batch) -> Footprint:
   extra_out = max(0, int(analysis.output_size_in_bytes) - int(analysis.alias_size_in_bytes))
   arguments = int(analysis.argument_size_in_bytes)
   total = max(arguments, params + opt_state + batch_bytes) + temp + extra_out
-  return Footprint(params=params, opt_state=opt_state, batch=batch_bytes, temp=temp, total=total)
+  peak = int(getattr(analysis, "peak_memory_in_bytes", 0) or 0)
+  return Footprint(params=params, opt_state=opt_state, batch=batch_bytes, temp=temp, total=total,
+                   peak=peak or None)
 
 
 def candidates(policy: str, num_microbatches: int, per_shard_batch: int) -> list[tuple[str, int]]:

@@ -193,7 +193,8 @@ def _compile_and_measure(cfg, target_name: str, devices, settings: RunSettings,
   flops = config.train_flops_per_example(cfg, settings.lengths["inputs"],
                                          settings.lengths["targets"]) * settings.batch_size
   return {"target": target_name, "mesh": dict(trainer.mesh.shape),
-          "per_device_bytes": fp.as_dict(), "device_bytes": limit, "fits": fp.fits(limit),
+          "per_device_bytes": fp.as_dict(), "peak_bytes": fp.peak, "device_bytes": limit,
+          "fits": fp.fits(limit),
           "train_flops_per_step": flops, "compile_s": round(time.perf_counter() - start, 1)}
 
 
