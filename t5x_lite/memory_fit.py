@@ -36,9 +36,9 @@ class Footprint:
   batch: int
   temp: int | None
   total: int | None
-  # The compiler's own peak estimate of live bytes (state included), where it reports one. It
-  # can be well under `total`: libtpu's temp size counts more than its buffer assignment holds
-  # at once (BENCHMARKS.md, "Memory and planning"). `total` stays the conservative figure.
+  # The compiler's own peak of live bytes (state included), where it reports one. For large
+  # steps on TPU it is well under `total`: libtpu's temp size counts more than its buffer
+  # assignment holds at once (BENCHMARKS.md, "Memory and planning"). `fits` uses `total`.
   peak: int | None = None
 
   def as_dict(self) -> dict:
