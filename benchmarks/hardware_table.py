@@ -95,10 +95,11 @@ def row(model: str, result: dict) -> str:
   if model in FSDP_MODELS:
     mesh += " (fsdp)"
   per_device = result["per_device_bytes"]
+  state_and_gradients = 2 * per_device["params"] + per_device["opt_state"]
   if per_device["total"] is not None:
     total = f"{per_device['total'] / GB:.1f}"
-  elif 2 * per_device["params"] + per_device["opt_state"] > result["device_bytes"]:
-    total = f"> {(2 * per_device['params'] + per_device['opt_state']) / GB:.1f} (state + gradients)"
+  elif state_and_gradients > result["device_bytes"]:
+    total = f"> {state_and_gradients / GB:.1f} (state + gradients)"
   else:
     total = "> HBM"
   return (f"| {name} | {result['target']} | {mesh} | "
