@@ -146,3 +146,16 @@ def test_lean_remat_keeps_loss_and_gradients():
   np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), results[1][1],
                results[0][1])
+
+
+def test_measure_answers_a_state_over_the_limit_without_compiling(monkeypatch):
+  mesh = partitioning.make_mesh(1, devices=jax.devices()[:8])
+  trainer = Trainer(EncoderDecoderModel(tiny_config()), mesh, partitioning.DEFAULT_RULES, LENGTHS)
+
+  def no_compile(*args, **kwargs):
+    raise AssertionError("compiled although the state alone exceeds the limit")
+
+  monkeypatch.setattr(memory_fit, "compile_train_step", no_compile)
+  found = memory_fit.measure(trainer, BATCH, limit_bytes=1)
+  assert found.total is None and found.temp is None and found.state_exceeds(1)
+  assert found.params > 0 and found.batch > 0
