@@ -29,15 +29,29 @@ GiB = 2**30
 
 @dataclasses.dataclass(frozen=True)
 class Footprint:
-  """Bytes one device needs for a train step."""
+  """Bytes one device needs for a train step; temp and total are None when the compiler itself
+  refused the step for exceeding device memory."""
   params: int
   opt_state: int
   batch: int
-  temp: int
-  total: int
+  temp: int | None
+  total: int | None
+  # The compiler's own peak of live bytes (state included), where it reports one. For large
+  # steps on TPU it is well under `total`: libtpu's temp size counts more than its buffer
+  # assignment holds at once (BENCHMARKS.md, "Memory and planning"). `fits` uses `total`.
+  peak: int | None = None
 
   def as_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The fixed keys of `plan`'s per_device_bytes."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if k != "peak"}
+
+  def fits(self, limit_bytes: int) -> bool:
+    return self.total is not None and self.total <= limit_bytes
+
+  def state_exceeds(self, limit_bytes: int) -> bool:
+    """The state and its float32 gradients (as large as the parameters) alone exceed the limit:
+    no remat policy or microbatch count can help."""
+    return 2 * self.params + self.opt_state > limit_bytes
 
 
 def abstract_batch(trainer, batch_size: int, use_packing: bool = False) -> dict:
@@ -83,7 +97,9 @@ def footprint(compiled, state, batch) -> Footprint:
   extra_out = max(0, int(analysis.output_size_in_bytes) - int(analysis.alias_size_in_bytes))
   arguments = int(analysis.argument_size_in_bytes)
   total = max(arguments, params + opt_state + batch_bytes) + temp + extra_out
-  return Footprint(params=params, opt_state=opt_state, batch=batch_bytes, temp=temp, total=total)
+  peak = int(getattr(analysis, "peak_memory_in_bytes", 0) or 0)
+  return Footprint(params=params, opt_state=opt_state, batch=batch_bytes, temp=temp, total=total,
+                   peak=peak or None)
 
 
 def candidates(policy: str, num_microbatches: int, per_shard_batch: int) -> list[tuple[str, int]]:
@@ -96,18 +112,41 @@ def candidates(policy: str, num_microbatches: int, per_shard_batch: int) -> list
   return [(p, n) for p in POLICIES_BY_COST[start:] for n in counts]
 
 
-def choose(candidate_list: list[tuple[str, int]], total_bytes: Callable[[str, int], int | None],
-           limit_bytes: int) -> tuple[tuple[str, int], int] | None:
-  """The first candidate whose total fits under `limit_bytes`, with its total; None if none does.
+def choose(candidate_list: list[tuple[str, int]], measure_one: Callable[[str, int], Footprint],
+           limit_bytes: int) -> tuple[tuple[str, int], Footprint] | None:
+  """The first candidate that fits under `limit_bytes`, with its footprint; None if none does.
 
-  `total_bytes(policy, microbatches)` returns the bytes needed, or None when the compiler itself
-  reports that the step cannot fit.
+  `measure_one(policy, microbatches)` compiles a candidate. The search stops early once the
+  state and its gradients alone exceed the limit (every later candidate holds the same state).
   """
   for policy, count in candidate_list:
-    needed = total_bytes(policy, count)
-    if needed is not None and needed <= limit_bytes:
-      return (policy, count), needed
+    found = measure_one(policy, count)
+    if found.fits(limit_bytes):
+      return (policy, count), found
+    if found.state_exceeds(limit_bytes):
+      return None
   return None
+
+
+def measure(trainer, batch_size: int, use_packing: bool = False,
+            limit_bytes: int | None = None) -> Footprint:
+  """The footprint of the trainer's step. temp and total are None (no fit) when the compiler
+  reports out-of-memory, or, without compiling, when the state and its gradients alone exceed
+  `limit_bytes` (a compiler that cannot fit a program first spends long trying); any other
+  compile error is raised."""
+  state = trainer.abstract_state()
+  refused = Footprint(params=per_device_bytes(state.params),
+                      opt_state=per_device_bytes(state.opt_state),
+                      batch=per_device_bytes(abstract_batch(trainer, batch_size, use_packing)),
+                      temp=None, total=None)
+  if limit_bytes is not None and refused.state_exceeds(limit_bytes):
+    return refused
+  try:
+    return footprint(*compile_train_step(trainer, batch_size, use_packing))
+  except Exception as e:  # noqa: BLE001  (only the compiler's out-of-memory means "no fit")
+    if not is_out_of_memory(e):
+      raise
+  return refused
 
 
 @gin.configurable
@@ -138,20 +177,16 @@ def fit_trainer(trainer, mode: str, batch_size: int, use_packing: bool,
   cfg = trainer.model.cfg
   cache = {}
 
-  def measured(policy: str, count: int) -> int | None:
+  def measured(policy: str, count: int) -> Footprint:
     if (policy, count) not in cache:
-      candidate = rebuild(trainer, policy, count)
-      try:
-        cache[(policy, count)] = footprint(*compile_train_step(candidate, batch_size,
-                                                               use_packing)).total
-      except Exception as e:  # noqa: BLE001  (only the compiler's out-of-memory means "no fit")
-        if not is_out_of_memory(e):
-          raise
-        cache[(policy, count)] = None
+      cache[(policy, count)] = measure(rebuild(trainer, policy, count), batch_size, use_packing,
+                                       limit)
     return cache[(policy, count)]
 
   configured = (cfg.remat_policy, trainer.num_microbatches)
-  needed = measured(*configured)
+  # The configured step is compiled whatever its state's size: the error names its bytes.
+  cache[configured] = measure(trainer, batch_size, use_packing)
+  needed = cache[configured].total
   if needed is not None and needed <= limit:
     return trainer
   shown = "more than the compiler allows" if needed is None else f"{needed / GiB:.2f} GiB"
@@ -165,11 +200,11 @@ def fit_trainer(trainer, mode: str, batch_size: int, use_packing: bool,
     raise UserError(f"no remat policy / microbatch count fits the train step in "
                     f"{limit / GiB:.2f} GiB per device (configured: {shown}); use more devices "
                     f"or NUM_PARTITIONS, or see `python -m t5x_lite.plan --sweep`")
-  (policy, count), total = found
+  (policy, count), chosen = found
   console(f"memory_fit: the configured step (remat_policy={configured[0]}, num_microbatches="
           f"{configured[1]}) needs {shown} per device, over the {limit / GiB:.2f} GiB limit; "
           f"training with remat_policy={policy}, num_microbatches={count} "
-          f"({total / GiB:.2f} GiB)")
+          f"({chosen.total / GiB:.2f} GiB)")
   with gin.unlock_config():
     gin.bind_parameter("memory_fit_choice.remat_policy", policy)
     gin.bind_parameter("memory_fit_choice.num_microbatches", count)

@@ -187,23 +187,14 @@ def _compile_and_measure(cfg, target_name: str, devices, settings: RunSettings,
   trainer = build_trainer(cfg, devices, settings, num_microbatches)
   limit = device_bytes(TARGETS[target_name])
   start = time.perf_counter()
-  try:
-    fp = memory_fit.footprint(*memory_fit.compile_train_step(
-        trainer, settings.batch_size, settings.use_packing)).as_dict()
-  except Exception as e:  # noqa: BLE001  (the compiler's out-of-memory is an answer: no fit)
-    if not memory_fit.is_out_of_memory(e):
-      raise
-    # libtpu refuses programs whose temporaries exceed HBM: the state's shards are still known.
-    state = trainer.abstract_state()
-    fp = {"params": memory_fit.per_device_bytes(state.params),
-          "opt_state": memory_fit.per_device_bytes(state.opt_state),
-          "batch": memory_fit.per_device_bytes(memory_fit.abstract_batch(
-              trainer, settings.batch_size, settings.use_packing)),
-          "temp": None, "total": None}
+  # libtpu refuses programs whose temporaries exceed HBM: then temp and total are None, as
+  # when the state alone is too large (then nothing is compiled).
+  fp = memory_fit.measure(trainer, settings.batch_size, settings.use_packing, limit)
   flops = config.train_flops_per_example(cfg, settings.lengths["inputs"],
                                          settings.lengths["targets"]) * settings.batch_size
-  return {"target": target_name, "mesh": dict(trainer.mesh.shape), "per_device_bytes": fp,
-          "device_bytes": limit, "fits": fp["total"] is not None and fp["total"] <= limit,
+  return {"target": target_name, "mesh": dict(trainer.mesh.shape),
+          "per_device_bytes": fp.as_dict(), "peak_bytes": fp.peak, "device_bytes": limit,
+          "fits": fp.fits(limit),
           "train_flops_per_step": flops, "compile_s": round(time.perf_counter() - start, 1)}
 
 
@@ -269,23 +260,23 @@ def sweep(cfg, target_name: str, devices, settings: RunSettings,
 
 
 def fit(cfg, target_name: str, devices, settings: RunSettings) -> dict:
-  """The first of memory_fit's candidates (from the configured pair on) that fits; if none
-  does, the configured step's result (fits: false)."""
+  """memory_fit's choice (the configured pair if it fits, else the first candidate that does);
+  if none does, the configured step's result (fits: false)."""
   from t5x_lite import memory_fit
   data = len(devices) // settings.num_partitions
-  first = None
-  for policy, count in memory_fit.candidates(cfg.remat_policy, settings.num_microbatches,
-                                             settings.batch_size // data):
-    row = plan_one(dataclasses.replace(cfg, remat_policy=policy), target_name, devices,
-                   settings, count)
-    row.update(remat_policy=policy, num_microbatches=count)
-    first = first or row
-    if row["fits"]:
-      return row
-    state = row["per_device_bytes"]
-    if 2 * state["params"] + state["opt_state"] > row["device_bytes"]:
-      break  # state and float32 gradients alone do not fit: no remat or microbatching helps
-  return first
+
+  def row(policy: str, count: int) -> dict:
+    result = plan_one(dataclasses.replace(cfg, remat_policy=policy), target_name, devices,
+                      settings, count)
+    return {**result, "remat_policy": policy, "num_microbatches": count}
+
+  def measure_one(policy: str, count: int):
+    return memory_fit.Footprint(**row(policy, count)["per_device_bytes"])
+
+  configured = (cfg.remat_policy, settings.num_microbatches)
+  found = memory_fit.choose(memory_fit.candidates(*configured, settings.batch_size // data),
+                            measure_one, device_bytes(TARGETS[target_name]))
+  return row(*(found[0] if found else configured))
 
 
 def main(argv=None) -> int:

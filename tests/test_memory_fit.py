@@ -34,19 +34,43 @@ def totals():
 def measured_totals(candidate_list):
   mesh = partitioning.make_mesh(1, devices=jax.devices()[:8])
   trainer = Trainer(EncoderDecoderModel(tiny_config()), mesh, partitioning.DEFAULT_RULES, LENGTHS)
-  return {c: memory_fit.footprint(*memory_fit.compile_train_step(
-      memory_fit.rebuild(trainer, *c), BATCH)).total for c in candidate_list}
+  return {c: memory_fit.measure(memory_fit.rebuild(trainer, *c), BATCH).total
+          for c in candidate_list}
 
 
 def test_choose_takes_the_first_candidate_that_fits(totals):
   candidate_list = list(totals)
   assert totals[("none", 2)] < totals[("none", 1)]
   assert totals[("full", 1)] < totals[("none", 1)]
+  measured = []
+
+  def measure_one(*candidate, state=1000):
+    measured.append(candidate)
+    return memory_fit.Footprint(params=state, opt_state=0, batch=0, temp=0,
+                                total=totals[candidate])
+
   limit = totals[("none", 1)] - 1
-  (choice, needed) = memory_fit.choose(candidate_list, lambda *c: totals[c], limit)
-  assert choice == next(c for c in candidate_list if totals[c] <= limit) and needed <= limit
-  assert memory_fit.choose(candidate_list, lambda *c: totals[c], 1000) is None
-  assert memory_fit.choose(candidate_list, lambda *c: None, 10**12) is None
+  (choice, found) = memory_fit.choose(candidate_list, measure_one, limit)
+  assert choice == next(c for c in candidate_list if totals[c] <= limit)
+  assert found.total == totals[choice] <= limit
+  measured.clear()
+  assert memory_fit.choose(candidate_list, measure_one, 10_000) is None
+  assert measured == candidate_list
+  # The compiler's refusal (no total) is no fit either.
+  refused = lambda *c: memory_fit.Footprint(params=1, opt_state=0, batch=0, temp=None, total=None)
+  assert memory_fit.choose(candidate_list, refused, 10**12) is None
+
+
+def test_choose_stops_once_state_and_gradients_exceed_the_limit():
+  measured = []
+
+  def measure_one(*candidate):
+    measured.append(candidate)
+    # 2 x 600 (parameters and their gradients) + 100 optimizer state > 1000.
+    return memory_fit.Footprint(params=600, opt_state=100, batch=0, temp=None, total=None)
+
+  assert memory_fit.choose(memory_fit.candidates("none", 1, 4), measure_one, 1000) is None
+  assert measured == [("none", 1)]
 
 
 TINY = [
@@ -111,3 +135,16 @@ def test_lean_remat_keeps_loss_and_gradients():
   np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), results[1][1],
                results[0][1])
+
+
+def test_measure_answers_a_state_over_the_limit_without_compiling(monkeypatch):
+  mesh = partitioning.make_mesh(1, devices=jax.devices()[:8])
+  trainer = Trainer(EncoderDecoderModel(tiny_config()), mesh, partitioning.DEFAULT_RULES, LENGTHS)
+
+  def no_compile(*args, **kwargs):
+    raise AssertionError("compiled although the state alone exceeds the limit")
+
+  monkeypatch.setattr(memory_fit, "compile_train_step", no_compile)
+  found = memory_fit.measure(trainer, BATCH, limit_bytes=1)
+  assert found.total is None and found.temp is None and found.state_exceeds(1)
+  assert found.params > 0 and found.batch > 0
