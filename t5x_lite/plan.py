@@ -307,7 +307,7 @@ def main(argv=None) -> int:
   ensure_platform_libraries(target.platform, argv)
 
   try:
-    import tasks  # noqa: F401  (registers the seqio tasks named in gin)
+    import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks named in gin)
     from t5x_lite import config, memory_fit  # noqa: F401  (gin configurables first)
     gin_utils.parse_gin(gin_files, gin_bindings)
     settings = run_settings()
