@@ -48,7 +48,7 @@ def load_vocabulary(model_dir: str, vocab: str | None, meta: dict):
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_greedy_decode(cfg):
+def jitted_greedy_decode(cfg):
   """One compiled decode per model config, shared by every Decoder of this process."""
   import jax
   from t5x_lite.models import EncoderDecoderModel
@@ -65,7 +65,7 @@ class Decoder:
     # Params are float32; float32 activations give the same tokens as a float32 HF export.
     self.cfg = dataclasses.replace(restored.cfg, dtype=dtype, dropout_rate=0.0)
     self.model = EncoderDecoderModel(self.cfg)
-    self._decode = _jitted_greedy_decode(self.cfg)
+    self._decode = jitted_greedy_decode(self.cfg)
 
   def default_max_decode_length(self) -> int:
     lengths = self.meta.get("task_feature_lengths") or {}
@@ -73,20 +73,31 @@ class Decoder:
 
   def generate(self, input_ids: list[list[int]], max_decode_length: int) -> list[list[int]]:
     """Each input (EOS included) -> its greedy output through the first EOS (or the limit)."""
-    for ids in input_ids:
-      bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
-      if bad:
-        raise UserError(f"token id {bad[0]} is outside the model's vocab_size {self.cfg.vocab_size}")
-    length = max(len(ids) for ids in input_ids)
-    batch = np.full((len(input_ids), length), PAD_ID, np.int32)
-    for row, ids in enumerate(input_ids):
-      batch[row, :len(ids)] = ids
-    tokens = np.asarray(self._decode(self.params, batch, max_decode_length))
-    outputs = []
-    for row in tokens.tolist():
-      end = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
-      outputs.append(row[:end])
-    return outputs
+    return greedy_generate(self._decode, self.params, self.cfg.vocab_size, input_ids,
+                           max_decode_length)
+
+
+def greedy_generate(decode, params, vocab_size: int, input_ids: list[list[int]],
+                    max_decode_length: int, input_length: int | None = None) -> list[list[int]]:
+  """The decoding core of `infer` and of fine-tuning's decoding eval (t5x_lite/decode_eval.py).
+
+  `decode` is a jitted `EncoderDecoderModel.greedy_decode`. Inputs are padded into one batch,
+  to `input_length` when given (a fixed shape compiles once), else to the longest input.
+  """
+  for ids in input_ids:
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+      raise UserError(f"token id {bad[0]} is outside the model's vocab_size {vocab_size}")
+  length = input_length or max(len(ids) for ids in input_ids)
+  batch = np.full((len(input_ids), length), PAD_ID, np.int32)
+  for row, ids in enumerate(input_ids):
+    batch[row, :len(ids)] = ids[:length]
+  tokens = np.asarray(decode(params, batch, max_decode_length))
+  outputs = []
+  for row in tokens.tolist():
+    end = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
+    outputs.append(row[:end])
+  return outputs
 
 
 def main(argv=None) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from t5x_lite import checkpoints, config, flops, partitioning, resume_check, run_lock, run_setup
+from t5x_lite import decode_eval, finetune_init
 from t5x_lite import optimizers  # noqa: F401  (registers gin configurables)
 from t5x_lite.data import pipeline, tokenized_cache
 from t5x_lite.errors import UserError
@@ -211,12 +212,17 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
   eval_dataset = pipeline.get_dataset(
       mixture_or_task_name, task_feature_lengths, "validation", batch_size, shuffle=False,
       seed=seed, use_packing=use_packing, repeat=True, **shard)
+  decoding = decode_eval.DecodeEval(model_dir, cfg, mixture_or_task_name, task_feature_lengths,
+                                    writer.console)
   if tokenized_cache.tokenized_cache_config():
     writer.console(f"reading pre-tokenized data from the cache in "
                    f"{tokenized_cache.tokenized_cache_config()}")
 
   if restored is None:
     state, step = None, 0  # initialised once the data is known to be there
+    # Fine-tuning: a run without checkpoints of its own starts from the initial model.
+    step, state = finetune_init.initial_state(trainer, model_meta, seed, train_steps, model_dir,
+                                              writer.console) or (step, state)
   else:
     step, state, meta = restored
     data_path = ckpt.data_state_path(step)
@@ -235,7 +241,7 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
       cfg, task_feature_lengths["inputs"], task_feature_lengths["targets"])
   peak = peak_flops_per_device or flops.peak_flops_per_device()
   tokens_per_step = batch_size * (task_feature_lengths["inputs"] + task_feature_lengths["targets"])
-  lr_schedule = optimizers.rsqrt_schedule()
+  lr_schedule = optimizers.learning_rate_schedule()
 
   def save(at_step: int, state) -> None:
     meta = {"step": at_step, "batches_consumed": train_iter.state()["batches"],
@@ -255,11 +261,11 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
   if state is None:
     state = trainer.init_state(seed)
   last_eval = {}
-  if step == 0:
-    last_eval = {"step": 0, **evaluate(trainer, state, eval_dataset, eval_steps,
-                                       mixture_or_task_name)}
+  if step == 0 or restored is None:
+    last_eval = {"step": step, **evaluate(trainer, state, eval_dataset, eval_steps,
+                                          mixture_or_task_name), **decoding(state.params, step)}
     writer.write(last_eval)
-    writer.console(f"step {0:>7d} | eval loss {last_eval['eval_loss']:.4f} | "
+    writer.console(f"step {step:>7d} | eval loss {last_eval['eval_loss']:.4f} | "
                    f"eval acc {last_eval['eval_accuracy']:.4f}")
 
   end_step = min(train_steps, stop_at_step) if stop_at_step else train_steps
@@ -325,7 +331,7 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
       pending.clear()
     if do_eval:
       last_eval = {"step": step, **evaluate(trainer, state, eval_dataset, eval_steps,
-                                            mixture_or_task_name)}
+                                            mixture_or_task_name), **decoding(state.params, step)}
       writer.write(last_eval)
       writer.console(f"step {step:>7d} | eval loss {last_eval['eval_loss']:.4f} | "
                      f"eval acc {last_eval['eval_accuracy']:.4f}")
