@@ -130,6 +130,7 @@ def _keep_vocabulary(model_dir: str, vocab_path: str | None) -> None:
   """Copies the task's vocabulary into MODEL_DIR: resumes, infer and export_hf read it there."""
   target = os.path.join(model_dir, SPIECE)
   if jax.process_index() == 0 and vocab_path and not hf_files.isfile(target):
+    tf.io.gfile.makedirs(model_dir)
     tf.io.gfile.copy(vocab_path, target, overwrite=True)
 
 
