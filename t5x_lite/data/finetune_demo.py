@@ -1,12 +1,14 @@
-"""The fine-tuning demo's task: spell-correct short phrases of the quickstart corpus.
+"""The fine-tuning demo's task: find and correct the misspelt word in a phrase of the quickstart
+corpus.
 
 Each example is a phrase of 3 to 5 words from the corpus's prose with one word misspelt (one
-letter dropped, doubled or two neighbours swapped); the target is the phrase as written:
+letter dropped, doubled or two neighbours swapped); the target is that word as written:
 
-  fix: the compiled reuglar expressions  ->  the compiled regular expressions
+  fix: the compiled reuglar expressions  ->  regular
 
-Copying is easy; the fix needs the corpus's words, which a model pretrained on the same text has
-seen and a freshly initialised one has not. Train examples come from the corpus's train
+The fix needs the corpus's words and their contexts, which a model pretrained on the same text
+has seen and a freshly initialised one has not; a one-word target keeps exact match reachable
+for a tiny model in minutes. Train examples come from the corpus's train
 documents, eval examples from its validation documents (held out from pretraining too).
 Written as TSV: DIR/train.tsv, DIR/validation.tsv. Deterministic for a given corpus.
 """
@@ -66,13 +68,12 @@ def _examples(runs: list[list[str]], count: int, rng: random.Random) -> list[tup
     candidates = [i for i, w in enumerate(phrase) if len(w) >= 4]
     if not candidates:
       continue
-    target = " ".join(phrase)
-    if target in seen:
+    if " ".join(phrase) in seen:
       continue
-    seen.add(target)
+    seen.add(" ".join(phrase))
     i = rng.choice(candidates)
     corrupted = phrase[:i] + [misspell(phrase[i], rng)] + phrase[i + 1:]
-    out.append((PREFIX + " ".join(corrupted), target))
+    out.append((PREFIX + " ".join(corrupted), phrase[i]))
   return out
 
 
