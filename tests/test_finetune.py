@@ -1,9 +1,9 @@
 """Fine-tuning: the initial model (t5x_lite checkpoint or HF directory), seq2seq files, decoding
 eval, resumption after SIGKILL without the initial checkpoint, and the quickstart demo."""
 
+import dataclasses
 import gzip
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -87,7 +87,6 @@ def initial_state(model_dir, steps):
   lengths = {"inputs": 16, "targets": 8}
   trainer = Trainer(EncoderDecoderModel(cfg), partitioning.make_mesh(1),
                     partitioning.logical_axis_rules(), lengths)
-  import dataclasses
   step, state = finetune_init.initial_state(trainer, dataclasses.asdict(cfg), 0, steps,
                                             str(model_dir), log=lambda _: None)
   return step, state, trainer
@@ -276,16 +275,14 @@ def test_inspect_data_stats_shows_skipped_rows(pretrained, tmp_path):
 def test_quickstart_finetune_demo_end_to_end(tmp_path):
   """The two documented commands with few steps: pretrain, then fine-tune, evaluate, export."""
   base, tuned = tmp_path / "qs", tmp_path / "qs-finetuned"
-  env = {**os.environ, "T5X_LITE_CACHE": os.environ.get("T5X_LITE_CACHE", "")} \
-      if os.environ.get("T5X_LITE_CACHE") else dict(os.environ)
   out = subprocess.run([sys.executable, "-m", "t5x_lite.quickstart", f"--model_dir={base}",
                         "--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=4"],
-                       capture_output=True, text=True, timeout=900, env=env)
+                       capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-2000:]
   out = subprocess.run([sys.executable, "-m", "t5x_lite.quickstart", "--finetune",
                         f"--model_dir={base}", f"--finetune_dir={tuned}",
                         "--gin.TRAIN_STEPS=8", "--gin.EVAL_PERIOD=4", "--gin.CHECKPOINT_PERIOD=4"],
-                       capture_output=True, text=True, timeout=900, env=env)
+                       capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-2000:]
   rows = [json.loads(l) for l in (tuned / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "eval_exact_match" in r] == [4, 8]
