@@ -159,6 +159,7 @@ def train_in_process(bindings, stop_at_step=None):
     gin.clear_config()
 
 
+@pytest.mark.slow  # three fine-tuning runs, one of them killed: minutes on a shared 2-core host
 def test_sigkill_resume_is_bit_identical_without_the_initial_checkpoint(pretrained, seq2seq_data,
                                                                          tmp_path):
   initial = tmp_path / "initial"
