@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install test quickstart clean plan-deps plan-deps-tpu plan-deps-cuda
+.PHONY: install test quickstart finetune-demo clean plan-deps plan-deps-tpu plan-deps-cuda
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,3 +39,8 @@ plan-deps: plan-deps-tpu plan-deps-cuda
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# After `make quickstart`: fine-tune its model on the demo task (spell-correcting phrases of the
+# quickstart corpus), evaluate by decoding and export to MODEL_DIR-finetuned (README, "Fine-tuning").
+finetune-demo: install
+	$(PY) -m t5x_lite.quickstart --finetune --model_dir=$(MODEL_DIR)

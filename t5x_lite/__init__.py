@@ -3,15 +3,16 @@
 Imports run one way, from the commands down to the model (tests/test_layering.py checks it):
 
   cli       the `python -m t5x_lite.X` commands             may import every layer
-  training  the loop, the train step, checkpoints, metrics  may import model, data, base
+  training  the loop, the train step, checkpoints, metrics  may import hf, model, data, base
   hf        Hugging Face files, weight mapping, model card   may import model, data, base
   data      seqio tasks, sources, vocabularies, the pipeline may import base
   model     model config, layers, the model, mesh/rules, optimizer  may import base
   base      errors, paths, token ids, gin flags, progress    imports nothing of the package
 
-So `data` knows nothing of the model or of training, the model nothing above it, training and hf
-not each other, and no library module imports a command: code a command and a library module
-share lives in the library module. A new module is added to a layer below.
+So `data` knows nothing of the model or of training, the model nothing above it, hf nothing of
+training (training may read HF files: fine-tuning starts from them), and no library module imports
+a command: code a command and a library module share lives in the library module. A new module is
+added to a layer below.
 """
 
 __version__ = "0.1.0"
@@ -22,8 +23,9 @@ LAYERS = {
     "model": ("config", "layers", "network", "models", "partitioning", "optimizers"),
     "data": ("data", "tasks"),  # the sub-packages, whole
     "training": ("trainer", "training", "checkpoints", "resume_check", "metrics_writer",
-                 "run_lock", "run_setup", "memory_fit", "efficiency", "distributed"),
-    "hf": ("hf_files", "hf_mapping", "model_card"),
+                 "run_lock", "run_setup", "memory_fit", "efficiency", "distributed",
+                 "finetune_init", "decode_eval"),
+    "hf": ("hf_files", "hf_mapping", "hf_reader", "model_card"),
     "cli": ("train", "export_hf", "import_hf", "infer", "inspect_data", "cache_tokenized",
             "quickstart", "train_vocab", "model_info", "plan"),
 }
@@ -32,7 +34,7 @@ MAY_IMPORT = {
     "base": {"base"},
     "model": {"model", "base"},
     "data": {"data", "base"},
-    "training": {"training", "model", "data", "base"},
+    "training": {"training", "hf", "model", "data", "base"},
     "hf": {"hf", "model", "data", "base"},
     "cli": set(LAYERS),
 }

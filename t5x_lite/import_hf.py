@@ -11,60 +11,24 @@ or, without C4 at hand, on the offline quickstart corpus with --gin_file=runs/qu
 
 import argparse
 import dataclasses
-import io
 import json
 import os
 import sys
 
-import numpy as np
 
 from t5x_lite import commands, config, gin_utils, hf_files, paths, tokens
 from t5x_lite.config import T5Config
+from t5x_lite.hf_reader import dims_from_hf_config, load_hf_state_dict, with_output_embedding
 from t5x_lite.errors import UserError, run_main
 
 # Dimensions a model gin binds (model_config arguments), in the order model.gin lists them.
 GIN_DIMS = ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
             "num_decoder_layers", "feed_forward_proj", "tie_word_embeddings")
-# HF T5Config defaults for keys a config.json may leave out.
-HF_DEFAULTS = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6,
-               "num_heads": 8, "feed_forward_proj": "relu", "tie_word_embeddings": True,
-               "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-               "layer_norm_epsilon": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
-               "decoder_start_token_id": 0}
-# Fixed in our model and not bindable in a model gin: an HF config must agree with these.
-FIXED = {"relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-         "layer_norm_epsilon": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
-         "decoder_start_token_id": 0}
 DEFAULT_RUN_GIN = "runs/pretrain.gin"
 _SUFFIX_OF = {"d_model": "dm", "d_ff": "ff", "num_heads": "nh", "d_kv": "kv"}
 
 
 # -- config -------------------------------------------------------------------------------------
-
-def dims_from_hf_config(hf: dict, source: str) -> dict:
-  """model_config arguments for an HF T5 config.json; refuses what our T5 cannot hold."""
-  if hf.get("model_type") != "t5" or hf.get("is_encoder_decoder") is False:
-    raise UserError(f"{source} is not a T5 encoder-decoder config (model_type "
-                    f"{hf.get('model_type')!r})")
-  get = lambda key: hf[key] if hf.get(key) is not None else HF_DEFAULTS[key]
-  for key, ours in FIXED.items():
-    value = get(key)
-    if value != ours and not (isinstance(ours, float) and abs(value - ours) <= 1e-12):
-      raise UserError(f"{source} has {key}={value!r}; this project's T5 fixes it at {ours!r}")
-  proj = get("feed_forward_proj")
-  if proj not in config.FEED_FORWARD_PROJS:
-    raise UserError(f"{source} has feed_forward_proj={proj!r}; supported: "
-                    f"{', '.join(config.FEED_FORWARD_PROJS)}")
-  num_layers = get("num_layers")
-  # transformers 5 always writes tie_word_embeddings=true and says with scale_decoder_outputs
-  # whether logits are rescaled (v1.0); older configs say it with tie_word_embeddings alone.
-  # Our model rescales exactly when it ties.
-  scaled = hf.get("scale_decoder_outputs", get("tie_word_embeddings"))
-  return dict(vocab_size=get("vocab_size"), d_model=get("d_model"), d_ff=get("d_ff"),
-              num_heads=get("num_heads"), d_kv=get("d_kv"), num_encoder_layers=num_layers,
-              num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
-              feed_forward_proj=proj, tie_word_embeddings=bool(scaled))
-
 
 def model_name_for(dims: dict) -> str:
   """The shortest released-style name (size + suffixes) that spells these dimensions."""
@@ -101,51 +65,6 @@ def check_against_model_gin(dims: dict, gin_file: str) -> None:
     if getattr(cfg, key) != dims[key]:
       raise UserError(f"{gin_file} has {key}={getattr(cfg, key)!r} but the HF model has "
                       f"{dims[key]!r}")
-
-
-# -- weights ------------------------------------------------------------------------------------
-
-def load_hf_state_dict(hf_dir: str, allow_pickle: bool) -> dict:
-  from safetensors.numpy import load as load_safetensors
-  single = os.path.join(hf_dir, "model.safetensors")
-  index = os.path.join(hf_dir, "model.safetensors.index.json")
-  if hf_files.isfile(single):
-    return load_safetensors(hf_files.read_bytes(single))
-  if hf_files.isfile(index):
-    shards = sorted(set(json.loads(hf_files.read_text(index))["weight_map"].values()))
-    state = {}
-    for shard in shards:
-      state.update(load_safetensors(hf_files.read_bytes(os.path.join(hf_dir, shard))))
-    return state
-  pickle_path = os.path.join(hf_dir, "pytorch_model.bin")
-  if hf_files.isfile(pickle_path):
-    if not allow_pickle:
-      raise UserError(f"{hf_dir} has only pytorch_model.bin (a pickle, which can run code when "
-                      "loaded); pass --allow_pickle if you trust it")
-    try:
-      import torch
-    except ImportError:
-      raise UserError("reading pytorch_model.bin needs torch (pip install torch)") from None
-    return dict(torch.load(io.BytesIO(hf_files.read_bytes(pickle_path)), map_location="cpu",
-                           weights_only=True))
-  raise UserError(f"no model.safetensors (or model.safetensors.index.json) in {hf_dir}")
-
-
-def _with_output_embedding(state: dict, dims: dict, source: str) -> dict:
-  """Reconciles lm_head.weight with how the logits are computed.
-
-  Rescaled logits need the tied embedding; unscaled logits with no lm_head.weight (a tied,
-  unscaled transformers 5 model) get a copy of shared.weight as their own output embedding.
-  """
-  shared, head = state.get("shared.weight"), state.get("lm_head.weight")
-  if shared is None or head is None:
-    if not dims["tie_word_embeddings"] and shared is not None:
-      state = {**state, "lm_head.weight": np.array(shared)}
-    return state
-  if dims["tie_word_embeddings"] and not np.array_equal(np.asarray(shared), np.asarray(head)):
-    raise UserError(f"{source} rescales the logits (v1.0) but has an lm_head.weight unlike "
-                    "shared.weight; this project's T5 ties the two in that case")
-  return state
 
 
 # -- run gin ------------------------------------------------------------------------------------
@@ -191,7 +110,7 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
   if gin_file:
     check_against_model_gin(dims, gin_file)
   name = model_name_for(dims)
-  state_dict = _with_output_embedding(load_hf_state_dict(hf_dir, allow_pickle), dims, hf_dir)
+  state_dict = with_output_embedding(load_hf_state_dict(hf_dir, allow_pickle), dims, hf_dir)
 
   spm_path = os.path.join(hf_dir, "spiece.model")
   spm_bytes = None

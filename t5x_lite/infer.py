@@ -8,17 +8,15 @@ line per --input (repeatable), or with --ids one JSON object per input:
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
 import tempfile
 
-import numpy as np
 
 from t5x_lite import hf_files, paths
 from t5x_lite.errors import UserError, run_main
-from t5x_lite.tokens import EOS_ID, EXTRA_IDS, PAD_ID, check_vocab_fits
+from t5x_lite.tokens import EOS_ID, EXTRA_IDS, check_vocab_fits
 
 DEFAULT_MAX_DECODE_LENGTH = 64
 
@@ -42,25 +40,18 @@ def load_vocabulary(model_dir: str, vocab: str | None, meta: dict):
   return vocab
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted_greedy_decode(cfg):
-  """One compiled decode per model config, shared by every Decoder of this process."""
-  import jax
-  from t5x_lite.models import EncoderDecoderModel
-  return jax.jit(EncoderDecoderModel(cfg).greedy_decode, static_argnums=2)
-
-
 class Decoder:
   """Params of one checkpoint on one device and a jitted greedy decode."""
 
   def __init__(self, model_dir: str, step: int | None = None, dtype: str = "float32"):
-    from t5x_lite.models import EncoderDecoderModel
+    from t5x_lite import models  # jax is imported only when a model is loaded
     restored = hf_files.restore_params(model_dir, step)
     self.step, self.meta, self.params = restored.step, restored.meta, restored.params
     # Params are float32; float32 activations give the same tokens as a float32 HF export.
     self.cfg = dataclasses.replace(restored.cfg, dtype=dtype, dropout_rate=0.0)
-    self.model = EncoderDecoderModel(self.cfg)
-    self._decode = _jitted_greedy_decode(self.cfg)
+    self.model = models.EncoderDecoderModel(self.cfg)
+    self._decode = models.jitted_greedy_decode(self.cfg)
+    self._generate = models.greedy_generate
 
   def default_max_decode_length(self) -> int:
     lengths = self.meta.get("task_feature_lengths") or {}
@@ -68,20 +59,8 @@ class Decoder:
 
   def generate(self, input_ids: list[list[int]], max_decode_length: int) -> list[list[int]]:
     """Each input (EOS included) -> its greedy output through the first EOS (or the limit)."""
-    for ids in input_ids:
-      bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
-      if bad:
-        raise UserError(f"token id {bad[0]} is outside the model's vocab_size {self.cfg.vocab_size}")
-    length = max(len(ids) for ids in input_ids)
-    batch = np.full((len(input_ids), length), PAD_ID, np.int32)
-    for row, ids in enumerate(input_ids):
-      batch[row, :len(ids)] = ids
-    tokens = np.asarray(self._decode(self.params, batch, max_decode_length))
-    outputs = []
-    for row in tokens.tolist():
-      end = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
-      outputs.append(row[:end])
-    return outputs
+    return self._generate(self._decode, self.params, self.cfg.vocab_size, input_ids,
+                          max_decode_length)
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,7 @@
 
   python -m t5x_lite.inspect_data --gin_file=runs/quickstart.gin --num_examples=3 --decode
   python -m t5x_lite.inspect_data --gin_file=... --stats   # document counts, skipped, bad bytes
+  (for fine-tuning files: examples, malformed rows skipped, blank lines)
 
 Reads MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS and the task/vocabulary bindings. Prints one JSON
 object per line, {"inputs": [...], "targets": [...]}: ids after span corruption and EOS, before
@@ -40,15 +41,18 @@ def main(argv=None) -> int:
 
   import_configurables()
   parse_gin(files, bindings)
-  from t5x_lite.data import pipeline, registry, sources
+  from t5x_lite.data import pipeline, registry, seq2seq_sources, sources
 
   name = required_macro("MIXTURE_OR_TASK_NAME")
   provider = registry.refresh(name)
   if args.stats:
     for task in registry.leaf_tasks(provider):
-      if not isinstance(task.source, sources.CorpusFiles):
+      if isinstance(task.source, seq2seq_sources.Seq2SeqFiles):  # rows kept and skipped
+        stats = seq2seq_sources.row_stats(task.source, args.split)
+      elif isinstance(task.source, sources.CorpusFiles):
+        stats = sources.document_stats(task.source, args.split)
+      else:
         raise UserError(f"--stats reads local file corpora; task {task.name!r} is not one")
-      stats = sources.document_stats(task.source, args.split)
       print(json.dumps({"task": task.name, "split": args.split, **stats}), flush=True)
     return 0
 

@@ -10,6 +10,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from t5x_lite.config import T5Config
 from t5x_lite.errors import UserError
@@ -184,3 +185,32 @@ def num_params(cfg: T5Config) -> int:
 def weight_bytes(cfg: T5Config, bytes_per_param: int) -> int:
   """Memory of the weights alone at `bytes_per_param` (4: float32, 2: bfloat16)."""
   return num_params(cfg) * bytes_per_param
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_greedy_decode(cfg):
+  """One compiled decode per model config, shared by every Decoder of this process."""
+  return jax.jit(EncoderDecoderModel(cfg).greedy_decode, static_argnums=2)
+
+
+def greedy_generate(decode, params, vocab_size: int, input_ids: list[list[int]],
+                    max_decode_length: int, input_length: int | None = None) -> list[list[int]]:
+  """The decoding core of `infer` and of fine-tuning's decoding eval (decode_eval.py).
+
+  `decode` is a jitted `EncoderDecoderModel.greedy_decode`. Inputs are padded into one batch,
+  to `input_length` when given (a fixed shape compiles once), else to the longest input.
+  """
+  for ids in input_ids:
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+      raise UserError(f"token id {bad[0]} is outside the model's vocab_size {vocab_size}")
+  length = input_length or max(len(ids) for ids in input_ids)
+  batch = np.full((len(input_ids), length), PAD_ID, np.int32)
+  for row, ids in enumerate(input_ids):
+    batch[row, :len(ids)] = ids[:length]
+  tokens = np.asarray(decode(params, batch, max_decode_length))
+  outputs = []
+  for row in tokens.tolist():
+    end = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
+    outputs.append(row[:end])
+  return outputs

@@ -36,6 +36,19 @@ def _as_schedule(learning_rate: optax.Schedule | float) -> optax.Schedule:
 
 
 @gin.configurable
+def constant_schedule(value: float = 1e-3) -> optax.Schedule:
+  """A constant learning rate (T5's fine-tuning recipe: 1e-3)."""
+  return optax.constant_schedule(value)
+
+
+@gin.configurable
+def learning_rate_schedule(schedule=rsqrt_schedule) -> optax.Schedule:
+  """The run's schedule, used by Adafactor and for the logged learning rate. `schedule` is a
+  factory: `@optimizers.rsqrt_schedule` (pretraining) or `@optimizers.constant_schedule`."""
+  return schedule()
+
+
+@gin.configurable
 def adafactor(learning_rate: optax.Schedule | float | None = None,
               decay_rate: float = 0.8,
               clipping_threshold: float | None = 1.0,
@@ -46,7 +59,7 @@ def adafactor(learning_rate: optax.Schedule | float | None = None,
               weight_decay_rate: float | None = None) -> optax.GradientTransformation:
   """optax.adafactor with the T5 defaults (factored second moments, decay 0.8, clipping 1.0,
   parameter-scale multiplication, no momentum)."""
-  schedule = _as_schedule(rsqrt_schedule() if learning_rate is None else learning_rate)
+  schedule = _as_schedule(learning_rate_schedule() if learning_rate is None else learning_rate)
   tx = optax.adafactor(learning_rate=schedule, decay_rate=decay_rate,
                          clipping_threshold=clipping_threshold,
                          multiply_by_parameter_scale=multiply_by_parameter_scale,

@@ -29,7 +29,7 @@ from t5x_lite.errors import UserError
 EXECUTION_FIELDS = frozenset({"name", "dtype", "scan_unroll", "remat_policy", "dropout_rate"})
 # gin configurables that locate a task's training data; validation-only settings may change.
 DATA_LOCATIONS = ("c4_tfds", "c4_json", "text_corpus", "jsonl_corpus", "quickstart_corpus",
-                  "tokenized_cache")
+                  "tokenized_cache", "seq2seq_files")
 
 
 def _vocabulary_identity(mixture_or_task_name: str) -> str:

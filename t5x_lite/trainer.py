@@ -4,7 +4,7 @@ Everything here is pure JAX; the loop, logging and checkpoints live in train.py.
 """
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import gin
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from t5x_lite import models, optimizers, partitioning
 from t5x_lite.models import EncoderDecoderModel

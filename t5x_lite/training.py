@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 import tensorflow as tf
 
 from t5x_lite import checkpoints, config, flops, partitioning, paths, resume_check, run_lock
-from t5x_lite import run_setup
+from t5x_lite import decode_eval, finetune_init, run_setup
 from t5x_lite.data import pipeline, tokenized_cache
 from t5x_lite.errors import UserError
 from t5x_lite.memory_fit import fit_trainer
@@ -213,6 +213,7 @@ class _Run:
   peak: float | None = None  # FLOP/s per device that MFU is measured against (set in _start)
   train_iter: pipeline.DataIterator | None = None
   eval_dataset: Any = None
+  decoding: decode_eval.DecodeEval | None = None  # decoding metrics at each evaluation
   restored: tuple | None = None  # (step, state, meta) of the checkpoint resumed from
   data_reset: list = dataclasses.field(default_factory=list)  # changes that reset the data
   # The loop.
@@ -277,7 +278,13 @@ def _restore(run: _Run) -> None:
                             run.writer.console)
   _make_data(run)
   if run.restored is None:
-    return  # the state is initialised in _start, once the data is known to be there
+    # Fine-tuning: a run without checkpoints of its own starts from its initial model (and its
+    # step); otherwise the state is initialised in _start, once the data is known to be there.
+    initial = finetune_init.initial_state(run.trainer, run.model_meta, run.s.seed,
+                                          run.s.train_steps, run.s.model_dir, run.writer.console)
+    if initial is not None:
+      run.step, run.state = initial
+    return
   run.step, run.state, meta = run.restored
   run.last_saved = run.step
   _restore_data_position(run, meta)
@@ -294,6 +301,9 @@ def _make_data(run: _Run) -> None:
   run.eval_dataset = pipeline.get_dataset(
       s.mixture_or_task_name, s.task_feature_lengths, "validation", shuffle=False, repeat=True,
       **common)
+  run.decoding = decode_eval.DecodeEval(s.model_dir, run.trainer.model.cfg,
+                                        s.mixture_or_task_name, s.task_feature_lengths,
+                                        run.writer.console)
   if tokenized_cache.tokenized_cache_config():
     run.writer.console(f"reading pre-tokenized data from the cache in "
                        f"{tokenized_cache.tokenized_cache_config()}")
@@ -331,7 +341,7 @@ def _start(run: _Run) -> None:
     run.first_batch = _next_batch(run)
   if run.state is None:
     run.state = run.trainer.init_state(run.s.seed)
-  if run.step == 0:
+  if run.step == 0 or run.restored is None:  # a new run (or fine-tuning run) starts measured
     _evaluate(run)
   run.last_log_time = run.started = time.time()
   run.first_step = run.last_log_step = run.step
@@ -439,7 +449,8 @@ def _maybe_log(run: _Run, due: bool, metrics: dict) -> None:
 
 def _evaluate(run: _Run) -> None:
   run.last_eval = {"step": run.step, **evaluate(run.trainer, run.state, run.eval_dataset,
-                                                run.s.eval_steps, run.s.mixture_or_task_name)}
+                                                run.s.eval_steps, run.s.mixture_or_task_name),
+                  **run.decoding(run.state.params, run.step)}
   run.writer.write(run.last_eval)
   run.writer.console(f"step {run.step:>7d} | eval loss {run.last_eval['eval_loss']:.4f} | "
                      f"eval acc {run.last_eval['eval_accuracy']:.4f}")

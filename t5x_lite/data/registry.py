@@ -20,8 +20,9 @@ _BUILDERS: dict[str, tuple[Callable[[], seqio.Task], Optional[Callable[[], None]
 
 def _register(name: str) -> None:
   builder, _ = _BUILDERS[name]
+  task = builder()  # may itself refresh the registry (a vocabulary read from another run's config)
   seqio.TaskRegistry.remove(name)
-  seqio.TaskRegistry.add_provider(name, builder())
+  seqio.TaskRegistry.add_provider(name, task)
 
 
 def task_builder(name: str, prepare: Optional[Callable[[], None]] = None):

@@ -6,7 +6,8 @@ Span corruption (T5's objective) over:
   text_span_corruption        plain text, one document per line (gin: text_corpus.*)
   jsonl_span_corruption       JSON lines (gin: jsonl_corpus.*)
   quickstart_span_corruption  the offline smoke-test corpus, built on first use (not C4)
+and seq2seq_files: fine-tuning examples from local TSV / JSON-lines files (gin: FINETUNE_*).
 Locations and vocabularies are read from gin when a dataset is built (see t5x_lite.data.registry).
 """
 
-from t5x_lite.tasks import c4, local_corpora, quickstart  # noqa: F401  (registration side effects)
+from t5x_lite.tasks import c4, local_corpora, quickstart, seq2seq_files  # noqa: F401  (registration side effects)

@@ -1,0 +1,56 @@
+"""`seq2seq_files`: fine-tuning examples from local TSV / JSON-lines files, named in gin.
+
+  FINETUNE_TRAIN_FILES / FINETUNE_EVAL_FILES  comma-separated globs (t5x_lite/data/seq2seq_sources.py)
+  FINETUNE_VOCABULARY                         SentencePiece model; None: the initial model's
+
+Inputs and targets are tokenized with that vocabulary, truncated to TASK_FEATURE_LENGTHS and end
+with EOS. Bad rows are skipped (counted by `inspect_data --stats`).
+"""
+
+import seqio
+
+from t5x_lite.data import registry, seq2seq_sources
+from t5x_lite.data.vocab import sentencepiece_vocabulary
+from t5x_lite.errors import UserError
+
+TASK_NAME = "seq2seq_files"
+
+
+# The vocabulary of the initial checkpoint or HF directory is found by fine-tuning's set-up
+# (t5x_lite/finetune_init.py), which this data layer may not import: it registers its finder here.
+_vocabulary_finder = []
+
+
+def set_vocabulary_finder(find) -> None:
+  """`find()` -> the SentencePiece path of the model being fine-tuned, or None."""
+  _vocabulary_finder[:] = [find]
+
+
+def _vocabulary_path() -> str | None:
+  explicit = seq2seq_sources.seq2seq_files_config()["vocabulary"]
+  if explicit or not _vocabulary_finder:
+    return explicit
+  return _vocabulary_finder[0]()
+
+
+def _prepare() -> None:
+  if _vocabulary_path() is None:
+    raise UserError(f"task {TASK_NAME!r} has no vocabulary: set INITIAL_CHECKPOINT_PATH or "
+                    f"HF_INIT_DIR (their vocabulary is used), or FINETUNE_VOCABULARY")
+  _source().check_files()
+
+
+def _source() -> seq2seq_sources.Seq2SeqFiles:
+  return seq2seq_sources.Seq2SeqFiles(seq2seq_sources.seq2seq_files_config())
+
+
+@registry.task_builder(TASK_NAME, prepare=_prepare)
+def seq2seq_files():
+  # Without a configured vocabulary (e.g. at import, before gin is parsed) the task is
+  # registered with an empty path that `_prepare` reports before anything reads it.
+  vocab = sentencepiece_vocabulary(_vocabulary_path() or "")
+  features = {name: seqio.Feature(vocab, add_eos=True, required=True)
+              for name in ("inputs", "targets")}
+  return seqio.Task(TASK_NAME, source=_source(), output_features=features,
+                    preprocessors=[seqio.preprocessors.tokenize,
+                                   seqio.preprocessors.append_eos_after_trim])
