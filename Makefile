@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install test quickstart finetune-demo clean plan-deps plan-deps-tpu plan-deps-cuda
+.PHONY: install test lint quickstart finetune-demo clean plan-deps plan-deps-tpu plan-deps-cuda
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ install: $(VENV)/.installed
 
 test: install plan-deps-tpu
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Style, configured once in pyproject.toml: `.venv/bin/ruff format . && .venv/bin/ruff check --fix .`
+# fixes what this reports.
+lint: install
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
 
 quickstart: install
 	$(PY) -m t5x_lite.quickstart --model_dir=$(MODEL_DIR)

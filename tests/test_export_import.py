@@ -164,8 +164,8 @@ def test_imported_run_restores_with_its_model_gin(case, imported):
 
   model, _, model_dir, run_gin = imported(case)
   text = (model_dir / "model.gin").read_text()
-  assert "model_config.num_encoder_layers = %d" % case[1] in text
-  assert "model_config.num_decoder_layers = %d" % case[2] in text
+  assert f"model_config.num_encoder_layers = {case[1]}" in text
+  assert f"model_config.num_decoder_layers = {case[2]}" in text
   gin.clear_config()
   try:
     gin_utils.parse_gin([str(model_dir / "model.gin"), str(run_gin)], [], finalize=False)

@@ -131,7 +131,7 @@ def test_lean_remat_keeps_loss_and_gradients():
   for policy in ("none", "lean"):
     model = EncoderDecoderModel(tiny_config(remat_policy=policy))
     params = model.init_params(jax.random.key(0), LENGTHS["inputs"], LENGTHS["targets"])
-    results.append(jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, batch)[0]))(params))
+    results.append(jax.jit(jax.value_and_grad(lambda p, model=model: model.loss_fn(p, batch)[0]))(params))
   np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), results[1][1],
                results[0][1])

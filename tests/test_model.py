@@ -262,7 +262,7 @@ def test_remat_policies_keep_loss_and_gradients(policies):
   results = []
   for policy in policies:
     model = models.EncoderDecoderModel(dataclasses.replace(cfg, remat_policy=policy))
-    grad_fn = jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, batch, None)[0]))
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, model=model: model.loss_fn(p, batch, None)[0]))
     results.append(grad_fn(params))
   for loss, grads in results[1:]:
     np.testing.assert_allclose(loss, results[0][0], rtol=1e-6)

@@ -132,7 +132,7 @@ def row_stats(source: Seq2SeqFiles, split: str) -> dict:
     fmt = file_format(path)
     _check_readable(path)
     stats["files"] += 1
-    ds = _lines(path).batch(1024).map(lambda lines: _parse(lines, fmt)[2:])
+    ds = _lines(path).batch(1024).map(lambda lines, fmt=fmt: _parse(lines, fmt)[2:])
     for valid, blank in ds.as_numpy_iterator():
       stats["examples"] += int(valid.sum())
       stats["blank_lines"] += int(blank.sum())
