@@ -14,7 +14,6 @@ and fine-tuned with TRAIN_STEPS=1300 trains 1000 steps (301..1300). An HF direct
 step and starts at 0. The optimizer state (and its own step count) is new either way.
 """
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -52,26 +51,6 @@ def checkpoint_location(path: str) -> tuple[str, int | None]:
 
 # -- vocabulary ---------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _gin_config_kept():
-  """Keeps the parsed gin config across code that clears it (reading a checkpoint's own task
-  vocabulary applies that run's saved config). gin has no public snapshot, so its state is
-  copied and put back."""
-  cfg = gin.config
-  saved = ({k: dict(v) for k, v in cfg._CONFIG.items()}, set(cfg._IMPORTS),
-           dict(cfg._OPERATIVE_CONFIG), cfg._CONFIG_IS_LOCKED)
-  try:
-    yield
-  finally:
-    cfg._CONFIG.clear()
-    cfg._CONFIG.update(saved[0])
-    cfg._IMPORTS.clear()
-    cfg._IMPORTS.update(saved[1])
-    cfg._OPERATIVE_CONFIG.clear()
-    cfg._OPERATIVE_CONFIG.update(saved[2])
-    cfg._set_config_is_locked(saved[3])
-
-
 def _cached_copy(data: bytes) -> str:
   """A SentencePiece model as a file (seqio reads vocabularies from files), by content."""
   root = os.environ.get("T5X_LITE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
@@ -98,8 +77,7 @@ def _checkpoint_vocabulary(run_dir: str, step: int | None) -> str:
   import orbax.checkpoint as ocp
   meta = dict(manager.restore(step if step is not None else steps[-1], args=ocp.args.Composite(
       meta=ocp.args.JsonRestore())).meta)
-  with _gin_config_kept():
-    data, why = hf_files.task_sentencepiece(meta)
+  data, why = hf_files.task_sentencepiece(meta)  # parses that run's config; ours is kept
   if data is None:
     raise UserError(f"no vocabulary for the fine-tuning task: {why}; set "
                     f"--gin.FINETUNE_VOCABULARY=\"'/path/spiece.model'\"")
