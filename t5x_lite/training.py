@@ -204,13 +204,12 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
   writer = MetricsWriter(model_dir)
   writer.drop_rows_after(restored[0] if restored else None)
   trainer = fit_trainer(trainer, memory_fit, batch_size, use_packing, writer.console)
-  shard = dict(shard_id=jax.process_index(), num_shards=jax.process_count())
-  train_iter = pipeline.DataIterator(pipeline.get_dataset(
-      mixture_or_task_name, task_feature_lengths, "train", batch_size, shuffle=True, seed=seed,
-      use_packing=use_packing, **shard))
-  eval_dataset = pipeline.get_dataset(
-      mixture_or_task_name, task_feature_lengths, "validation", batch_size, shuffle=False,
-      seed=seed, use_packing=use_packing, repeat=True, **shard)
+  processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  train_iter = pipeline.train_iterator(mixture_or_task_name, task_feature_lengths, batch_size,
+                                       seed=seed, use_packing=use_packing,
+                                       batch_sharding=trainer.batch_sharding, **processes)
+  eval_dataset = pipeline.eval_dataset(mixture_or_task_name, task_feature_lengths, batch_size,
+                                       seed=seed, use_packing=use_packing, **processes)
   if tokenized_cache.tokenized_cache_config():
     writer.console(f"reading pre-tokenized data from the cache in "
                    f"{tokenized_cache.tokenized_cache_config()}")
@@ -226,8 +225,8 @@ def _train(model_dir, train_steps, batch_size, mixture_or_task_name, task_featur
     elif data_path is not None:
       train_iter.restore(data_path)
     elif meta.get("batches_consumed", 0) != 0:
-      raise UserError(f"checkpoint step {step} in {ckpt.directory} has no data position for "
-                      f"process {jax.process_index()} in {ckpt.data_directory}")
+      raise UserError(f"checkpoint step {step} in {ckpt.directory} has no data position in "
+                      f"{ckpt.data_directory}")
     # else: a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh.
     writer.console(f"resumed from step {step} ({ckpt.directory})")
 
