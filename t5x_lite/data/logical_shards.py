@@ -104,9 +104,11 @@ def check_process_rows(plan: ShardPlan, batch_sharding, num_rows_axis: int = 0) 
     if device.process_index == plan.process_index:
       held.update(range(*index[num_rows_axis].indices(plan.batch_size)))
   if held != set(plan.rows):
+    holds = (f"rows [{min(held)}, {max(held) + 1})" if held and len(held) == max(held) + 1 -
+             min(held) else f"{len(held)} scattered rows")
     raise UserError(
         f"process {plan.process_index} of {plan.process_count} reads rows "
         f"[{plan.rows.start}, {plan.rows.stop}) of the global batch but its devices hold "
-        f"{len(held)} other rows: this device layout ({jax.device_count()} devices, mesh "
+        f"{holds}: this device layout ({jax.device_count()} devices, mesh "
         f"{dict(batch_sharding.mesh.shape)}) needs each process's devices to hold one contiguous "
         f"block of the `data` axis; lower NUM_PARTITIONS to the devices of one process")
