@@ -145,3 +145,18 @@ def test_process_count_is_no_data_change_but_the_old_layout_is():
   oldest = {"mixture_or_task_name": "t", "task_feature_lengths": {"inputs": 32, "targets": 8}}
   assert resume_check.data_changes(oldest, dict(new, task_feature_lengths=oldest[
       "task_feature_lengths"]), saved_process_count=2) == [resume_check.PER_PROCESS_POSITION]
+
+
+def test_a_shard_without_documents_is_named(corpus, tmp_path):
+  few = testing.write_text_shards(tmp_path, "few", testing.make_documents(3, seed=2), 1)
+  gin.clear_config()
+  gin.parse_config([f"text_corpus.train_files = '{few}'",
+                    f"text_corpus.validation_files = '{corpus['validation']}'",
+                    f"task_vocabulary.path = '{corpus['vocab']}'", "logical_shards.count = 4"])
+  try:
+    it = pipeline.train_iterator("text_span_corruption", LENGTHS, 4)
+    with pytest.raises(UserError, match=r"logical data shards \[3\] give no batch.*lower "
+                                        r"logical_shards.count"):
+      next(it)
+  finally:
+    gin.clear_config()

@@ -67,9 +67,15 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   if cache_dir:
     for task in registry.leaf_tasks(provider):
       tokenized_cache.use_cache(task, cache_dir, split)
+  buffer = {}
+  if shuffle and num_shards > 1 and isinstance(provider, seqio.Task) and \
+      provider.shuffle_buffer_size:
+    # The shards of one process shuffle as many examples together as one stream did: a buffer of
+    # the task's size in each of 64 shards would tokenize 64 times as much before the first step.
+    buffer["shuffle_buffer_size"] = -(-provider.shuffle_buffer_size // num_shards)
   ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=shuffle, seed=seed,
                             shard_info=shard_info, num_epochs=None if repeat else 1,
-                            use_cached=bool(cache_dir))
+                            use_cached=bool(cache_dir), **buffer)
   ds = seqio.EncDecFeatureConverter(pack=use_packing)(ds, lengths)
   ds = ds.batch(batch_size // num_shards, drop_remainder=True)
   ds = ds.map(lambda b: {k: tf.cast(v, tf.int32) for k, v in b.items()},
@@ -180,7 +186,18 @@ class DataIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    parts = [next(it) for it in self._iterators.values()]
+    parts, empty = [], []
+    for shard, it in self._iterators.items():
+      try:
+        parts.append(next(it))
+      except StopIteration:
+        empty.append(shard)
+    if empty and not parts:
+      raise StopIteration  # no data at all (the caller names the corpus)
+    if empty:
+      raise UserError(f"logical data shards {empty} give no batch while others do: the data "
+                      f"holds too few documents to fill a batch in every logical shard; lower "
+                      f"logical_shards.count (a divisor of BATCH_SIZE)")
     if len(parts) == 1:
       batch = {k: v.numpy() for k, v in parts[0].items()}
     else:
