@@ -13,6 +13,9 @@ thread pool of that size):
   tokenized  the quickstart task end to end: JSONL files -> tokenize -> span corruption
   cached     the same task from its pre-tokenized cache (`t5x_lite.cache_tokenized`, written
              once before the runs and timed on its own): token ids -> span corruption
+  trainer    the quickstart task through the trainer's own input pipeline for one process
+             (`pipeline.train_iterator`: every logical shard of the global batch, shuffled,
+             feature-converted, stacked); its start-up (building the pipelines) is reported apart
 Both masking stages read the same pre-tokenized documents from one .npz file. Each measurement
 runs in its own process; prints one JSON line per run and a markdown table, then the cores
 needed to feed the `--feed` rate (default: t5-efficient-tiny at 100 steps/s x batch 128).
@@ -93,10 +96,43 @@ def _masking_dataset(stage: str, docs_path: str):
                                                      sequence_length=LENGTHS)
 
 
+def _trainer_batches():
+  """Numpy batches as the trainer of a one-process run reads them."""
+  from t5x_lite.data import pipeline
+  return pipeline.train_iterator(QUICKSTART_TASK, LENGTHS, BATCH_SIZE, seed=0)
+
+
+def _measure_trainer(cores: int, num_examples: int) -> dict:
+  import numpy as np
+
+  import tasks  # noqa: F401
+  from t5x_lite.data.quickstart_corpus import ensure_quickstart_assets
+
+  ensure_quickstart_assets()
+  start = time.perf_counter()
+  it = _trainer_batches()
+  for _ in range(max(1, 1000 // BATCH_SIZE)):  # Warm-up: tracing, vocabulary, first reads.
+    next(it)
+  startup = time.perf_counter() - start
+  num_batches = max(1, num_examples // BATCH_SIZE)
+  start = time.perf_counter()
+  tokens = 0
+  for _ in range(num_batches):
+    tokens += int(np.count_nonzero(next(it)["decoder_target_tokens"]))
+  seconds = time.perf_counter() - start
+  num_examples = num_batches * BATCH_SIZE
+  return {"stage": "trainer", "cores": cores, "examples": num_examples,
+          "examples_per_s": round(num_examples / seconds, 1), "seconds": round(seconds, 2),
+          "startup_s": round(startup, 1),
+          "target_tokens_per_example": round(tokens / num_examples, 1)}
+
+
 def _measure(stage: str, cores: int, num_examples: int, docs_path: str) -> dict:
   import numpy as np
   import tensorflow as tf
 
+  if stage == "trainer":
+    return _measure_trainer(cores, num_examples)
   if stage in ("masking", "t5"):
     if stage == "masking":
       from t5x_lite.data import pipeline  # noqa: F401  (hides accelerators from TF, as in training)
@@ -142,7 +178,7 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--examples", type=int, default=3000)
   parser.add_argument("--cores", default="1,2")
-  parser.add_argument("--stages", default="masking,t5,tokenized,cached")
+  parser.add_argument("--stages", default="masking,t5,tokenized,cached,trainer")
   parser.add_argument("--t5_python", help="python of a separate environment with the `t5` package")
   parser.add_argument("--repeats", type=int, default=1,
                       help="rounds over all stages (interleaved); the median is reported")

@@ -4,11 +4,12 @@ Layout under MODEL_DIR/checkpoints/<step>/ (managed by orbax.CheckpointManager, 
 step to a temporary directory and renames it when complete, so a crash mid-save never leaves a
 step that looks complete):
   state/  parameters, optimizer state, step and RNG (StandardSave, sharded, async)
-  meta/   JSON: step, batches consumed per process, the operative gin config, the model config
+  meta/   JSON: step, batches consumed, the operative gin config, the model config
           and the data settings a resume is checked against (t5x_lite/resume_check.py)
-The tf.data iterator of each process (exact position, shuffle buffers included) is saved beside
-it in MODEL_DIR/data_state/<step>/process_<i>/, written before the orbax save and renamed into
-place, and is only used together with a complete orbax step. Paths go through orbax and
+The tf.data iterator of each logical data shard (exact position, shuffle buffers included) is
+saved beside it in MODEL_DIR/data_state/<step>/shard_<j>/ by the process that reads it, written
+before the orbax save and renamed into place, and is only used together with a complete orbax
+step; a run on another process count restores the shards it reads (data/logical_shards.py). Paths go through orbax and
 tf.io.gfile, so MODEL_DIR may be local or gs://.
 """
 
@@ -52,13 +53,8 @@ class Checkpointer:
            save_data_iterator: Callable[[str], None] | None) -> None:
     """Starts saving `state` at `step` (asynchronously); the data position is written first."""
     if save_data_iterator is not None:
-      final = self._data_path(step)
-      tmp = final + ".tmp"
-      _rmtree(tmp)
-      save_data_iterator(tmp)
-      _rmtree(final)
-      tf.io.gfile.makedirs(os.path.dirname(final))
-      tf.io.gfile.rename(tmp, final, overwrite=True)
+      # Every process writes its own shards into the step's directory (each renamed into place).
+      save_data_iterator(self._data_path(step))
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -67,7 +63,7 @@ class Checkpointer:
     self._prune_data_states()
 
   def _data_path(self, step: int) -> str:
-    return os.path.join(self.data_directory, str(step), f"process_{jax.process_index()}")
+    return os.path.join(self.data_directory, str(step))
 
   def _prune_data_states(self) -> None:
     if jax.process_index() != 0 or not tf.io.gfile.isdir(self.data_directory):

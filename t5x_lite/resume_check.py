@@ -4,8 +4,10 @@
   parameters do not fit or mean something else. One-line error naming the field and both values;
   a different model is a new run in another MODEL_DIR.
 - Data settings (task, corpus files, vocabulary file contents, span-corruption settings, feature
-  lengths, batch size, packing, seed, process count): the saved data position belongs to the old
-  stream. An error unless `train.allow_data_change=True`; then the parameters and optimizer state
+  lengths, batch size, packing, seed, logical shard count): the saved data position belongs to the
+  old stream. The process count is not one: the data position is saved per logical shard, and any
+  process count that divides the shard count continues it (data/logical_shards.py). A data
+  position saved per process (older versions) is treated as a data change. An error unless `train.allow_data_change=True`; then the parameters and optimizer state
   are restored, the data stream starts afresh with the new settings, and one console line says so.
 - Everything else (train steps, periods, eval steps, partitions, microbatches, dtype, remat,
   dropout): applies from the resumed step on, silently.
@@ -21,7 +23,7 @@ import gin
 import jax
 import tensorflow as tf
 
-from t5x_lite.data import registry
+from t5x_lite.data import logical_shards, registry
 from t5x_lite.data.span_corruption import span_corruption_config
 from t5x_lite.errors import UserError
 
@@ -82,7 +84,9 @@ def data_settings(mixture_or_task_name: str, task_feature_lengths: dict, batch_s
       "batch_size": batch_size,
       "use_packing": bool(use_packing),
       "seed": seed,
-      "process_count": jax.process_count(),
+      # make_plan refuses, before anything compiles, a process count the shards cannot serve.
+      "logical_shards": logical_shards.make_plan(batch_size, jax.process_index(),
+                                                 jax.process_count()).count,
       "vocabulary": _vocabulary_identity(mixture_or_task_name),
       "noise_density": noise_density,
       "mean_noise_span_length": mean_noise_span_length,
@@ -114,19 +118,29 @@ def _changes(saved: dict, new: dict, prefix: str = "") -> list[str]:
   return out
 
 
+PER_PROCESS_POSITION = "data position saved per process by an older version"
+
+
 def data_changes(meta: dict, new: dict, saved_process_count: int | None) -> list[str]:
-  """Differences between the checkpoint's data settings and this run's, as 'name old -> new'."""
+  """Differences between the checkpoint's data settings and this run's, as 'name old -> new'.
+
+  `saved_process_count`: how many per-process data positions (the older layout) the checkpoint
+  has on disk, if any; such a position cannot be continued by the logical-shard streams.
+  """
   saved = meta.get("data")
-  if saved is None:  # older checkpoints: what they recorded, and the data states on disk
+  if saved is None:  # older checkpoints: what they recorded
     saved = {"mixture_or_task_name": meta.get("mixture_or_task_name"),
              "task_feature_lengths": meta.get("task_feature_lengths")}
-    if saved_process_count:
-      saved["process_count"] = saved_process_count
     new = {k: new[k] for k in saved}
+  saved = {k: v for k, v in saved.items() if k != "process_count"}
+  old_layout = bool(saved_process_count) or ("logical_shards" not in saved and meta.get("data"))
+  if old_layout:
+    saved.pop("logical_shards", None)
+    new = {k: v for k, v in new.items() if k != "logical_shards"}
   if "locations" in saved and "locations" in new:
     saved = {**saved, "locations": _without_defaults(saved["locations"])}
     new = {**new, "locations": _without_defaults(new["locations"])}
-  return _changes(saved, new)
+  return ([PER_PROCESS_POSITION] if old_layout else []) + _changes(saved, new)
 
 
 def state_mismatch(saved_shapes: dict[str, tuple], new_shapes: dict[str, tuple]) -> str | None:
@@ -156,6 +170,7 @@ def describe(changes: list[str], limit: int = 3) -> str:
 
 
 def saved_process_count(data_directory: str, step: int) -> int | None:
+  """The number of per-process data positions (older layout) saved for `step`, or None."""
   path = os.path.join(data_directory, str(step))
   if not tf.io.gfile.isdir(path):
     return None

@@ -292,15 +292,16 @@ def _restore(run: _Run) -> None:
 
 
 def _make_data(run: _Run) -> None:
-  """This process's shard of the train stream and of the (repeated) validation set."""
+  """This process's block of the logical shards of the train stream and of the (repeated)
+  validation set: the same global batches whatever the process count (pipeline.py)."""
   s = run.s
-  common = dict(batch_size=s.batch_size, seed=s.seed, use_packing=s.use_packing,
-                shard_id=jax.process_index(), num_shards=jax.process_count())
-  run.train_iter = pipeline.DataIterator(pipeline.get_dataset(
-      s.mixture_or_task_name, s.task_feature_lengths, "train", shuffle=True, **common))
-  run.eval_dataset = pipeline.get_dataset(
-      s.mixture_or_task_name, s.task_feature_lengths, "validation", shuffle=False, repeat=True,
-      **common)
+  processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  run.train_iter = pipeline.train_iterator(
+      s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, seed=s.seed,
+      use_packing=s.use_packing, batch_sharding=run.trainer.batch_sharding, **processes)
+  run.eval_dataset = pipeline.eval_dataset(
+      s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, seed=s.seed,
+      use_packing=s.use_packing, **processes)
   run.decoding = decode_eval.DecodeEval(s.model_dir, run.trainer.model.cfg,
                                         s.mixture_or_task_name, s.task_feature_lengths,
                                         run.writer.console)
@@ -319,7 +320,7 @@ def _restore_data_position(run: _Run, meta: dict) -> None:
     run.train_iter.restore(data_path)
   elif meta.get("batches_consumed", 0) != 0:
     raise UserError(f"checkpoint step {run.step} in {run.ckpt.directory} has no data position "
-                    f"for process {jax.process_index()} in {run.ckpt.data_directory}")
+                    f"in {run.ckpt.data_directory}")
   # else: a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh.
 
 

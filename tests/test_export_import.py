@@ -157,7 +157,6 @@ def test_import_export_round_trip(case, imported, tmp_path):
 def test_imported_run_restores_with_its_model_gin(case, imported):
   """model.gin + the run gin rebuild exactly the trainer state the import wrote."""
   import gin
-  import jax
   from t5x_lite import checkpoints, partitioning
   from t5x_lite.models import EncoderDecoderModel
   from t5x_lite.trainer import Trainer

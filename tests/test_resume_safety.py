@@ -198,20 +198,21 @@ def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
   assert "SIGTERM: saved step" in out and "all processes saved and stopped" in err
   steps = [s for s in os.listdir(model_dir / "checkpoints") if s.isdigit()]
   assert len(steps) == 1
-  assert sorted(os.listdir(model_dir / "data_state" / steps[0])) == ["process_0", "process_1"]
+  # One data position per logical shard (default count: gcd(BATCH_SIZE, 64)), from both processes.
+  assert sorted(os.listdir(model_dir / "data_state" / steps[0])) == [f"shard_{j}" for j in range(8)]
   assert "still running after" not in err  # no process needed SIGKILL
 
 
-def test_process_count_of_an_old_checkpoint_comes_from_its_data_positions():
-  """Old metas lack the process count; the per-process data positions on disk give it."""
+def test_a_per_process_data_position_of_an_old_checkpoint_is_a_data_change():
+  """Old metas lack the layout; per-process data positions on disk show it (not resumable)."""
   new = {"mixture_or_task_name": "t", "task_feature_lengths": {"inputs": 32, "targets": 8},
-         "process_count": 1, "batch_size": 8, "noise_density": 0.15}
+         "logical_shards": 8, "batch_size": 8, "noise_density": 0.15}
   old_meta = {"mixture_or_task_name": "t", "task_feature_lengths": {"inputs": 32, "targets": 8}}
   assert resume_check.data_changes(old_meta, new, saved_process_count=2) == [
-      "process_count 2 -> 1"]
-  assert resume_check.data_changes(old_meta, new, saved_process_count=1) == []
-  assert resume_check.data_changes({"data": dict(new, process_count=2)}, new, None) == [
-      "process_count 2 -> 1"]
+      resume_check.PER_PROCESS_POSITION]
+  assert resume_check.data_changes(old_meta, new, saved_process_count=None) == []
+  assert resume_check.data_changes({"data": dict(new, logical_shards=4)}, new, None) == [
+      "logical_shards 4 -> 8"]
 
 
 # What configs written before the seqio tasks moved into the package (and before the loss

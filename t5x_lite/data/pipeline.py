@@ -1,12 +1,15 @@
 """The trainer's input pipeline: a task's examples as batched, sharded, checkpointable features.
 
-  ds = get_dataset("quickstart_span_corruption", {"inputs": 512, "targets": 114}, "train", 128,
-                   shard_id=jax.process_index(), num_shards=jax.process_count())
-  it = DataIterator(ds)
-  batch = next(it)          # dict of int32 numpy arrays [batch_size // num_shards, length]
-  it.save(dir); it.restore(dir)   # exact position, via tf.train.Checkpoint
+  it = train_iterator("quickstart_span_corruption", {"inputs": 512, "targets": 114}, 128,
+                      process_index=jax.process_index(), process_count=jax.process_count())
+  batch = next(it)          # this process's rows of the global batch: dict of int32 numpy arrays
+  it.save(dir); it.restore(dir)   # exact position of each logical shard, via tf.train.Checkpoint
+
+The global batch sequence does not depend on the process count (logical_shards.py); `get_dataset`
+builds one stream (one logical shard, or all the data as one).
 """
 
+import hashlib
 import json
 import os
 from typing import Mapping, Optional
@@ -16,7 +19,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5x_lite.data import registry, tokenized_cache
+from t5x_lite.data import logical_shards, registry, tokenized_cache
 from t5x_lite.errors import UserError, first_line
 
 # A fixed default seed keeps resumption exact: a restored iterator must rebuild the same graph
@@ -35,7 +38,6 @@ def hide_accelerators_from_tf() -> None:
 hide_accelerators_from_tf()
 
 
-@gin.configurable(denylist=["shard_id", "num_shards"])
 def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
                 batch_size: int, *, shard_id: int = 0, num_shards: int = 1, shuffle: bool = True,
                 seed: Optional[int] = None, use_packing: bool = False,
@@ -64,9 +66,15 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   if cache_dir:
     for task in registry.leaf_tasks(provider):
       tokenized_cache.use_cache(task, cache_dir, split)
+  buffer = {}
+  if shuffle and num_shards > 1 and isinstance(provider, seqio.Task) and \
+      provider.shuffle_buffer_size:
+    # The shards of one process shuffle as many examples together as one stream did: a buffer of
+    # the task's size in each of 64 shards would tokenize 64 times as much before the first step.
+    buffer["shuffle_buffer_size"] = -(-provider.shuffle_buffer_size // num_shards)
   ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=shuffle, seed=seed,
                             shard_info=shard_info, num_epochs=None if repeat else 1,
-                            use_cached=bool(cache_dir))
+                            use_cached=bool(cache_dir), **buffer)
   ds = seqio.EncDecFeatureConverter(pack=use_packing)(ds, lengths)
   ds = ds.batch(batch_size // num_shards, drop_remainder=True)
   ds = ds.map(lambda b: {k: tf.cast(v, tf.int32) for k, v in b.items()},
@@ -82,46 +90,170 @@ def get_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
   return provider.output_features["targets"].vocabulary
 
 
-class DataIterator:
-  """Iterates numpy batches of a dataset; save/restore resume at exactly the next batch.
+def _shard_datasets(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
+                    plan: logical_shards.ShardPlan, seed: Optional[int], **kwargs
+                    ) -> dict[int, tf.data.Dataset]:
+  seed = DEFAULT_SEED if seed is None else seed
+  return {shard: get_dataset(mixture_or_task_name, task_feature_lengths, split, plan.batch_size,
+                             shard_id=shard, num_shards=plan.count,
+                             seed=plan.shard_seed(seed, shard), **kwargs)
+          for shard in plan.shards}
 
-  Each process saves its own iterator: give every process its own directory.
+
+@gin.configurable("row_digests")
+def row_digests_dir(directory: Optional[str] = None) -> Optional[str]:
+  """When set, each process appends the sha256 of every training row it reads to
+  DIRECTORY/process_<i>.jsonl, one line per batch with the rows' place in the global batch: a
+  check that runs on different process counts trained on the same rows."""
+  return directory
+
+
+def train_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                   batch_size: int, *, process_index: int = 0, process_count: int = 1,
+                   seed: Optional[int] = None, use_packing: bool = False,
+                   batch_sharding=None) -> "DataIterator":
+  """This process's rows of the training batches: its logical shards, repeated and shuffled.
+
+  With `batch_sharding` (the sharding the trainer assembles batches with), checks that these rows
+  are the ones this process's devices hold.
+  """
+  plan = logical_shards.make_plan(batch_size, process_index, process_count)
+  if batch_sharding is not None:
+    logical_shards.check_process_rows(plan, batch_sharding)
+  it = DataIterator(_shard_datasets(mixture_or_task_name, task_feature_lengths, "train", plan,
+                                    seed, shuffle=True, use_packing=use_packing))
+  if row_digests_dir():
+    it.record_rows(os.path.join(row_digests_dir(), f"process_{process_index}.jsonl"),
+                   plan.rows.start)
+  return it
+
+
+def eval_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                 batch_size: int, *, process_index: int = 0, process_count: int = 1,
+                 seed: Optional[int] = None, use_packing: bool = False,
+                 split: str = "validation") -> tf.data.Dataset:
+  """This process's rows of the (repeated, unshuffled) evaluation batches, as one dataset."""
+  plan = logical_shards.make_plan(batch_size, process_index, process_count)
+  parts = tuple(_shard_datasets(mixture_or_task_name, task_feature_lengths, split, plan, seed,
+                                shuffle=False, use_packing=use_packing).values())
+  if len(parts) == 1:
+    return parts[0]
+  return tf.data.Dataset.zip(parts).map(lambda *bs: {k: tf.concat([b[k] for b in bs], 0)
+                                                     for k in bs[0]})
+
+
+class DataIterator:
+  """Iterates numpy batches of one or more logical shards' datasets, their rows stacked in shard
+  order; save/restore resume each shard at exactly its next batch.
+
+  A directory holds one `shard_<j>/` per logical shard (a tf.train.Checkpoint of its iterator and
+  the batches it gave), so processes write their own shards side by side, and a run on another
+  process count restores the shards it now owns.
   """
 
   _PREFIX = "iterator"
   _STATE = "state.json"
 
-  def __init__(self, dataset: tf.data.Dataset):
-    self._iterator = iter(dataset)
-    self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+  def __init__(self, datasets: "tf.data.Dataset | Mapping[int, tf.data.Dataset]"):
+    if isinstance(datasets, tf.data.Dataset):
+      datasets = {0: datasets}
+    self._iterators = {shard: iter(ds) for shard, ds in sorted(datasets.items())}
+    self._checkpoints = {shard: tf.train.Checkpoint(iterator=it)
+                         for shard, it in self._iterators.items()}
     self._batches = 0
+    self._digests: Optional[tuple[str, int]] = None
+
+  def record_rows(self, path: str, first_row: int) -> None:
+    """Appends {"batch", "first_row", "sha256"} per batch to `path` (see row_digests_dir)."""
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    self._digests = (path, first_row)
+
+  def _record(self, batch: dict[str, np.ndarray]) -> None:
+    path, first_row = self._digests
+    rows = len(next(iter(batch.values())))
+    digests = [hashlib.sha256(b"".join(batch[k][i].tobytes() for k in sorted(batch))
+                              ).hexdigest()[:16] for i in range(rows)]
+    with open(path, "a") as f:
+      f.write(json.dumps({"batch": self._batches, "first_row": first_row,
+                          "sha256": digests}) + "\n")
+
+  @property
+  def shards(self) -> list[int]:
+    return list(self._iterators)
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._iterator)
+    parts, empty = [], []
+    for shard, it in self._iterators.items():
+      try:
+        parts.append(next(it))
+      except StopIteration:
+        empty.append(shard)
+    if empty and not parts:
+      raise StopIteration  # no data at all (the caller names the corpus)
+    if empty:
+      raise UserError(f"logical data shards {empty} give no batch while others do: the data "
+                      f"holds too few documents to fill a batch in every logical shard; lower "
+                      f"logical_shards.count (a divisor of BATCH_SIZE)")
+    if len(parts) == 1:
+      batch = {k: v.numpy() for k, v in parts[0].items()}
+    else:
+      batch = {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
+    if self._digests:
+      self._record(batch)
     self._batches += 1
-    return {k: v.numpy() for k, v in batch.items()}
+    return batch
 
   def state(self) -> dict[str, int]:
     """Cheap summary for logs: batches consumed since the start of the run."""
     return {"batches": self._batches}
 
+  @staticmethod
+  def shard_directory(directory: str, shard: int) -> str:
+    return os.path.join(directory, f"shard_{shard}")
+
   def save(self, directory: str) -> None:
+    """Writes each shard to a temporary name and renames it, so a shard on disk is complete."""
     tf.io.gfile.makedirs(directory)
-    self._checkpoint.write(os.path.join(directory, self._PREFIX))
-    with tf.io.gfile.GFile(os.path.join(directory, self._STATE), "w") as f:
-      f.write(json.dumps(self.state()))
+    for shard, checkpoint in self._checkpoints.items():
+      final = self.shard_directory(directory, shard)
+      tmp = final + ".tmp"
+      for path in (tmp, final):
+        if tf.io.gfile.exists(path):
+          tf.io.gfile.rmtree(path)
+      tf.io.gfile.makedirs(tmp)
+      checkpoint.write(os.path.join(tmp, self._PREFIX))
+      with tf.io.gfile.GFile(os.path.join(tmp, self._STATE), "w") as f:
+        f.write(json.dumps({**self.state(), "shard": shard}))
+      tf.io.gfile.rename(tmp, final)
 
   def restore(self, directory: str) -> None:
-    state_path = os.path.join(directory, self._STATE)
-    if not tf.io.gfile.exists(state_path):
-      raise UserError(f"no data iterator checkpoint in {directory} (missing {self._STATE})")
-    try:
-      self._checkpoint.read(os.path.join(directory, self._PREFIX)).assert_consumed()
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
-      raise UserError(f"cannot restore the data iterator from {directory}: "
-                      f"{first_line(e, limit=None)} (was the data config changed?)") from None
-    with tf.io.gfile.GFile(state_path) as f:
-      self._batches = int(json.load(f)["batches"])
+    names = [n.rstrip("/") for n in tf.io.gfile.listdir(directory)] \
+        if tf.io.gfile.isdir(directory) else []
+    if any(n.startswith("process_") for n in names) and not any(n.startswith("shard_")
+                                                                 for n in names):
+      raise UserError(
+          f"the data position in {directory} was saved per process by an older version, which "
+          f"no other version can continue; pass --gin.train.allow_data_change=True to keep the "
+          f"model and optimizer state and restart the data stream, or use another MODEL_DIR")
+    batches = set()
+    for shard, checkpoint in self._checkpoints.items():
+      path = self.shard_directory(directory, shard)
+      state_path = os.path.join(path, self._STATE)
+      if not tf.io.gfile.exists(state_path):
+        raise UserError(f"no data iterator checkpoint for logical shard {shard} in {directory} "
+                        f"(missing shard_{shard}/{self._STATE}); was logical_shards.count changed?")
+      try:
+        checkpoint.read(os.path.join(path, self._PREFIX)).assert_consumed()
+      except (tf.errors.OpError, AssertionError, ValueError) as e:
+        raise UserError(f"cannot restore the data iterator from {path}: "
+                        f"{first_line(e, limit=None)} (was the data config changed?)") from None
+      with tf.io.gfile.GFile(state_path) as f:
+        batches.add(int(json.load(f)["batches"]))
+    if len(batches) > 1:
+      raise UserError(f"the logical shards in {directory} were saved at different positions "
+                      f"({sorted(batches)} batches); the data state is damaged: use an earlier "
+                      f"checkpoint or --gin.train.allow_data_change=True")
+    self._batches = batches.pop()
