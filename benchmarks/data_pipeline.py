@@ -105,7 +105,7 @@ def _trainer_batches():
 def _measure_trainer(cores: int, num_examples: int) -> dict:
   import numpy as np
 
-  import tasks  # noqa: F401
+  import t5x_lite.tasks  # noqa: F401
   from t5x_lite.data.quickstart_corpus import ensure_quickstart_assets
 
   ensure_quickstart_assets()

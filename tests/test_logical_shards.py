@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-import tasks  # noqa: F401  (registers the tasks)
+import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 from t5x_lite import partitioning, resume_check
 from t5x_lite.data import logical_shards, pipeline, testing
 from t5x_lite.errors import UserError

@@ -9,6 +9,7 @@ import os
 from typing import Callable, Mapping, Optional
 
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -59,20 +60,27 @@ def _lines(path):
   return tf.data.TextLineDataset(path, compression_type=compression)
 
 
-def _read_batched(path, decode) -> tf.data.Dataset:
-  """Documents of one file: `decode` maps a batch of lines to a batch of valid UTF-8 texts."""
-  return (_lines(path).batch(READ_BATCH)
+def _read_batched(path, decode, shard_info: Optional[seqio.ShardInfo] = None) -> tf.data.Dataset:
+  """Documents of one file: `decode` maps a batch of lines to a batch of valid UTF-8 texts.
+
+  With `shard_info`, only every num_shards-th line (from the index-th) is decoded.
+  """
+  lines = _lines(path)
+  if shard_info is not None:
+    lines = lines.shard(shard_info.num_shards, shard_info.index)
+  return (lines.batch(READ_BATCH)
           .map(lambda lines: clean_texts(decode(lines)), num_parallel_calls=tf.data.AUTOTUNE)
           .unbatch())
 
 
-def text_lines_reader(path) -> tf.data.Dataset:
-  return _read_batched(path, text_decoding.repair_invalid_utf8)
+def text_lines_reader(path, shard_info=None) -> tf.data.Dataset:
+  return _read_batched(path, text_decoding.repair_invalid_utf8, shard_info)
 
 
-def jsonl_reader(text_field: str) -> Callable[[tf.Tensor], tf.data.Dataset]:
-  def read(path):
-    return _read_batched(path, lambda lines: text_decoding.json_string_fields(lines, text_field))
+def jsonl_reader(text_field: str) -> Callable[..., tf.data.Dataset]:
+  def read(path, shard_info=None):
+    return _read_batched(path, lambda lines: text_decoding.json_string_fields(lines, text_field),
+                         shard_info)
   return read
 
 
@@ -84,9 +92,28 @@ class CorpusFiles(seqio.FileDataSource):
     self.json_field = json_field  # None: plain text, one document per line.
     self._setting = setting  # The gin binding to suggest when a split has no pattern.
     self._patterns = dict(split_to_pattern)
-    reader = jsonl_reader(json_field) if json_field else text_lines_reader
-    super().__init__(read_file_fn=reader,
+    self._read = jsonl_reader(json_field) if json_field else text_lines_reader
+    super().__init__(read_file_fn=self._read,
                      split_to_filepattern={s: p or "" for s, p in split_to_pattern.items()})
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True  # more shards than files: each file is split by lines (get_dataset)
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, **kwargs) -> tf.data.Dataset:
+    files = self.list_shards(split)
+    if shard_info is None or len(files) >= shard_info.num_shards:
+      return super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
+    # Fewer files than shards (the trainer reads logical_shards.count streams; a small corpus has
+    # a few files): every shard reads every file but decodes only its own lines, where seqio
+    # would decode all documents in each shard and keep every num_shards-th.
+    files_ds = tf.data.Dataset.from_tensor_slices(np.array(files, dtype=str))
+    if shuffle:
+      files_ds = files_ds.shuffle(len(files), seed=seed)
+    return files_ds.interleave(lambda path: self._read(path, shard_info),
+                               cycle_length=self._cycle_length, block_length=self._block_length,
+                               num_parallel_calls=tf.data.AUTOTUNE)
 
   def list_shards(self, split: str):
     pattern = self._patterns.get(split)
