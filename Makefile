@@ -46,7 +46,8 @@ plan-deps: plan-deps-tpu plan-deps-cuda
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# After `make quickstart`: fine-tune its model on the demo task (spell-correcting phrases of the
-# quickstart corpus), evaluate by decoding and export to MODEL_DIR-finetuned (README, "Fine-tuning").
+# After `make quickstart`: fine-tune its model on the demo task (finding the doubled word in
+# phrases of the quickstart corpus), evaluate by decoding and export to MODEL_DIR-finetuned
+# (README, "Fine-tuning").
 finetune-demo: install
 	$(PY) -m t5x_lite.quickstart --finetune --model_dir=$(MODEL_DIR)

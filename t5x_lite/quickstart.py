@@ -18,7 +18,7 @@ from t5x_lite.errors import run_main
 GIN_FILES = ("models/quickstart_tiny.gin", "runs/quickstart.gin")
 FINETUNE_GIN_FILES = ("models/quickstart_tiny.gin", "runs/finetune_quickstart.gin")
 SAMPLE_INPUT = "The <extra_id_0> of the module."
-FINETUNE_STEPS = 600
+FINETUNE_STEPS = 800
 
 
 def main(argv=None) -> int:

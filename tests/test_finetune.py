@@ -290,3 +290,19 @@ def test_quickstart_finetune_demo_end_to_end(tmp_path):
   assert (tuned / "predictions" / "8.jsonl").is_file()
   assert (tuned / "hf" / "model.safetensors").is_file()
   assert "exact match" in out.stdout
+
+
+def test_demo_examples_double_one_word_and_target_it():
+  """Each demo input is a corpus phrase with one word written twice; the target is that word."""
+  import random
+  from t5x_lite.data import finetune_demo
+  runs = [d.split() for d in testing.make_documents(50, seed=7, min_words=6, max_words=12)]
+  rows = finetune_demo._examples(runs, 100, random.Random(0))
+  assert len(rows) == 100 and len({inputs for inputs, _ in rows}) == 100
+  phrases = {" ".join(run[i:i + n]) for run in runs for n in (3, 4, 5) for i in range(len(run))}
+  for inputs, target in rows:
+    assert inputs.startswith(finetune_demo.PREFIX)
+    words = inputs[len(finetune_demo.PREFIX):].split()
+    doubled = [i for i in range(len(words) - 1) if words[i] == words[i + 1]]
+    assert len(doubled) == 1 and words[doubled[0]] == target
+    assert " ".join(words[:doubled[0]] + words[doubled[0] + 1:]) in phrases

@@ -1,16 +1,15 @@
-"""The fine-tuning demo's task: find and correct the misspelt word in a phrase of the quickstart
-corpus.
+"""The fine-tuning demo's task: find the doubled word in a phrase of the quickstart corpus.
 
-Each example is a phrase of 3 to 5 words from the corpus's prose with one word misspelt (one
-letter dropped, doubled or two neighbours swapped); the target is that word as written:
+Each example is a phrase of 3 to 5 words from the corpus's prose with one of its words written
+twice in a row (the typo a proofreader catches); the target is that word:
 
-  fix: the compiled reuglar expressions  ->  regular
+  doubled: the compiled compiled regular expressions  ->  compiled
 
-The fix needs the corpus's words and their contexts, which a model pretrained on the same text
-has seen and a freshly initialised one has not; a one-word target keeps exact match reachable
-for a tiny model in minutes. Train examples come from the corpus's train
-documents, eval examples from its validation documents (held out from pretraining too).
-Written as TSV: DIR/train.tsv, DIR/validation.tsv. Deterministic for a given corpus.
+Finding it takes matching the pieces of the corpus's words across positions and copying a word
+from the input, which a tiny model learns in a few hundred steps; a one-word target keeps exact
+match meaningful. Train examples come from the corpus's train documents, eval examples from its
+validation documents (held out from pretraining too). Written as TSV under DIR/doubled-word/:
+train.tsv, validation.tsv. Deterministic for a given corpus.
 """
 
 import glob
@@ -21,7 +20,8 @@ import re
 
 from t5x_lite.data import quickstart_corpus
 
-PREFIX = "fix: "
+TASK = "doubled-word"
+PREFIX = "doubled: "
 NUM_TRAIN = 20000
 NUM_VALIDATION = 200
 _WORD = re.compile(r"[A-Za-z][a-z]+")
@@ -47,17 +47,6 @@ def _phrases(pattern: str) -> list[list[str]]:
   return runs
 
 
-def misspell(word: str, rng: random.Random) -> str:
-  i = rng.randrange(1, len(word) - 1)
-  kind = rng.choice(("drop", "double", "swap"))
-  if kind == "drop":
-    return word[:i] + word[i + 1:]
-  if kind == "double":
-    return word[:i] + word[i] + word[i:]
-  swapped = word[:i] + word[i + 1] + word[i] + word[i + 2:]
-  return swapped if swapped != word else word[:i] + word[i + 1:]
-
-
 def _examples(runs: list[list[str]], count: int, rng: random.Random) -> list[tuple[str, str]]:
   out, seen = [], set()
   while len(out) < count and runs:
@@ -65,21 +54,22 @@ def _examples(runs: list[list[str]], count: int, rng: random.Random) -> list[tup
     size = rng.randint(3, 5)
     start = rng.randrange(0, max(1, len(run) - size + 1))
     phrase = run[start:start + size]
-    candidates = [i for i, w in enumerate(phrase) if len(w) >= 4]
-    if not candidates:
-      continue
-    if " ".join(phrase) in seen:
+    if len(phrase) < 3 or " ".join(phrase) in seen:
       continue
     seen.add(" ".join(phrase))
-    i = rng.choice(candidates)
-    corrupted = phrase[:i] + [misspell(phrase[i], rng)] + phrase[i + 1:]
+    if any(a == b for a, b in zip(phrase, phrase[1:])):  # a word doubled in the text already
+      continue
+    i = rng.randrange(len(phrase))
+    corrupted = phrase[:i + 1] + [phrase[i]] + phrase[i + 1:]
     out.append((PREFIX + " ".join(corrupted), phrase[i]))
   return out
 
 
 def write_demo_files(out_dir: str, cache_dir=None, log=None) -> dict[str, str]:
-  """Builds the quickstart corpus if needed and writes the demo's TSV files (once)."""
+  """Builds the quickstart corpus if needed and writes the demo's TSV files under
+  OUT_DIR/doubled-word (once)."""
   patterns, _ = quickstart_corpus.ensure_quickstart_assets(cache_dir, log=log)
+  out_dir = os.path.join(out_dir, TASK)
   files = {"train": os.path.join(out_dir, "train.tsv"),
            "validation": os.path.join(out_dir, "validation.tsv")}
   if all(os.path.isfile(p) for p in files.values()):
