@@ -28,17 +28,22 @@ def make_batch(batch: int, input_length: int, target_length: int, vocab: int, se
   inputs = rng.randint(3, vocab, size=(batch, input_length)).astype(np.int32)
   targets = rng.randint(3, vocab, size=(batch, target_length)).astype(np.int32)
   decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
-  return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
-          "decoder_target_tokens": targets,
-          "decoder_loss_weights": np.ones_like(targets, dtype=np.float32)}
+  return {
+    "encoder_input_tokens": inputs,
+    "decoder_input_tokens": decoder_inputs,
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": np.ones_like(targets, dtype=np.float32),
+  }
 
 
 class Ours:
   def __init__(self, cfg, batch, lengths):
     import jax
+
     from t5x_lite import partitioning
     from t5x_lite.models import EncoderDecoderModel
     from t5x_lite.trainer import Trainer
+
     self.jax = jax
     mesh = partitioning.make_mesh(1, devices=jax.devices()[:1])
     self.trainer = Trainer(EncoderDecoderModel(cfg), mesh, partitioning.DEFAULT_RULES, lengths)
@@ -57,18 +62,29 @@ class Theirs:
   def __init__(self, cfg, batch, threads):
     import torch
     import transformers
+
     from t5x_lite.config import hf_config_dict
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     self.torch = torch
-    self.model = transformers.T5ForConditionalGeneration(transformers.T5Config(**hf_config_dict(cfg)))
+    self.model = transformers.T5ForConditionalGeneration(
+      transformers.T5Config(**hf_config_dict(cfg))
+    )
     self.model.train()
     self.optimizer = transformers.optimization.Adafactor(
-        self.model.parameters(), lr=1e-2, scale_parameter=True, relative_step=False,
-        warmup_init=False, clip_threshold=1.0)
-    self.batch = {"input_ids": torch.from_numpy(batch["encoder_input_tokens"]).long(),
-                  "decoder_input_ids": torch.from_numpy(batch["decoder_input_tokens"]).long(),
-                  "labels": torch.from_numpy(batch["decoder_target_tokens"]).long()}
+      self.model.parameters(),
+      lr=1e-2,
+      scale_parameter=True,
+      relative_step=False,
+      warmup_init=False,
+      clip_threshold=1.0,
+    )
+    self.batch = {
+      "input_ids": torch.from_numpy(batch["encoder_input_tokens"]).long(),
+      "decoder_input_ids": torch.from_numpy(batch["decoder_input_tokens"]).long(),
+      "labels": torch.from_numpy(batch["decoder_target_tokens"]).long(),
+    }
     self.step()
 
   def step(self):
@@ -96,17 +112,25 @@ def main() -> int:
   parser.add_argument("--steps", type=int, default=3, help="steps per side per round")
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--scan_layers", type=int, default=1)
-  parser.add_argument("--also_unrolled", action="store_true",
-                      help="also time ours with the scan fully unrolled (model_config.scan_unroll "
-                           "= depth: same parameters, a run-level option)")
+  parser.add_argument(
+    "--also_unrolled",
+    action="store_true",
+    help="also time ours with the scan fully unrolled (model_config.scan_unroll "
+    "= depth: same parameters, a run-level option)",
+  )
   parser.add_argument("--no_peer", action="store_true", help="time only our trainer")
   args = parser.parse_args()
 
   import dataclasses
 
   from t5x_lite import config, flops
-  cfg = dataclasses.replace(config.resolve_model_name(args.model), dtype="float32",
-                            dropout_rate=0.0, scan_layers=bool(args.scan_layers))
+
+  cfg = dataclasses.replace(
+    config.resolve_model_name(args.model),
+    dtype="float32",
+    dropout_rate=0.0,
+    scan_layers=bool(args.scan_layers),
+  )
   lengths = {"inputs": args.inputs, "targets": args.targets}
   batch = make_batch(args.batch, args.inputs, args.targets, cfg.vocab_size)
   tokens_per_step = args.batch * (args.inputs + args.targets)
@@ -114,8 +138,11 @@ def main() -> int:
 
   ours = Ours(cfg, batch, lengths)
   depth = max(cfg.num_encoder_layers, cfg.num_decoder_layers)
-  unrolled = Ours(dataclasses.replace(cfg, scan_unroll=depth), batch, lengths) \
-      if args.also_unrolled else None
+  unrolled = (
+    Ours(dataclasses.replace(cfg, scan_unroll=depth), batch, lengths)
+    if args.also_unrolled
+    else None
+  )
   theirs = None if args.no_peer else Theirs(cfg, batch, args.threads)
   rounds = []
   for r in range(args.rounds):
@@ -131,23 +158,36 @@ def main() -> int:
     print(json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
 
   med = lambda key: statistics.median(r[key] for r in rounds)
-  result = {"model": args.model, "batch": args.batch, "lengths": lengths,
-            "scan_layers": cfg.scan_layers, "threads": args.threads,
-            "compile_s": round(ours.compile_s, 1),
-            "ours_step_s": round(med("ours_s"), 4),
-            "ours_tokens_per_s": round(tokens_per_step / med("ours_s")),
-            "peak_gflops": round(med("peak_gflops"), 1),
-            "mfu": round(med("mfu"), 3),
-            "load_avg": round(os.getloadavg()[0], 2)}
+  result = {
+    "model": args.model,
+    "batch": args.batch,
+    "lengths": lengths,
+    "scan_layers": cfg.scan_layers,
+    "threads": args.threads,
+    "compile_s": round(ours.compile_s, 1),
+    "ours_step_s": round(med("ours_s"), 4),
+    "ours_tokens_per_s": round(tokens_per_step / med("ours_s")),
+    "peak_gflops": round(med("peak_gflops"), 1),
+    "mfu": round(med("mfu"), 3),
+    "load_avg": round(os.getloadavg()[0], 2),
+  }
   if theirs is not None:
-    result.update(theirs_step_s=round(med("theirs_s"), 4),
-                  theirs_tokens_per_s=round(tokens_per_step / med("theirs_s")),
-                  speedup=round(statistics.median(r["theirs_s"] / r["ours_s"] for r in rounds), 2))
+    result.update(
+      theirs_step_s=round(med("theirs_s"), 4),
+      theirs_tokens_per_s=round(tokens_per_step / med("theirs_s")),
+      speedup=round(statistics.median(r["theirs_s"] / r["ours_s"] for r in rounds), 2),
+    )
   if unrolled is not None:
-    result.update(unrolled_step_s=round(med("unrolled_s"), 4),
-                  unrolled_tokens_per_s=round(tokens_per_step / med("unrolled_s")),
-                  unrolled_mfu=round(statistics.median(
-                      flops_per_step / r["unrolled_s"] / (r["peak_gflops"] * 1e9) for r in rounds), 3))
+    result.update(
+      unrolled_step_s=round(med("unrolled_s"), 4),
+      unrolled_tokens_per_s=round(tokens_per_step / med("unrolled_s")),
+      unrolled_mfu=round(
+        statistics.median(
+          flops_per_step / r["unrolled_s"] / (r["peak_gflops"] * 1e9) for r in rounds
+        ),
+        3,
+      ),
+    )
   print(json.dumps(result))
   return 0
 

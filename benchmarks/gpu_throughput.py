@@ -21,9 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cpu_throughput import Ours, make_batch  # noqa: E402
 import jax  # noqa: E402
 
-from cpu_throughput import Ours, make_batch  # noqa: E402
 from t5x_lite import config, flops  # noqa: E402
 
 
@@ -47,14 +47,21 @@ def measure(cfg, batch_size: int, lengths: dict, steps: int) -> dict:
   for _ in range(steps):
     ours.step()
   step_s = (time.perf_counter() - start) / steps
-  flops_per_step = config.train_flops_per_example(cfg, lengths["inputs"], lengths["targets"]) \
-      * batch_size
+  flops_per_step = (
+    config.train_flops_per_example(cfg, lengths["inputs"], lengths["targets"]) * batch_size
+  )
   peak = flops.peak_flops_per_device()
   tokens = batch_size * (lengths["inputs"] + lengths["targets"])
   del ours
-  return {"model": cfg.name, "dtype": cfg.dtype, "batch": batch_size, "step_s": round(step_s, 4),
-          "tokens_per_s": round(tokens / step_s), "mfu": peak and round(flops_per_step / step_s / peak, 3),
-          "peak_memory_gb": peak_memory_gb()}
+  return {
+    "model": cfg.name,
+    "dtype": cfg.dtype,
+    "batch": batch_size,
+    "step_s": round(step_s, 4),
+    "tokens_per_s": round(tokens / step_s),
+    "mfu": peak and round(flops_per_step / step_s / peak, 3),
+    "peak_memory_gb": peak_memory_gb(),
+  }
 
 
 def main() -> int:
@@ -67,16 +74,32 @@ def main() -> int:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--max_batch", type=int, default=4096, help="stop doubling here (0: don't)")
   parser.add_argument("--remat_policy", default="none")
-  parser.add_argument("--scan_unroll", type=int, default=1,
-                      help="layers per scan iteration (model_config.scan_unroll)")
+  parser.add_argument(
+    "--scan_unroll",
+    type=int,
+    default=1,
+    help="layers per scan iteration (model_config.scan_unroll)",
+  )
   args = parser.parse_args()
   device = jax.local_devices()[0]
-  print(json.dumps({"device": device.device_kind, "platform": device.platform,
-                    "peak_flops": flops.peak_flops_per_device()}), flush=True)
+  print(
+    json.dumps(
+      {
+        "device": device.device_kind,
+        "platform": device.platform,
+        "peak_flops": flops.peak_flops_per_device(),
+      }
+    ),
+    flush=True,
+  )
   lengths = {"inputs": args.inputs, "targets": args.targets}
   for name in args.models.split(","):
-    cfg = dataclasses.replace(config.resolve_model_name(name), dtype=args.dtype,
-                              remat_policy=args.remat_policy, scan_unroll=args.scan_unroll)
+    cfg = dataclasses.replace(
+      config.resolve_model_name(name),
+      dtype=args.dtype,
+      remat_policy=args.remat_policy,
+      scan_unroll=args.scan_unroll,
+    )
     print(json.dumps(measure(cfg, args.batch, lengths, args.steps)), flush=True)
     largest, batch = args.batch, args.batch * 2
     while args.max_batch and batch <= args.max_batch:
@@ -88,8 +111,16 @@ def main() -> int:
         break
       print(json.dumps(row), flush=True)
       largest, batch = batch, batch * 2
-    print(json.dumps({"model": name, "largest_batch_that_fits": largest,
-                      "capped": bool(args.max_batch) and batch > args.max_batch}), flush=True)
+    print(
+      json.dumps(
+        {
+          "model": name,
+          "largest_batch_that_fits": largest,
+          "capped": bool(args.max_batch) and batch > args.max_batch,
+        }
+      ),
+      flush=True,
+    )
   return 0
 
 

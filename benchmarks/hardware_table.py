@@ -28,14 +28,23 @@ GB = 1e9
 FSDP_MODELS = ("xl", "xxl")
 
 
-def plan(model: str, target: str, extra: list[str], cache: dict, cache_path: str,
-         limits: "Limits") -> dict:
+def plan(
+  model: str, target: str, extra: list[str], cache: dict, cache_path: str, limits: "Limits"
+) -> dict:
   key = f"{model} {target} {' '.join(extra)}".strip()
   cached = cache.get(key)
   # A compile stopped at a smaller limit is tried again under a larger one.
   if cached is None or "not_measured" in cached and limits.exceed(cached["limits"]):
-    cmd = [sys.executable, "-m", "t5x_lite.plan", f"--gin_file=models/t5_efficient_{model}.gin",
-           "--gin_file=runs/pretrain.gin", *extra, f"--target={target}", "--fit"]
+    cmd = [
+      sys.executable,
+      "-m",
+      "t5x_lite.plan",
+      f"--gin_file=models/t5_efficient_{model}.gin",
+      "--gin_file=runs/pretrain.gin",
+      *extra,
+      f"--target={target}",
+      "--fit",
+    ]
     cache[key] = run_within(cmd, limits) | {"target": target}
     with open(cache_path, "w") as f:
       json.dump(cache, f, indent=1)
@@ -102,9 +111,11 @@ def row(model: str, result: dict) -> str:
     total = f"> {state_and_gradients / GB:.1f} (state + gradients)"
   else:
     total = "> HBM"
-  return (f"| {name} | {result['target']} | {mesh} | "
-          f"{result['remat_policy']} / {result['num_microbatches']} | {total} | "
-          f"{result['device_bytes'] / GB:.1f} | {'yes' if result['fits'] else 'no'} |")
+  return (
+    f"| {name} | {result['target']} | {mesh} | "
+    f"{result['remat_policy']} / {result['num_microbatches']} | {total} | "
+    f"{result['device_bytes'] / GB:.1f} | {'yes' if result['fits'] else 'no'} |"
+  )
 
 
 def main() -> int:
@@ -113,10 +124,18 @@ def main() -> int:
   parser.add_argument("--models", default=",".join(MODELS))
   parser.add_argument("--tpu", default=",".join(TPU_SLICES), help="TPU generations")
   parser.add_argument("--gpu", default=",".join(GPU_TARGETS), help="GPU targets ('' for none)")
-  parser.add_argument("--minutes", type=float, default=30.0,
-                      help="stop one `plan --fit` after this long: a 'not measured' row")
-  parser.add_argument("--host_gb", type=float, default=5.0,
-                      help="stop one `plan --fit` above this host memory: a 'not measured' row")
+  parser.add_argument(
+    "--minutes",
+    type=float,
+    default=30.0,
+    help="stop one `plan --fit` after this long: a 'not measured' row",
+  )
+  parser.add_argument(
+    "--host_gb",
+    type=float,
+    default=5.0,
+    help="stop one `plan --fit` above this host memory: a 'not measured' row",
+  )
   args = parser.parse_args()
   limits = Limits(args.minutes, args.host_gb)
   cache = {}
@@ -124,8 +143,10 @@ def main() -> int:
     with open(args.cache) as f:
       cache = json.load(f)
   os.makedirs(os.path.dirname(os.path.abspath(args.cache)), exist_ok=True)
-  lines = ["| model | target | mesh | remat / microbatches | GB per device | usable GB | fits |",
-           "|---|---|---|---|---|---|---|"]
+  lines = [
+    "| model | target | mesh | remat / microbatches | GB per device | usable GB | fits |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for model in args.models.split(","):
     extra = ["--gin_file=runs/fsdp.gin"] if model in FSDP_MODELS else []
     for target in filter(None, args.gpu.split(",")):

@@ -17,15 +17,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--t5_python", default=None,
-                      help="interpreter with the public `t5` package, for the data comparison")
+  parser.add_argument(
+    "--t5_python",
+    default=None,
+    help="interpreter with the public `t5` package, for the data comparison",
+  )
   args = parser.parse_args()
   quick = args.quick
   runs = [
-      ["cpu_throughput.py", "--also_unrolled"] + (["--rounds=2", "--steps=1"] if quick else []),
-      ["startup.py", "--pairs=tiny"] + (["--repeats=1"] if quick else []),
-      ["data_pipeline.py"] + (["--examples=500"] if quick else ["--examples=2000", "--repeats=2"])
-      + ([f"--t5_python={args.t5_python}"] if args.t5_python else ["--stages=masking,tokenized"]),
+    ["cpu_throughput.py", "--also_unrolled"] + (["--rounds=2", "--steps=1"] if quick else []),
+    ["startup.py", "--pairs=tiny"] + (["--repeats=1"] if quick else []),
+    ["data_pipeline.py"]
+    + (["--examples=500"] if quick else ["--examples=2000", "--repeats=2"])
+    + ([f"--t5_python={args.t5_python}"] if args.t5_python else ["--stages=masking,tokenized"]),
   ]
   failed = 0
   for run in runs:

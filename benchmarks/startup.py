@@ -27,17 +27,26 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAIRS = {
-    "tiny": (("t5-efficient-tiny-nl32", "t5-efficient-tiny"), 16, {"inputs": 64, "targets": 16}),
-    "base": (("t5-efficient-base-nl48", "t5-efficient-base"), 2, {"inputs": 64, "targets": 16}),
+  "tiny": (("t5-efficient-tiny-nl32", "t5-efficient-tiny"), 16, {"inputs": 64, "targets": 16}),
+  "base": (("t5-efficient-base-nl48", "t5-efficient-base"), 2, {"inputs": 64, "targets": 16}),
 }
 
 
 def run_once(model: str, batch: int, lengths: dict, model_dir: str) -> dict:
-  cmd = [sys.executable, "-m", "t5x_lite.train", "--gin_file=models/t5_efficient.gin",
-         "--gin_file=runs/quickstart.gin", f"--gin.MODEL_NAME='{model}'",
-         f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=2", f"--gin.BATCH_SIZE={batch}",
-         f"--gin.TASK_FEATURE_LENGTHS={lengths!r}", "--gin.train.eval_steps=0",
-         "--gin.train.log_period=1"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "t5x_lite.train",
+    "--gin_file=models/t5_efficient.gin",
+    "--gin_file=runs/quickstart.gin",
+    f"--gin.MODEL_NAME='{model}'",
+    f"--gin.MODEL_DIR='{model_dir}'",
+    "--gin.TRAIN_STEPS=2",
+    f"--gin.BATCH_SIZE={batch}",
+    f"--gin.TASK_FEATURE_LENGTHS={lengths!r}",
+    "--gin.train.eval_steps=0",
+    "--gin.train.log_period=1",
+  ]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
   with tempfile.TemporaryFile("w+") as log:
     start = time.perf_counter()
@@ -71,10 +80,16 @@ def main() -> int:
         rss[model].append(row["peak_rss_mb"])
     deep, shallow = models
     med = {m: statistics.median(v) for m, v in walls.items()}
-    summary.append({"pair": pair, "batch": batch, "lengths": lengths,
-                    **{f"{m}_wall_s": med[m] for m in models},
-                    **{f"{m}_peak_rss_mb": max(rss[m]) for m in models},
-                    "ratio": round(med[deep] / med[shallow], 2)})
+    summary.append(
+      {
+        "pair": pair,
+        "batch": batch,
+        "lengths": lengths,
+        **{f"{m}_wall_s": med[m] for m in models},
+        **{f"{m}_peak_rss_mb": max(rss[m]) for m in models},
+        "ratio": round(med[deep] / med[shallow], 2),
+      }
+    )
   for row in summary:
     print(json.dumps(row))
   print(f"load average: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} cores)")

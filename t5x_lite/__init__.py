@@ -18,25 +18,54 @@ added to a layer below.
 __version__ = "0.1.0"
 
 LAYERS = {
-    "base": ("errors", "paths", "tokens", "gin_utils", "progress", "commands", "flops",
-             "step_fallback"),
-    "model": ("config", "layers", "network", "models", "partitioning", "optimizers"),
-    "data": ("data", "tasks"),  # the sub-packages, whole
-    "training": ("trainer", "training", "checkpoints", "resume_check", "metrics_writer",
-                 "run_lock", "run_setup", "memory_fit", "efficiency", "distributed",
-                 "finetune_init", "decode_eval"),
-    "hf": ("hf_files", "hf_mapping", "hf_reader", "model_card"),
-    "cli": ("train", "export_hf", "import_hf", "infer", "inspect_data", "cache_tokenized",
-            "quickstart", "train_vocab", "model_info", "plan"),
+  "base": (
+    "errors",
+    "paths",
+    "tokens",
+    "gin_utils",
+    "progress",
+    "commands",
+    "flops",
+    "step_fallback",
+  ),
+  "model": ("config", "layers", "network", "models", "partitioning", "optimizers"),
+  "data": ("data", "tasks"),  # the sub-packages, whole
+  "training": (
+    "trainer",
+    "training",
+    "checkpoints",
+    "resume_check",
+    "metrics_writer",
+    "run_lock",
+    "run_setup",
+    "memory_fit",
+    "efficiency",
+    "distributed",
+    "finetune_init",
+    "decode_eval",
+  ),
+  "hf": ("hf_files", "hf_mapping", "hf_reader", "model_card"),
+  "cli": (
+    "train",
+    "export_hf",
+    "import_hf",
+    "infer",
+    "inspect_data",
+    "cache_tokenized",
+    "quickstart",
+    "train_vocab",
+    "model_info",
+    "plan",
+  ),
 }
 
 MAY_IMPORT = {
-    "base": {"base"},
-    "model": {"model", "base"},
-    "data": {"data", "base"},
-    "training": {"training", "hf", "model", "data", "base"},
-    "hf": {"hf", "model", "data", "base"},
-    "cli": set(LAYERS),
+  "base": {"base"},
+  "model": {"model", "base"},
+  "data": {"data", "base"},
+  "training": {"training", "hf", "model", "data", "base"},
+  "hf": {"hf", "model", "data", "base"},
+  "cli": set(LAYERS),
 }
 
 

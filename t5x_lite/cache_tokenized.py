@@ -26,8 +26,9 @@ def main(argv=None) -> int:
   parser.add_argument("--task", help="task or mixture (default: MIXTURE_OR_TASK_NAME from gin)")
   parser.add_argument("--cache_dir", help="default: tokenized_cache.cache_dir from gin")
   parser.add_argument("--splits", default="train,validation")
-  parser.add_argument("--num_shards", type=int,
-                      help="output shards per split (default: one per input file)")
+  parser.add_argument(
+    "--num_shards", type=int, help="output shards per split (default: one per input file)"
+  )
   parser.add_argument("--worker_id", type=int, default=0)
   parser.add_argument("--num_workers", type=int, default=1)
   args = parser.parse_args(rest)
@@ -45,8 +46,9 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   complete = True
   for task in registry.leaf_tasks(provider):
-    complete &= tokenized_cache.write_cache(task, cache_dir, splits, args.num_shards,
-                                            args.worker_id, args.num_workers)
+    complete &= tokenized_cache.write_cache(
+      task, cache_dir, splits, args.num_shards, args.worker_id, args.num_workers
+    )
   state = "complete" if complete else "this worker's shards done; others still missing"
   print(f"{name}: cache in {cache_dir} {state} ({time.perf_counter() - start:.1f} s)", flush=True)
   return 0

@@ -13,9 +13,10 @@ step; a run on another process count restores the shards it reads (data/logical_
 tf.io.gfile, so MODEL_DIR may be local or gs://.
 """
 
+from collections.abc import Callable
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import gin
 import jax
@@ -34,29 +35,43 @@ def _rmtree(path: str) -> None:
 
 @gin.configurable
 class Checkpointer:
-
-  def __init__(self, model_dir: str, max_to_keep: int | None = 3, keep_period: int | None = None,
-               async_save: bool = True):
+  def __init__(
+    self,
+    model_dir: str,
+    max_to_keep: int | None = 3,
+    keep_period: int | None = None,
+    async_save: bool = True,
+  ):
     self.model_dir = model_dir if paths.is_remote(model_dir) else os.path.abspath(model_dir)
     self.directory = os.path.join(self.model_dir, "checkpoints")
     self.data_directory = os.path.join(self.model_dir, "data_state")
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, keep_period=keep_period, create=True,
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+      max_to_keep=max_to_keep,
+      keep_period=keep_period,
+      create=True,
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
+    )
     self.manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "meta"),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=options,
+      item_names=("state", "meta"),
+      item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+    )
 
   # -- saving ------------------------------------------------------------------------------------
-  def save(self, step: int, state: Any, meta: dict,
-           save_data_iterator: Callable[[str], None] | None) -> None:
+  def save(
+    self, step: int, state: Any, meta: dict, save_data_iterator: Callable[[str], None] | None
+  ) -> None:
     """Starts saving `state` at `step` (asynchronously); the data position is written first."""
     if save_data_iterator is not None:
       # Every process writes its own shards into the step's directory (each renamed into place).
       save_data_iterator(self._data_path(step))
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -83,16 +98,20 @@ class Checkpointer:
     return path if tf.io.gfile.isdir(path) else None
 
   def read_meta(self, step: int) -> dict:
-    return dict(self.manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore())).meta)
+    return dict(
+      self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    )
 
   def saved_shapes(self, step: int) -> dict[str, tuple]:
     """{leaf name: shape} of a step's state, from orbax's metadata (no array is read)."""
     return resume_check.leaf_shapes(self.manager.item_metadata(step)["state"])
 
-  def restore(self, abstract_state: Any, step: int | None = None,
-              check_meta: Callable[[int, dict], None] | None = None
-              ) -> tuple[int, Any, dict] | None:
+  def restore(
+    self,
+    abstract_state: Any,
+    step: int | None = None,
+    check_meta: Callable[[int, dict], None] | None = None,
+  ) -> tuple[int, Any, dict] | None:
     """Restores into the shardings of `abstract_state`: the latest complete step, or `step`.
 
     Before a step's arrays are read, `check_meta(step, meta)` may refuse it (a UserError for a
@@ -116,34 +135,47 @@ class Checkpointer:
         check_meta(candidate, meta)
       mismatch = resume_check.state_mismatch(saved, expected)
       if mismatch:
-        raise UserError(f"checkpoint {os.path.join(self.directory, str(candidate))} holds a state "
-                        f"of another shape than this run builds ({mismatch}); was the model or "
-                        f"optimizer changed? Use another MODEL_DIR for a new run (the checkpoints "
-                        f"are unchanged)")
+        raise UserError(
+          f"checkpoint {os.path.join(self.directory, str(candidate))} holds a state "
+          f"of another shape than this run builds ({mismatch}); was the model or "
+          f"optimizer changed? Use another MODEL_DIR for a new run (the checkpoints "
+          f"are unchanged)"
+        )
       with step_fallback.reading():
-        restored = self.manager.restore(candidate, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
+        restored = self.manager.restore(
+          candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
       return candidate, restored.state, meta
 
     moved = []
     return step_fallback.newest_readable(
-        steps, attempt, lambda s, e: moved.append(self._unreadable(s, steps, e, moved, step)))
+      steps, attempt, lambda s, e: moved.append(self._unreadable(s, steps, e, moved, step))
+    )
 
-  def _unreadable(self, step: int, steps: list[int], error: BaseException, moved: list[str],
-                  explicit: int | None) -> str:
+  def _unreadable(
+    self, step: int, steps: list[int], error: BaseException, moved: list[str], explicit: int | None
+  ) -> str:
     """Moves an unreadable latest step aside and returns where; refuses to move a second one."""
     where = os.path.join(self.directory, str(step))
     reason = first_line(error)
     if explicit is not None or step == steps[0] or moved:
       earlier = f"{moved[0]} was moved aside on this start; " if moved else ""
       older = [s for s in steps if s < step]
-      fallback = (f"run again to move it aside too and use step {older[-1]}, or " if older and
-                  explicit is None else "")
-      raise UserError(f"checkpoint {where} cannot be read ({reason}); {earlier}nothing else was "
-                      f"moved: {fallback}restore it from a copy, or use another MODEL_DIR")
+      fallback = (
+        f"run again to move it aside too and use step {older[-1]}, or "
+        if older and explicit is None
+        else ""
+      )
+      raise UserError(
+        f"checkpoint {where} cannot be read ({reason}); {earlier}nothing else was "
+        f"moved: {fallback}restore it from a copy, or use another MODEL_DIR"
+      )
     target = self._quarantine(step)
-    print(f"warning: checkpoint {where} cannot be read ({reason}); moved to {target}, using the "
-          f"previous one", flush=True)
+    print(
+      f"warning: checkpoint {where} cannot be read ({reason}); moved to {target}, using the "
+      f"previous one",
+      flush=True,
+    )
     return target
 
   def _quarantine(self, step: int) -> str:

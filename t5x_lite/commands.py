@@ -2,11 +2,11 @@
 t5x_lite installed, so they work in a fresh shell whether or not a virtualenv is active.
 """
 
+from collections.abc import Sequence
 import os
 import shlex
 import shutil
 import sys
-from typing import Sequence
 
 
 def python() -> str:

@@ -32,6 +32,7 @@ class T5Config:
 
   `dtype` is the activation dtype; parameters are always float32.
   """
+
   name: str
   d_model: int
   d_ff: int
@@ -58,32 +59,51 @@ class T5Config:
   tied_key_value: bool = False
 
   def __post_init__(self):
-    for field in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
-                  "num_decoder_layers", "relative_attention_num_buckets",
-                  "relative_attention_max_distance", "scan_unroll"):
+    for field in (
+      "vocab_size",
+      "d_model",
+      "d_ff",
+      "num_heads",
+      "d_kv",
+      "num_encoder_layers",
+      "num_decoder_layers",
+      "relative_attention_num_buckets",
+      "relative_attention_max_distance",
+      "scan_unroll",
+    ):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise UserError(f"model {self.name!r}: {field} must be a positive integer, got {value!r}")
     if self.feed_forward_proj not in FEED_FORWARD_PROJS:
-      raise UserError(f"model {self.name!r}: feed_forward_proj must be one of "
-                      f"{', '.join(FEED_FORWARD_PROJS)}, got {self.feed_forward_proj!r}")
+      raise UserError(
+        f"model {self.name!r}: feed_forward_proj must be one of "
+        f"{', '.join(FEED_FORWARD_PROJS)}, got {self.feed_forward_proj!r}"
+      )
     if self.dtype not in DTYPES:
-      raise UserError(f"model {self.name!r}: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+      raise UserError(
+        f"model {self.name!r}: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"
+      )
     if self.remat_policy not in REMAT_POLICIES:
-      raise UserError(f"model {self.name!r}: remat_policy must be one of {', '.join(REMAT_POLICIES)}, "
-                      f"got {self.remat_policy!r}")
+      raise UserError(
+        f"model {self.name!r}: remat_policy must be one of {', '.join(REMAT_POLICIES)}, "
+        f"got {self.remat_policy!r}"
+      )
     if not 0.0 <= self.dropout_rate < 1.0:
-      raise UserError(f"model {self.name!r}: dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+      raise UserError(
+        f"model {self.name!r}: dropout_rate must be in [0, 1), got {self.dropout_rate!r}"
+      )
     if not self.layer_norm_epsilon > 0:
-      raise UserError(f"model {self.name!r}: layer_norm_epsilon must be positive, "
-                      f"got {self.layer_norm_epsilon!r}")
+      raise UserError(
+        f"model {self.name!r}: layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}"
+      )
     if self.relative_attention_num_buckets < 4:
       # The bucket function splits the buckets in halves (direction) and halves again (exact/log).
       raise UserError(f"model {self.name!r}: relative_attention_num_buckets must be at least 4")
     for field in ("shared_heads", "tied_key_value"):
       if not isinstance(getattr(self, field), bool):
-        raise UserError(f"model {self.name!r}: {field} must be True or False, "
-                        f"got {getattr(self, field)!r}")
+        raise UserError(
+          f"model {self.name!r}: {field} must be True or False, got {getattr(self, field)!r}"
+        )
 
   @property
   def inner_dim(self) -> int:
@@ -103,46 +123,54 @@ class T5Config:
 
 # (d_model, d_ff, num_heads, num_layers, d_kv) of the released HF configs.
 EFFICIENT_SIZES = {
-    "tiny": (256, 1024, 4, 4, 64),
-    "mini": (384, 1536, 8, 4, 64),
-    "small": (512, 2048, 8, 6, 64),
-    "base": (768, 3072, 12, 12, 64),
-    "large": (1024, 4096, 16, 24, 64),
-    "xl": (1024, 16384, 32, 24, 128),
-    "xxl": (1024, 65536, 128, 24, 128),
+  "tiny": (256, 1024, 4, 4, 64),
+  "mini": (384, 1536, 8, 4, 64),
+  "small": (512, 2048, 8, 6, 64),
+  "base": (768, 3072, 12, 12, 64),
+  "large": (1024, 4096, 16, 24, 64),
+  "xl": (1024, 16384, 32, 24, 128),
+  "xxl": (1024, 65536, 128, 24, 128),
 }
 V1_1_SIZES = {
-    "small": (512, 1024, 6, 8, 64),
-    "base": (768, 2048, 12, 12, 64),
-    "large": (1024, 2816, 16, 24, 64),
-    "xl": (2048, 5120, 32, 24, 64),
-    "xxl": (4096, 10240, 64, 24, 64),
+  "small": (512, 1024, 6, 8, 64),
+  "base": (768, 2048, 12, 12, 64),
+  "large": (1024, 2816, 16, 24, 64),
+  "xl": (2048, 5120, 32, 24, 64),
+  "xxl": (4096, 10240, 64, 24, 64),
 }
 FAMILIES = {"t5-efficient": EFFICIENT_SIZES, "t5-v1_1": V1_1_SIZES}
 # Suffix -> the field(s) it sets. Note: HF's released `t5-efficient-base-ff2000` ships d_ff=2048;
 # the grammar gives what the name says (2000).
 SUFFIXES = {
-    "nl": ("num_encoder_layers", "num_decoder_layers"),
-    "el": ("num_encoder_layers",),
-    "dl": ("num_decoder_layers",),
-    "ff": ("d_ff",),
-    "dm": ("d_model",),
-    "kv": ("d_kv",),
-    "nh": ("num_heads",),
+  "nl": ("num_encoder_layers", "num_decoder_layers"),
+  "el": ("num_encoder_layers",),
+  "dl": ("num_decoder_layers",),
+  "ff": ("d_ff",),
+  "dm": ("d_model",),
+  "kv": ("d_kv",),
+  "nh": ("num_heads",),
 }
 # Suffixes without a number, each switching one field on: `sh` "attention heads are shared" (read
 # as multi-query attention: one key head and one value head serve all query heads), `skv`
 # "key-value projection matrices are tied" (one projection gives both keys and values).
 FLAGS = {
-    "sh": "shared_heads",
-    "skv": "tied_key_value",
+  "sh": "shared_heads",
+  "skv": "tied_key_value",
 }
 # The fields a T5-Efficient name can set that HF's T5 spells out in full on export (the shared
 # head repeated per head, the tied matrix written as both k and v).
 EXPANDED_ON_HF_EXPORT = tuple(FLAGS.values())
-GRAMMAR = ("t5-efficient-{" + "|".join(EFFICIENT_SIZES) + "} or t5-v1_1-{" + "|".join(V1_1_SIZES)
-           + "}, optionally followed by suffixes -{" + "|".join(SUFFIXES) + "}N and -"
-           + " / -".join(FLAGS) + " (e.g. t5-efficient-base-el16-dl8, t5-efficient-tiny-nl32-sh-skv)")
+GRAMMAR = (
+  "t5-efficient-{"
+  + "|".join(EFFICIENT_SIZES)
+  + "} or t5-v1_1-{"
+  + "|".join(V1_1_SIZES)
+  + "}, optionally followed by suffixes -{"
+  + "|".join(SUFFIXES)
+  + "}N and -"
+  + " / -".join(FLAGS)
+  + " (e.g. t5-efficient-base-el16-dl8, t5-efficient-tiny-nl32-sh-skv)"
+)
 _NAME_RE = re.compile(r"^(t5-efficient|t5-v1_1)-([a-z]+)((?:-[a-z0-9]+)*)$")
 
 
@@ -153,13 +181,21 @@ def resolve_model_name(name: str) -> T5Config:
     raise UserError(f"unknown model name {name!r}; expected {GRAMMAR}")
   family, size, suffixes = m.groups()
   d_model, d_ff, num_heads, num_layers, d_kv = FAMILIES[family][size]
-  dims = dict(d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
-              num_encoder_layers=num_layers, num_decoder_layers=num_layers)
+  dims = dict(
+    d_model=d_model,
+    d_ff=d_ff,
+    num_heads=num_heads,
+    d_kv=d_kv,
+    num_encoder_layers=num_layers,
+    num_decoder_layers=num_layers,
+  )
   flags = {}
   for suffix in filter(None, suffixes.split("-")):
     if suffix in FLAGS:
       if FLAGS[suffix] in flags:
-        raise UserError(f"suffix -{suffix} appears twice in model name {name!r}; expected {GRAMMAR}")
+        raise UserError(
+          f"suffix -{suffix} appears twice in model name {name!r}; expected {GRAMMAR}"
+        )
       flags[FLAGS[suffix]] = True
       continue
     numbered = re.match(r"^([a-z]+)(\d+)$", suffix)
@@ -169,69 +205,92 @@ def resolve_model_name(name: str) -> T5Config:
     for field in SUFFIXES[key]:
       dims[field] = int(value)
   v1_0 = family == "t5-efficient"
-  return T5Config(name=name, feed_forward_proj="relu" if v1_0 else "gated-gelu",
-                  tie_word_embeddings=v1_0, **dims, **flags)
+  return T5Config(
+    name=name,
+    feed_forward_proj="relu" if v1_0 else "gated-gelu",
+    tie_word_embeddings=v1_0,
+    **dims,
+    **flags,
+  )
 
 
 @gin.configurable
-def model_config(name: str = gin.REQUIRED,
-                 vocab_size: int | None = None,
-                 d_model: int | None = None,
-                 d_ff: int | None = None,
-                 num_heads: int | None = None,
-                 d_kv: int | None = None,
-                 num_encoder_layers: int | None = None,
-                 num_decoder_layers: int | None = None,
-                 feed_forward_proj: str | None = None,
-                 tie_word_embeddings: bool | None = None,
-                 shared_heads: bool | None = None,
-                 tied_key_value: bool | None = None,
-                 dropout_rate: float = 0.0,
-                 dtype: str = "float32",
-                 scan_layers: bool = True,
-                 scan_unroll: int = 1,
-                 remat_policy: str = "none") -> T5Config:
+def model_config(
+  name: str = gin.REQUIRED,
+  vocab_size: int | None = None,
+  d_model: int | None = None,
+  d_ff: int | None = None,
+  num_heads: int | None = None,
+  d_kv: int | None = None,
+  num_encoder_layers: int | None = None,
+  num_decoder_layers: int | None = None,
+  feed_forward_proj: str | None = None,
+  tie_word_embeddings: bool | None = None,
+  shared_heads: bool | None = None,
+  tied_key_value: bool | None = None,
+  dropout_rate: float = 0.0,
+  dtype: str = "float32",
+  scan_layers: bool = True,
+  scan_unroll: int = 1,
+  remat_policy: str = "none",
+) -> T5Config:
   """The model every gin file configures: a named model, with optional overrides.
 
   Dimension overrides left as None keep what the name says. Model gins bind only `name` (and
   dimensions); run gins bind dtype, dropout_rate, scan_layers, scan_unroll and remat_policy.
   """
   cfg = resolve_model_name(name)
-  dims = dict(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
-              num_encoder_layers=num_encoder_layers, num_decoder_layers=num_decoder_layers,
-              feed_forward_proj=feed_forward_proj, tie_word_embeddings=tie_word_embeddings,
-              shared_heads=shared_heads, tied_key_value=tied_key_value)
+  dims = dict(
+    vocab_size=vocab_size,
+    d_model=d_model,
+    d_ff=d_ff,
+    num_heads=num_heads,
+    d_kv=d_kv,
+    num_encoder_layers=num_encoder_layers,
+    num_decoder_layers=num_decoder_layers,
+    feed_forward_proj=feed_forward_proj,
+    tie_word_embeddings=tie_word_embeddings,
+    shared_heads=shared_heads,
+    tied_key_value=tied_key_value,
+  )
   overrides = {k: v for k, v in dims.items() if v is not None}
-  return dataclasses.replace(cfg, dropout_rate=dropout_rate, dtype=dtype, scan_layers=scan_layers,
-                             scan_unroll=scan_unroll, remat_policy=remat_policy, **overrides)
+  return dataclasses.replace(
+    cfg,
+    dropout_rate=dropout_rate,
+    dtype=dtype,
+    scan_layers=scan_layers,
+    scan_unroll=scan_unroll,
+    remat_policy=remat_policy,
+    **overrides,
+  )
 
 
 def hf_config_dict(cfg: T5Config) -> dict:
   """The Hugging Face `config.json` contents for this model (what an export writes)."""
   return {
-      "architectures": ["T5ForConditionalGeneration"],
-      "model_type": "t5",
-      "d_model": cfg.d_model,
-      "d_ff": cfg.d_ff,
-      "d_kv": cfg.d_kv,
-      "num_heads": cfg.num_heads,
-      "num_layers": cfg.num_encoder_layers,
-      "num_decoder_layers": cfg.num_decoder_layers,
-      "vocab_size": cfg.vocab_size,
-      "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
-      "relative_attention_max_distance": cfg.relative_attention_max_distance,
-      "dropout_rate": cfg.dropout_rate,
-      "layer_norm_epsilon": cfg.layer_norm_epsilon,
-      "feed_forward_proj": cfg.feed_forward_proj,
-      "tie_word_embeddings": cfg.tie_word_embeddings,
-      "is_encoder_decoder": True,
-      "use_cache": True,
-      "pad_token_id": tokens.PAD_ID,
-      "eos_token_id": tokens.EOS_ID,
-      "decoder_start_token_id": tokens.PAD_ID,  # T5 starts decoding from the pad id
-      "initializer_factor": 1.0,
-      "torch_dtype": "float32",
-      "dtype": "float32",
+    "architectures": ["T5ForConditionalGeneration"],
+    "model_type": "t5",
+    "d_model": cfg.d_model,
+    "d_ff": cfg.d_ff,
+    "d_kv": cfg.d_kv,
+    "num_heads": cfg.num_heads,
+    "num_layers": cfg.num_encoder_layers,
+    "num_decoder_layers": cfg.num_decoder_layers,
+    "vocab_size": cfg.vocab_size,
+    "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
+    "relative_attention_max_distance": cfg.relative_attention_max_distance,
+    "dropout_rate": cfg.dropout_rate,
+    "layer_norm_epsilon": cfg.layer_norm_epsilon,
+    "feed_forward_proj": cfg.feed_forward_proj,
+    "tie_word_embeddings": cfg.tie_word_embeddings,
+    "is_encoder_decoder": True,
+    "use_cache": True,
+    "pad_token_id": tokens.PAD_ID,
+    "eos_token_id": tokens.EOS_ID,
+    "decoder_start_token_id": tokens.PAD_ID,  # T5 starts decoding from the pad id
+    "initializer_factor": 1.0,
+    "torch_dtype": "float32",
+    "dtype": "float32",
   }
 
 
@@ -251,8 +310,12 @@ def params_by_formula(cfg: T5Config) -> int:
   decoder_layer = 2 * attention + mlp + 3 * d
   per_stack = cfg.relative_attention_num_buckets * cfg.num_heads + d
   embeddings = v * d * (1 if cfg.tie_word_embeddings else 2)
-  return (cfg.num_encoder_layers * encoder_layer + cfg.num_decoder_layers * decoder_layer
-          + 2 * per_stack + embeddings)
+  return (
+    cfg.num_encoder_layers * encoder_layer
+    + cfg.num_decoder_layers * decoder_layer
+    + 2 * per_stack
+    + embeddings
+  )
 
 
 def forward_flops_per_example(cfg: T5Config, input_length: int, target_length: int) -> float:
@@ -275,11 +338,17 @@ def forward_flops_per_example(cfg: T5Config, input_length: int, target_length: i
   e, t = input_length, target_length
   m = 3 if cfg.feed_forward_proj == "gated-gelu" else 2
   encoder_layer = 2 * e * d * (2 * a + kv) + 4 * e * e * a + 2 * e * d * f * m
-  decoder_layer = (2 * t * d * (2 * a + kv) + 4 * t * t * a
-                   + 2 * t * d * 2 * a + 2 * e * d * kv + 4 * t * e * a
-                   + 2 * t * d * f * m)
-  return float(cfg.num_encoder_layers * encoder_layer + cfg.num_decoder_layers * decoder_layer
-               + 2 * t * d * v)
+  decoder_layer = (
+    2 * t * d * (2 * a + kv)
+    + 4 * t * t * a
+    + 2 * t * d * 2 * a
+    + 2 * e * d * kv
+    + 4 * t * e * a
+    + 2 * t * d * f * m
+  )
+  return float(
+    cfg.num_encoder_layers * encoder_layer + cfg.num_decoder_layers * decoder_layer + 2 * t * d * v
+  )
 
 
 def train_flops_per_example(cfg: T5Config, input_length: int, target_length: int) -> float:
@@ -287,7 +356,9 @@ def train_flops_per_example(cfg: T5Config, input_length: int, target_length: int
   return 3.0 * forward_flops_per_example(cfg, input_length, target_length)
 
 
-FLOPS_FORMULA = "3 x forward matmul FLOPs (2mnk, attention and logits included) / (input + target tokens)"
+FLOPS_FORMULA = (
+  "3 x forward matmul FLOPs (2mnk, attention and logits included) / (input + target tokens)"
+)
 
 
 def flops_per_token(cfg: T5Config, input_length: int = 512, target_length: int = 114) -> float:
@@ -295,10 +366,13 @@ def flops_per_token(cfg: T5Config, input_length: int = 512, target_length: int =
   return train_flops_per_example(cfg, input_length, target_length) / (input_length + target_length)
 
 
-def inference_flops_per_token(cfg: T5Config, input_length: int = 512,
-                              target_length: int = 114) -> float:
+def inference_flops_per_token(
+  cfg: T5Config, input_length: int = 512, target_length: int = 114
+) -> float:
   """Inference (forward-pass) FLOPs per input + target token: a third of the training FLOPs."""
-  return forward_flops_per_example(cfg, input_length, target_length) / (input_length + target_length)
+  return forward_flops_per_example(cfg, input_length, target_length) / (
+    input_length + target_length
+  )
 
 
 def kv_cache_bytes_per_token(cfg: T5Config, bytes_per_value: int) -> int:

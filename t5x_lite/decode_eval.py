@@ -26,16 +26,18 @@ from t5x_lite.tokens import EOS_ID
 
 
 @gin.configurable("decode_eval")
-def decode_eval_config(enabled: bool = False, max_examples: int | None = None,
-                       batch_size: int = 64) -> dict:
+def decode_eval_config(
+  enabled: bool = False, max_examples: int | None = None, batch_size: int = 64
+) -> dict:
   return {"enabled": enabled, "max_examples": max_examples, "batch_size": batch_size}
 
 
 class DecodeEval:
   """Called with the params at each evaluation; returns the metrics to log ({} when disabled)."""
 
-  def __init__(self, model_dir: str, cfg, mixture_or_task_name: str, task_feature_lengths: dict,
-               console=print):
+  def __init__(
+    self, model_dir: str, cfg, mixture_or_task_name: str, task_feature_lengths: dict, console=print
+  ):
     settings = decode_eval_config()
     self.enabled = settings["enabled"]
     self._console = console
@@ -48,12 +50,14 @@ class DecodeEval:
     self._decode = models.jitted_greedy_decode(self._cfg)
     self._vocab = pipeline.get_vocabulary(mixture_or_task_name)
     provider = registry.refresh(mixture_or_task_name)
-    ds = provider.get_dataset(sequence_length=self._lengths, split="validation", shuffle=False,
-                              num_epochs=1)
+    ds = provider.get_dataset(
+      sequence_length=self._lengths, split="validation", shuffle=False, num_epochs=1
+    )
     if settings["max_examples"]:
       ds = ds.take(settings["max_examples"])
-    self._examples = [(ex["inputs"].tolist(), ex["targets"].tolist())
-                      for ex in ds.as_numpy_iterator()]
+    self._examples = [
+      (ex["inputs"].tolist(), ex["targets"].tolist()) for ex in ds.as_numpy_iterator()
+    ]
 
   def __call__(self, params, step: int) -> dict:
     if not self.enabled or not self._examples:
@@ -62,22 +66,30 @@ class DecodeEval:
     inputs = [ids for ids, _ in self._examples]
     predictions = []
     for start in range(0, len(inputs), self._batch_size):
-      chunk = inputs[start:start + self._batch_size]
+      chunk = inputs[start : start + self._batch_size]
       # The last batch is filled up to the same shape, so decoding compiles once.
       filler = [[EOS_ID]] * (self._batch_size - len(chunk))
       predictions += models.greedy_generate(
-          self._decode, params, self._cfg.vocab_size, chunk + filler, self._lengths["targets"],
-          input_length=self._lengths["inputs"])[:len(chunk)]
+        self._decode,
+        params,
+        self._cfg.vocab_size,
+        chunk + filler,
+        self._lengths["targets"],
+        input_length=self._lengths["inputs"],
+      )[: len(chunk)]
     rows, matches = [], 0
     for (input_ids, target_ids), prediction_ids in zip(self._examples, predictions):
       target, prediction = self._vocab.decode(target_ids), self._vocab.decode(prediction_ids)
       matches += int(prediction == target)
-      rows.append({"input": self._vocab.decode(input_ids), "target": target,
-                   "prediction": prediction})
+      rows.append(
+        {"input": self._vocab.decode(input_ids), "target": target, "prediction": prediction}
+      )
     exact_match = matches / len(rows)
     self._write(step, rows)
-    self._console(f"step {step:>7d} | eval exact match {exact_match:.4f} ({matches}/{len(rows)}; "
-                  f"decoded in {time.time() - started:.1f} s, predictions/{step}.jsonl)")
+    self._console(
+      f"step {step:>7d} | eval exact match {exact_match:.4f} ({matches}/{len(rows)}; "
+      f"decoded in {time.time() - started:.1f} s, predictions/{step}.jsonl)"
+    )
     return {"eval_exact_match": exact_match}
 
   def _write(self, step: int, rows: list[dict]) -> None:

@@ -57,14 +57,20 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> float:
     except OSError as e:
       reason = e.strerror or type(e).__name__
       if time.monotonic() + 0.5 >= deadline:
-        raise UserError(f"coordinator {address} is not reachable after {timeout_s:g}s ({reason}); "
-                        "is process 0 running and the address/port right?") from None
+        raise UserError(
+          f"coordinator {address} is not reachable after {timeout_s:g}s ({reason}); "
+          "is process 0 running and the address/port right?"
+        ) from None
     time.sleep(0.5)
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, multi_host: bool = False,
-               timeout_s: int = 120) -> None:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  multi_host: bool = False,
+  timeout_s: int = 120,
+) -> None:
   """Initialises jax.distributed when this run has more than one process; bounded in time."""
   coordinator_address = coordinator_address or os.environ.get(_ENV + "COORDINATOR_ADDRESS")
   num_processes = num_processes if num_processes is not None else _env_int("NUM_PROCESSES")
@@ -87,8 +93,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   try:
     local_device_ids = [int(i) for i in local_ids.split(",")] if local_ids else None
   except ValueError:
-    raise UserError(f"{_ENV}LOCAL_DEVICE_IDS={local_ids!r} is not a comma-separated list of "
-                    "device numbers") from None
+    raise UserError(
+      f"{_ENV}LOCAL_DEVICE_IDS={local_ids!r} is not a comma-separated list of device numbers"
+    ) from None
   where = coordinator_address or "the auto-detected coordinator"
   # If registration still fails, jax aborts without a Python error: say first what it waits for.
   who = f"process {process_id} of {num_processes}" if explicit else "this process"
@@ -96,11 +103,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   # CPU processes exchange collectives through gloo (loopback or a real network).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, local_device_ids=local_device_ids,
-                               initialization_timeout=timeout_s)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+      local_device_ids=local_device_ids,
+      initialization_timeout=timeout_s,
+    )
   except Exception as e:  # jax raises XlaRuntimeError/RuntimeError with long multi-line texts
-    raise UserError(f"could not join the job at {where} within {timeout_s}s: "
-                    f"{first_line(e)}") from None
+    raise UserError(
+      f"could not join the job at {where} within {timeout_s}s: {first_line(e)}"
+    ) from None
   if num_processes is not None and jax.process_count() != num_processes:
-    raise UserError(f"expected {num_processes} processes, the runtime reports {jax.process_count()}")
+    raise UserError(
+      f"expected {num_processes} processes, the runtime reports {jax.process_count()}"
+    )

@@ -32,17 +32,17 @@ CPU_DEFAULTS = (128, 32, 8, 32, "float32")
 
 # Column -> header for the printed table (every measured field is also in the CSV).
 TABLE = (
-    ("name", "model"),
-    ("num_params", "params"),
-    ("weights_float32_MB", "fp32 MB"),
-    ("weights_bfloat16_MB", "bf16 MB"),
-    ("train_gflops_per_token", "train GFLOPs/token"),
-    ("kv_cache_bytes_per_token", "KV cache B/token"),
-    ("step_ms", "step ms"),
-    ("examples_per_s", "examples/s"),
-    ("tokens_per_s", "tokens/s"),
-    ("decode_tokens_per_s", "decode tokens/s"),
-    ("peak_memory_MB", "peak MB"),
+  ("name", "model"),
+  ("num_params", "params"),
+  ("weights_float32_MB", "fp32 MB"),
+  ("weights_bfloat16_MB", "bf16 MB"),
+  ("train_gflops_per_token", "train GFLOPs/token"),
+  ("kv_cache_bytes_per_token", "KV cache B/token"),
+  ("step_ms", "step ms"),
+  ("examples_per_s", "examples/s"),
+  ("tokens_per_s", "tokens/s"),
+  ("decode_tokens_per_s", "decode tokens/s"),
+  ("peak_memory_MB", "peak MB"),
 )
 
 
@@ -57,16 +57,20 @@ class Settings:
   decode_repeats: int
 
 
-def random_batch(batch_size: int, input_length: int, target_length: int, vocab_size: int,
-                 seed: int = 0) -> dict[str, np.ndarray]:
+def random_batch(
+  batch_size: int, input_length: int, target_length: int, vocab_size: int, seed: int = 0
+) -> dict[str, np.ndarray]:
   """Full-length, unpadded examples: every position is computed and counted."""
   rng = np.random.default_rng(seed)
   inputs = rng.integers(2, vocab_size, (batch_size, input_length), dtype=np.int32)
   targets = rng.integers(2, vocab_size, (batch_size, target_length), dtype=np.int32)
   decoder_inputs = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
-  return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
-          "decoder_target_tokens": targets,
-          "decoder_loss_weights": np.ones_like(targets, dtype=np.float32)}
+  return {
+    "encoder_input_tokens": inputs,
+    "decoder_input_tokens": decoder_inputs,
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": np.ones_like(targets, dtype=np.float32),
+  }
 
 
 def _peak_memory_bytes(device) -> int | None:
@@ -77,17 +81,20 @@ def _peak_memory_bytes(device) -> int | None:
 def paper_metrics(cfg: config.T5Config, s: Settings) -> dict:
   """Parameters, weight memory, FLOPs and cache size: computed, not measured."""
   from t5x_lite import models  # Flax: imported when counting, so the CLI starts fast.
+
   bytes_per_value = 2 if s.dtype == "bfloat16" else 4
   return {
-      "name": cfg.name,
-      "num_params": models.num_params(cfg),
-      "weights_float32_MB": round(models.weight_bytes(cfg, 4) / 1e6, 2),
-      "weights_bfloat16_MB": round(models.weight_bytes(cfg, 2) / 1e6, 2),
-      "train_gflops_per_token": _significant(
-          config.flops_per_token(cfg, s.input_length, s.target_length) / 1e9),
-      "inference_gflops_per_token": _significant(
-          config.inference_flops_per_token(cfg, s.input_length, s.target_length) / 1e9),
-      "kv_cache_bytes_per_token": config.kv_cache_bytes_per_token(cfg, bytes_per_value),
+    "name": cfg.name,
+    "num_params": models.num_params(cfg),
+    "weights_float32_MB": round(models.weight_bytes(cfg, 4) / 1e6, 2),
+    "weights_bfloat16_MB": round(models.weight_bytes(cfg, 2) / 1e6, 2),
+    "train_gflops_per_token": _significant(
+      config.flops_per_token(cfg, s.input_length, s.target_length) / 1e9
+    ),
+    "inference_gflops_per_token": _significant(
+      config.inference_flops_per_token(cfg, s.input_length, s.target_length) / 1e9
+    ),
+    "kv_cache_bytes_per_token": config.kv_cache_bytes_per_token(cfg, bytes_per_value),
   }
 
 
@@ -95,6 +102,7 @@ def measure(name: str, s: Settings) -> dict:
   """Trains `s.steps` steps and decodes `s.decode_repeats` batches of `name` on this process's
   devices (data parallel over all of them); returns paper metrics and measurements as one row."""
   import jax
+
   from t5x_lite import partitioning
   from t5x_lite.models import EncoderDecoderModel
   from t5x_lite.trainer import Trainer
@@ -103,14 +111,24 @@ def measure(name: str, s: Settings) -> dict:
   devices = jax.devices()
   if s.batch_size % len(devices):
     raise UserError(f"--batch_size {s.batch_size} must be a multiple of the {len(devices)} devices")
-  row = {**paper_metrics(cfg, s), "device": f"{len(devices)}x {devices[0].device_kind}",
-         "dtype": s.dtype, "batch_size": s.batch_size, "input_length": s.input_length,
-         "target_length": s.target_length, "decode_length": s.decode_length}
+  row = {
+    **paper_metrics(cfg, s),
+    "device": f"{len(devices)}x {devices[0].device_kind}",
+    "dtype": s.dtype,
+    "batch_size": s.batch_size,
+    "input_length": s.input_length,
+    "target_length": s.target_length,
+    "decode_length": s.decode_length,
+  }
 
   model = EncoderDecoderModel(cfg)
   mesh = partitioning.make_mesh(1, devices=devices)
-  trainer = Trainer(model, mesh, partitioning.logical_axis_rules(),
-                    {"inputs": s.input_length, "targets": s.target_length})
+  trainer = Trainer(
+    model,
+    mesh,
+    partitioning.logical_axis_rules(),
+    {"inputs": s.input_length, "targets": s.target_length},
+  )
   batch = random_batch(s.batch_size, s.input_length, s.target_length, cfg.vocab_size)
   state = trainer.init_state(0)
   start = time.perf_counter()
@@ -124,10 +142,17 @@ def measure(name: str, s: Settings) -> dict:
   step_s = (time.perf_counter() - start) / s.steps
   if not np.isfinite(float(metrics["loss"])):
     raise UserError(f"{name}: the training loss is not finite; the measurement is void")
-  row.update(step_ms=round(step_s * 1e3, 2), examples_per_s=round(s.batch_size / step_s, 2),
-             tokens_per_s=round(s.batch_size * (s.input_length + s.target_length) / step_s, 1),
-             train_tflops_per_s=_significant(config.train_flops_per_example(
-                 cfg, s.input_length, s.target_length) * s.batch_size / step_s / 1e12))
+  row.update(
+    step_ms=round(step_s * 1e3, 2),
+    examples_per_s=round(s.batch_size / step_s, 2),
+    tokens_per_s=round(s.batch_size * (s.input_length + s.target_length) / step_s, 1),
+    train_tflops_per_s=_significant(
+      config.train_flops_per_example(cfg, s.input_length, s.target_length)
+      * s.batch_size
+      / step_s
+      / 1e12
+    ),
+  )
   row["peak_memory_MB"] = _mb(_peak_memory_bytes(devices[0]))
   params = state.params
   del state
@@ -143,8 +168,10 @@ def measure(name: str, s: Settings) -> dict:
       tokens = decode(params, inputs, s.decode_length)
     jax.block_until_ready(tokens)
   decode_s = (time.perf_counter() - start) / s.decode_repeats
-  row.update(decode_ms=round(decode_s * 1e3, 2),
-             decode_tokens_per_s=round(s.batch_size * s.decode_length / decode_s, 1))
+  row.update(
+    decode_ms=round(decode_s * 1e3, 2),
+    decode_tokens_per_s=round(s.batch_size * s.decode_length / decode_s, 1),
+  )
   row["peak_memory_with_decode_MB"] = _mb(_peak_memory_bytes(devices[0]))
   return row
 
@@ -172,6 +199,7 @@ def settings_flags(s: Settings) -> list[str]:
 
 
 # -- output ------------------------------------------------------------------------------------
+
 
 def _cell(value) -> str:
   if value is None:
@@ -204,8 +232,11 @@ def write_csv(rows: list[dict], path: str) -> None:
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
   """Indices of the points no other point beats: lower or equal cost with strictly more speed,
   or strictly lower cost with equal or more speed. Sorted by cost."""
-  front = [i for i, (cost, speed) in enumerate(points)
-           if not any((c <= cost and v > speed) or (c < cost and v >= speed) for c, v in points)]
+  front = [
+    i
+    for i, (cost, speed) in enumerate(points)
+    if not any((c <= cost and v > speed) or (c < cost and v >= speed) for c, v in points)
+  ]
   return sorted(front, key=lambda i: points[i][0])
 
 
@@ -220,8 +251,10 @@ def plot(rows: list[dict], path: str) -> None:
 
   speed = [r["examples_per_s"] for r in rows]
   labels = [r["name"].removeprefix("t5-efficient-") for r in rows]
-  views = (("num_params", 1e-6, "parameters (millions)"),
-           ("train_gflops_per_token", 1.0, "training GFLOPs per token"))
+  views = (
+    ("num_params", 1e-6, "parameters (millions)"),
+    ("train_gflops_per_token", 1.0, "training GFLOPs per token"),
+  )
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
   for ax, (key, scale, xlabel) in zip(axes, views):
     cost = [float(r[key]) * scale for r in rows]
@@ -229,8 +262,13 @@ def plot(rows: list[dict], path: str) -> None:
     for x, y, label in zip(cost, speed, labels):
       ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     front = pareto_front(list(zip(cost, speed)))
-    ax.plot([cost[i] for i in front], [speed[i] for i in front], "--", color="tab:orange",
-            label="Pareto front")
+    ax.plot(
+      [cost[i] for i in front],
+      [speed[i] for i in front],
+      "--",
+      color="tab:orange",
+      label="Pareto front",
+    )
     if max(cost) > 10 * min(cost):  # A wide zoo reads better on a log axis.
       ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -238,14 +276,17 @@ def plot(rows: list[dict], path: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
   first = rows[0]
-  fig.suptitle(f"{first['device']}, {first['dtype']}, batch {first['batch_size']}, "
-               f"inputs {first['input_length']} / targets {first['target_length']}")
+  fig.suptitle(
+    f"{first['device']}, {first['dtype']}, batch {first['batch_size']}, "
+    f"inputs {first['input_length']} / targets {first['target_length']}"
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
 # -- command -----------------------------------------------------------------------------------
+
 
 def default_settings(platform: str) -> tuple:
   return CPU_DEFAULTS if platform == "cpu" else RECIPE
@@ -254,13 +295,18 @@ def default_settings(platform: str) -> tuple:
 def default_settings_for_device(steps: int = 5, decode_repeats: int = 2) -> Settings:
   """The default Settings on this process's first device (recipe on accelerators, small on CPU)."""
   import jax
-  return Settings(*default_settings(jax.devices()[0].platform), steps=steps,
-                  decode_repeats=decode_repeats)
+
+  return Settings(
+    *default_settings(jax.devices()[0].platform), steps=steps, decode_repeats=decode_repeats
+  )
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m t5x_lite.efficiency", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m t5x_lite.efficiency",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("names", nargs="+", help="model names, e.g. t5-efficient-tiny-sh")
   parser.add_argument("--input_length", type=int, default=None)
   parser.add_argument("--target_length", type=int, default=None)
@@ -272,8 +318,11 @@ def main(argv=None) -> int:
   parser.add_argument("--csv", default=None, help="also write every field to this CSV file")
   parser.add_argument("--markdown", action="store_true", help="print a markdown table")
   parser.add_argument("--plot", default=None, help="also draw the Pareto views to this PNG file")
-  parser.add_argument("--jsonl", action="store_true",
-                      help="measure in this process and print one JSON object per name")
+  parser.add_argument(
+    "--jsonl",
+    action="store_true",
+    help="measure in this process and print one JSON object per name",
+  )
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
   for name in args.names:  # Bad names fail before anything is measured.
@@ -286,12 +335,22 @@ def main(argv=None) -> int:
     except ImportError:
       raise UserError("--plot needs matplotlib: pip install -e '.[plot]'") from None
   import jax
+
   defaults = default_settings(jax.devices()[0].platform)
   given = (args.input_length, args.target_length, args.batch_size, args.decode_length, args.dtype)
-  s = Settings(*(d if g is None else g for g, d in zip(given, defaults)), steps=args.steps,
-               decode_repeats=args.decode_repeats)
-  for field in ("input_length", "target_length", "batch_size", "decode_length", "steps",
-                "decode_repeats"):
+  s = Settings(
+    *(d if g is None else g for g, d in zip(given, defaults)),
+    steps=args.steps,
+    decode_repeats=args.decode_repeats,
+  )
+  for field in (
+    "input_length",
+    "target_length",
+    "batch_size",
+    "decode_length",
+    "steps",
+    "decode_repeats",
+  ):
     if getattr(s, field) <= 0:
       raise UserError(f"--{field} must be positive, got {getattr(s, field)}")
   if s.target_length < 2:
@@ -306,8 +365,10 @@ def main(argv=None) -> int:
     print(f"measuring {name} ...", file=sys.stderr, flush=True)
     rows.append(measure(name, s) if len(args.names) == 1 else measure_in_child(name, s))
   first = rows[0]
-  print(f"# {first['device']}, {s.dtype}, batch {s.batch_size}, inputs {s.input_length} / "
-        f"targets {s.target_length}, {s.steps} timed steps, decoding {s.decode_length} tokens")
+  print(
+    f"# {first['device']}, {s.dtype}, batch {s.batch_size}, inputs {s.input_length} / "
+    f"targets {s.target_length}, {s.steps} timed steps, decoding {s.decode_length} tokens"
+  )
   print(markdown_table(rows) if args.markdown else plain_table(rows))
   if args.csv:
     write_csv(rows, args.csv)

@@ -1,7 +1,8 @@
 """User-facing errors: one line, no traceback, non-zero exit."""
 
+from collections.abc import Callable
 import sys
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 
 class UserError(Exception):

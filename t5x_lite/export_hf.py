@@ -18,8 +18,11 @@ from t5x_lite import hf_files, model_card, paths, tokens
 from t5x_lite.config import hf_config_dict
 from t5x_lite.errors import UserError, run_main
 
-GENERATION_CONFIG = {"decoder_start_token_id": tokens.PAD_ID, "eos_token_id": tokens.EOS_ID,
-                     "pad_token_id": tokens.PAD_ID}
+GENERATION_CONFIG = {
+  "decoder_start_token_id": tokens.PAD_ID,
+  "eos_token_id": tokens.EOS_ID,
+  "pad_token_id": tokens.PAD_ID,
+}
 
 
 def _metrics_text(model_dir: str) -> str | None:
@@ -27,19 +30,28 @@ def _metrics_text(model_dir: str) -> str | None:
   return hf_files.read_text(path) if hf_files.isfile(path) else None
 
 
-def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str = "float32",
-           overwrite: bool = False, vocab: str | None = None, license_id: str = "apache-2.0",
-           log=print) -> dict:
+def export(
+  model_dir: str,
+  output_dir: str,
+  step: int | None = None,
+  dtype: str = "float32",
+  overwrite: bool = False,
+  vocab: str | None = None,
+  license_id: str = "apache-2.0",
+  log=print,
+) -> dict:
   """Exports one checkpoint; returns a summary (step, paths, whether a tokenizer was written)."""
   import ml_dtypes
   from safetensors.numpy import save_file
+
   from t5x_lite import hf_mapping, models
 
   if dtype not in ("float32", "bfloat16"):
     raise UserError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
   if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license_id):
-    raise UserError(f"--license must be a license identifier such as apache-2.0, mit or other, "
-                    f"got {license_id!r}")
+    raise UserError(
+      f"--license must be a license identifier such as apache-2.0, mit or other, got {license_id!r}"
+    )
   model_dir, output_dir = paths.resolve(model_dir), paths.resolve(output_dir)
   hf_files.check_output_dir(output_dir, overwrite)
   restored = hf_files.restore_params(model_dir, step)
@@ -51,16 +63,21 @@ def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str 
   state = hf_mapping.to_hf_state_dict(restored.params, cfg)
   for key, value in state.items():
     if not np.isfinite(value).all():
-      raise UserError(f"checkpoint step {restored.step} has non-finite values in {key}; "
-                      "export an earlier step with --step")
+      raise UserError(
+        f"checkpoint step {restored.step} has non-finite values in {key}; "
+        "export an earlier step with --step"
+      )
   np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
   state = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in state.items()}
 
   spm_bytes, source, why_not = hf_files.run_sentencepiece(model_dir, vocab, restored.meta)
   if spm_bytes is not None:
     pieces = hf_files.check_sentencepiece(spm_bytes, source)
-    tokens.check_vocab_fits(pieces + tokens.EXTRA_IDS, cfg.vocab_size,
-                            f"vocabulary {source} ({pieces} pieces + {tokens.EXTRA_IDS} extra ids)")
+    tokens.check_vocab_fits(
+      pieces + tokens.EXTRA_IDS,
+      cfg.vocab_size,
+      f"vocabulary {source} ({pieces} pieces + {tokens.EXTRA_IDS} extra ids)",
+    )
 
   hf_config = hf_config_dict(cfg)
   hf_config.update(torch_dtype=dtype, dtype=dtype)
@@ -71,8 +88,16 @@ def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str 
     if spm_bytes is not None:
       lengths = restored.meta.get("task_feature_lengths") or {}
       hf_files.write_tokenizer_files(tmp, spm_bytes, int(lengths.get("inputs", 512)))
-    card = model_card.model_card(cfg, models.num_params(cfg), restored.step, restored.meta,
-                                 _metrics_text(model_dir), dtype, license_id, spm_bytes is not None)
+    card = model_card.model_card(
+      cfg,
+      models.num_params(cfg),
+      restored.step,
+      restored.meta,
+      _metrics_text(model_dir),
+      dtype,
+      license_id,
+      spm_bytes is not None,
+    )
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
       f.write(card)
 
@@ -83,21 +108,31 @@ def export(model_dir: str, output_dir: str, step: int | None = None, dtype: str 
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m t5x_lite.export_hf", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m t5x_lite.export_hf",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--model_dir", required=True, help="the run's MODEL_DIR")
   parser.add_argument("--output_dir", required=True, help="the HF directory to write")
   parser.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  parser.add_argument("--vocab", default=None,
-                      help="SentencePiece model to ship (default: MODEL_DIR/spiece.model, else "
-                           "the run's task vocabulary)")
+  parser.add_argument(
+    "--vocab",
+    default=None,
+    help="SentencePiece model to ship (default: MODEL_DIR/spiece.model, else "
+    "the run's task vocabulary)",
+  )
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
-  parser.add_argument("--license", default="apache-2.0",
-                      help="license id for the model card (Hub identifiers, e.g. apache-2.0, mit)")
+  parser.add_argument(
+    "--license",
+    default="apache-2.0",
+    help="license id for the model card (Hub identifiers, e.g. apache-2.0, mit)",
+  )
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  export(args.model_dir, args.output_dir, args.step, args.dtype, args.overwrite, args.vocab,
-         args.license)
+  export(
+    args.model_dir, args.output_dir, args.step, args.dtype, args.overwrite, args.vocab, args.license
+  )
   return 0
 
 

@@ -31,10 +31,16 @@ SPIECE = "spiece.model"
 
 
 @gin.configurable("finetune")
-def finetune_config(initial_checkpoint_path: str | None = None, hf_init_dir: str | None = None,
-                    model_dir: str | None = None) -> dict:
-  return {"initial_checkpoint_path": initial_checkpoint_path, "hf_init_dir": hf_init_dir,
-          "model_dir": model_dir}
+def finetune_config(
+  initial_checkpoint_path: str | None = None,
+  hf_init_dir: str | None = None,
+  model_dir: str | None = None,
+) -> dict:
+  return {
+    "initial_checkpoint_path": initial_checkpoint_path,
+    "hf_init_dir": hf_init_dir,
+    "model_dir": model_dir,
+  }
 
 
 def checkpoint_location(path: str) -> tuple[str, int | None]:
@@ -45,16 +51,20 @@ def checkpoint_location(path: str) -> tuple[str, int | None]:
   parent, name = os.path.split(path)
   if name.isdigit() and os.path.basename(parent) == "checkpoints":
     return os.path.dirname(parent), int(name)
-  raise UserError(f"INITIAL_CHECKPOINT_PATH {path} is neither a run directory (with "
-                  f"checkpoints/) nor one of its steps (RUN/checkpoints/<step>)")
+  raise UserError(
+    f"INITIAL_CHECKPOINT_PATH {path} is neither a run directory (with "
+    f"checkpoints/) nor one of its steps (RUN/checkpoints/<step>)"
+  )
 
 
 # -- vocabulary ---------------------------------------------------------------------------------
 
+
 def _cached_copy(data: bytes) -> str:
   """A SentencePiece model as a file (seqio reads vocabularies from files), by content."""
-  root = os.environ.get("T5X_LITE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                           "t5x_lite")
+  root = os.environ.get("T5X_LITE_CACHE") or os.path.join(
+    os.path.expanduser("~"), ".cache", "t5x_lite"
+  )
   path = os.path.join(root, "vocabularies", hashlib.sha256(data).hexdigest()[:16] + ".model")
   if not os.path.isfile(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -65,7 +75,7 @@ def _cached_copy(data: bytes) -> str:
   return path
 
 
-@functools.lru_cache(maxsize=None)  # read once per process: every task rebuild asks
+@functools.cache  # read once per process: every task rebuild asks
 def _checkpoint_vocabulary(run_dir: str, step: int | None) -> str:
   beside = os.path.join(run_dir, SPIECE)
   if hf_files.isfile(beside):  # an imported or fine-tuned run carries its vocabulary
@@ -75,12 +85,18 @@ def _checkpoint_vocabulary(run_dir: str, step: int | None) -> str:
   if not steps:
     raise UserError(f"no complete checkpoint in {run_dir}/checkpoints")
   import orbax.checkpoint as ocp
-  meta = dict(manager.restore(step if step is not None else steps[-1], args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore())).meta)
+
+  meta = dict(
+    manager.restore(
+      step if step is not None else steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    ).meta
+  )
   data, why = hf_files.task_sentencepiece(meta)  # parses that run's config; ours is kept
   if data is None:
-    raise UserError(f"no vocabulary for the fine-tuning task: {why}; set "
-                    f"--gin.FINETUNE_VOCABULARY=\"'/path/spiece.model'\"")
+    raise UserError(
+      f"no vocabulary for the fine-tuning task: {why}; set "
+      f"--gin.FINETUNE_VOCABULARY=\"'/path/spiece.model'\""
+    )
   return _cached_copy(data)
 
 
@@ -97,8 +113,10 @@ def vocabulary_path(explicit: str | None = None) -> str | None:
   if settings["hf_init_dir"]:
     path = os.path.join(paths.resolve(settings["hf_init_dir"]), SPIECE)
     if not hf_files.isfile(path):
-      raise UserError(f"HF_INIT_DIR {settings['hf_init_dir']} has no {SPIECE}; set "
-                      f"--gin.FINETUNE_VOCABULARY=\"'/path/spiece.model'\"")
+      raise UserError(
+        f"HF_INIT_DIR {settings['hf_init_dir']} has no {SPIECE}; set "
+        f"--gin.FINETUNE_VOCABULARY=\"'/path/spiece.model'\""
+      )
     return path
   if settings["initial_checkpoint_path"]:
     return _checkpoint_vocabulary(*checkpoint_location(settings["initial_checkpoint_path"]))
@@ -115,19 +133,23 @@ def _keep_vocabulary(model_dir: str, vocab_path: str | None) -> None:
 
 # -- parameters ---------------------------------------------------------------------------------
 
+
 def _check_model(saved: dict, model_meta: dict, where: str) -> None:
   """The model gin must build the initial model: a differing dimension names both values."""
   for field, value in model_meta.items():
     if field in resume_check.EXECUTION_FIELDS or field not in saved:
       continue
     if saved[field] != value:
-      raise UserError(f"the initial model {where} has model_config.{field}={saved[field]!r}, the "
-                      f"model gin has {value!r}; use the model gin the initial model was "
-                      f"trained with")
+      raise UserError(
+        f"the initial model {where} has model_config.{field}={saved[field]!r}, the "
+        f"model gin has {value!r}; use the model gin the initial model was "
+        f"trained with"
+      )
 
 
 def _checkpoint_params(trainer, run_dir: str, step: int | None, model_meta: dict):
   import orbax.checkpoint as ocp
+
   directory = os.path.join(run_dir, "checkpoints")
   manager = hf_files._read_only_manager(paths.orbax_path(directory))
   steps = sorted(manager.all_steps())
@@ -144,14 +166,22 @@ def _checkpoint_params(trainer, run_dir: str, step: int | None, model_meta: dict
   _check_model(meta.get("model_config") or {}, model_meta, where)
   abstract = trainer.abstract_params
   restore_args = jax.tree.map(
-      lambda x, sharding: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape,
-                                               dtype=x.dtype),
-      abstract, trainer.state_shardings.params)
+    lambda x, sharding: ocp.ArrayRestoreArgs(
+      sharding=sharding, global_shape=x.shape, dtype=x.dtype
+    ),
+    abstract,
+    trainer.state_shardings.params,
+  )
   try:
     with hf_files._quiet_absl():
-      state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item={"params": abstract}, restore_args={"params": restore_args},
-          partial_restore=True))).state
+      state = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+            item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
+          )
+        ),
+      ).state
   except Exception as e:  # noqa: BLE001
     raise UserError(f"checkpoint {where} cannot be restored: {first_line(e)}") from None
   return step, state["params"], where
@@ -159,31 +189,37 @@ def _checkpoint_params(trainer, run_dir: str, step: int | None, model_meta: dict
 
 def _hf_params(trainer, hf_dir: str, model_meta: dict):
   from t5x_lite import hf_mapping
+
   hf_dir = paths.resolve(hf_dir)
   config_path = os.path.join(hf_dir, "config.json")
   if not hf_files.isfile(config_path):
     raise UserError(f"no config.json in HF_INIT_DIR {hf_dir}")
   import json
+
   try:
     dims = hf_reader.dims_from_hf_config(json.loads(hf_files.read_text(config_path)), config_path)
   except ValueError as e:
     raise UserError(f"cannot read {config_path}: {first_line(e)}") from None
   _check_model(dims, model_meta, hf_dir)
   state_dict = hf_reader.with_output_embedding(
-      hf_reader.load_hf_state_dict(hf_dir, allow_pickle=False), dims, hf_dir)
+    hf_reader.load_hf_state_dict(hf_dir, allow_pickle=False), dims, hf_dir
+  )
   cfg = trainer.model.cfg
   params = hf_mapping.from_hf_state_dict(state_dict, cfg)
   if jax.tree.structure(params) != jax.tree.structure(trainer.abstract_params):
-    raise UserError(f"the weights in {hf_dir} do not form the params of the model gin's "
-                    f"{cfg.name!r}")
+    raise UserError(
+      f"the weights in {hf_dir} do not form the params of the model gin's {cfg.name!r}"
+    )
   params = jax.device_put(jax.tree.map(jnp.asarray, params), trainer.state_shardings.params)
   return 0, params, hf_dir
 
 
-def initial_state(trainer, model_meta: dict, seed: int, train_steps: int, model_dir: str,
-                  log=print):
+def initial_state(
+  trainer, model_meta: dict, seed: int, train_steps: int, model_dir: str, log=print
+):
   """(step, TrainState) from the configured initial model, or None when none is configured."""
   from t5x_lite.trainer import TrainState
+
   settings = finetune_config()
   checkpoint_path, hf_dir = settings["initial_checkpoint_path"], settings["hf_init_dir"]
   if not checkpoint_path and not hf_dir:
@@ -191,19 +227,26 @@ def initial_state(trainer, model_meta: dict, seed: int, train_steps: int, model_
   if checkpoint_path and hf_dir:
     raise UserError("set INITIAL_CHECKPOINT_PATH or HF_INIT_DIR, not both")
   if checkpoint_path:
-    step, params, where = _checkpoint_params(trainer, *checkpoint_location(checkpoint_path),
-                                             model_meta)
+    step, params, where = _checkpoint_params(
+      trainer, *checkpoint_location(checkpoint_path), model_meta
+    )
   else:
     step, params, where = _hf_params(trainer, hf_dir, model_meta)
   if step >= train_steps:
-    raise UserError(f"TRAIN_STEPS={train_steps} is not past the initial checkpoint's step {step}: "
-                    f"steps continue from it, so set TRAIN_STEPS to {step} + the fine-tuning steps")
+    raise UserError(
+      f"TRAIN_STEPS={train_steps} is not past the initial checkpoint's step {step}: "
+      f"steps continue from it, so set TRAIN_STEPS to {step} + the fine-tuning steps"
+    )
   shardings = trainer.state_shardings
   opt_state = jax.jit(trainer.optimizer.init, out_shardings=shardings.opt_state)(params)
   # The dropout key of a fresh run with this seed (Trainer.init_state).
   rng = jax.device_put(jax.random.split(jax.random.PRNGKey(seed))[1], shardings.rng)
-  state = TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), shardings.step),
-                     params=params, opt_state=opt_state, rng=rng)
+  state = TrainState(
+    step=jax.device_put(jnp.asarray(step, jnp.int32), shardings.step),
+    params=params,
+    opt_state=opt_state,
+    rng=rng,
+  )
   _keep_vocabulary(model_dir, vocabulary_path(gin_vocabulary()))
   log(f"fine-tuning from {where} (step {step}): parameters restored, optimizer state new")
   return step, state
@@ -211,6 +254,7 @@ def initial_state(trainer, model_meta: dict, seed: int, train_steps: int, model_
 
 def gin_vocabulary() -> str | None:
   from t5x_lite.data import seq2seq_sources
+
   return seq2seq_sources.seq2seq_files_config()["vocabulary"]
 
 

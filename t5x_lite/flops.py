@@ -23,16 +23,16 @@ import jax.numpy as jnp
 
 # Dense bfloat16 peak FLOP/s per device (per chip for TPUs), from vendor datasheets.
 _PEAK_BF16 = (
-    ("h200", 989e12),
-    ("h100", 989e12),
-    ("a100", 312e12),
-    ("l4", 121e12),
-    ("tpu v6", 918e12),
-    ("tpu v5p", 459e12),
-    ("tpu v5 lite", 197e12),
-    ("tpu v5e", 197e12),
-    ("tpu v4", 275e12),
-    ("tpu v3", 123e12),
+  ("h200", 989e12),
+  ("h100", 989e12),
+  ("a100", 312e12),
+  ("l4", 121e12),
+  ("tpu v6", 918e12),
+  ("tpu v5p", 459e12),
+  ("tpu v5 lite", 197e12),
+  ("tpu v5e", 197e12),
+  ("tpu v4", 275e12),
+  ("tpu v3", 123e12),
 )
 
 _measured_cpu_peak: float | None = None
@@ -56,7 +56,9 @@ def measure_cpu_matmul_flops(size: int = 2048, repeats: int = 10) -> float:
 
 
 def cpu_peak_cache_path() -> str:
-  root = os.environ.get("T5X_LITE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "t5x_lite")
+  root = os.environ.get("T5X_LITE_CACHE") or os.path.join(
+    os.path.expanduser("~"), ".cache", "t5x_lite"
+  )
   return os.path.join(root, "cpu_peak_flops.json")
 
 
@@ -83,8 +85,11 @@ def _read_cache() -> dict:
 
 def _write_cache_entry(flops_per_s: float, how: str) -> None:
   cache = _read_cache()
-  cache[_host_key()] = {"flops_per_s": flops_per_s, "date": datetime.date.today().isoformat(),
-                        "how": how}
+  cache[_host_key()] = {
+    "flops_per_s": flops_per_s,
+    "date": datetime.date.today().isoformat(),
+    "how": how,
+  }
   path = cpu_peak_cache_path()
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -99,8 +104,11 @@ def _write_cache_entry(flops_per_s: float, how: str) -> None:
 def cpu_host_peak_flops() -> float:
   """The best float32 matmul FLOP/s seen on this host (this process's measurement included)."""
   entry = _read_cache().get(_host_key())
-  cached = float(entry["flops_per_s"]) if isinstance(entry, dict) and isinstance(
-      entry.get("flops_per_s"), (int, float)) else 0.0
+  cached = (
+    float(entry["flops_per_s"])
+    if isinstance(entry, dict) and isinstance(entry.get("flops_per_s"), (int, float))
+    else 0.0
+  )
   measured = measure_cpu_matmul_flops()
   if measured > cached:
     _write_cache_entry(measured, "2048^3 float32 matmul, best of 10")
@@ -119,8 +127,12 @@ def peak_flops_per_device(device=None) -> float | None:
   return None
 
 
-def utilization(achieved_flops_per_s: float, peak_per_device: float | None, num_devices: int,
-                cached_cpu_peak: bool = True) -> tuple[float | None, float | None]:
+def utilization(
+  achieved_flops_per_s: float,
+  peak_per_device: float | None,
+  num_devices: int,
+  cached_cpu_peak: bool = True,
+) -> tuple[float | None, float | None]:
   """(MFU, the peak per device to use from now on), MFU in [0, 1].
 
   On CPU, a rate above the cached peak means the peak was measured under load: the cached

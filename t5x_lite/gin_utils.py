@@ -8,13 +8,13 @@ them: gin's own include lookup treats a directory such as `runs/` in the working
 Python package and fails on it.
 """
 
+from collections.abc import Sequence
 import contextlib
 import difflib
 import io
 import os
 import pathlib
 import re
-from typing import Sequence
 
 import gin
 
@@ -34,6 +34,7 @@ def _resolve_gin_file(name: str, included_from: str | None = None) -> str:
   """The file a `--gin_file` or `include` names: the first search-path root holding it."""
   if paths.is_remote(name):  # gs:// and other object stores, read through tf.io.gfile
     import tensorflow as tf
+
     if tf.io.gfile.exists(name):
       return name
   elif os.path.isabs(name) or name.startswith("~"):
@@ -54,6 +55,7 @@ _INCLUDE = re.compile(r"""^\s*include\s+(['"])([^'"]+)\1\s*(#.*)?$""")
 def _read_text(path: str) -> str:
   if paths.is_remote(path):
     import tensorflow as tf
+
     with tf.io.gfile.GFile(path) as f:
       return f.read()
   with open(path, encoding="utf-8") as f:
@@ -63,14 +65,15 @@ def _read_text(path: str) -> str:
 # Configs written by earlier versions (a run's config.gin, a checkpoint's stored gin_config) name
 # things that have since moved or gone; `upgrade_old_names` rewrites them so they parse again.
 _MOVED_MODULES = (  # (pattern, replacement): the seqio tasks moved into the package
-    (re.compile(r"^(\s*)import tasks\b", re.M), r"\1import t5x_lite.tasks"),
-    (re.compile(r"^(\s*)from tasks\b", re.M), r"\1from t5x_lite.tasks"),
-    (re.compile(r"(?<![\w.])tasks\.(c4|local_corpora|quickstart)\."), r"t5x_lite.tasks.\1."),
+  (re.compile(r"^(\s*)import tasks\b", re.M), r"\1import t5x_lite.tasks"),
+  (re.compile(r"^(\s*)from tasks\b", re.M), r"\1from t5x_lite.tasks"),
+  (re.compile(r"(?<![\w.])tasks\.(c4|local_corpora|quickstart)\."), r"t5x_lite.tasks.\1."),
 )
 # No longer configurable: every caller passes all their arguments, so a binding did nothing.
 RETIRED_CONFIGURABLES = ("make_mesh",)
 _RETIRED_BINDING = re.compile(
-    rf"^(?:[\w./]*\.)?(?:{'|'.join(RETIRED_CONFIGURABLES)})\.\w+\s*=.*$", re.M)
+  rf"^(?:[\w./]*\.)?(?:{'|'.join(RETIRED_CONFIGURABLES)})\.\w+\s*=.*$", re.M
+)
 
 
 def upgrade_old_names(text: str) -> str:
@@ -91,9 +94,13 @@ def fresh_config():
   """
   # pylint: disable=protected-access
   tables = gin.config
-  saved = ({key: dict(values) for key, values in tables._CONFIG.items()},
-           {key: dict(values) for key, values in tables._OPERATIVE_CONFIG.items()},
-           set(tables._IMPORTS), dict(tables._SINGLETONS), gin.config_is_locked())
+  saved = (
+    {key: dict(values) for key, values in tables._CONFIG.items()},
+    {key: dict(values) for key, values in tables._OPERATIVE_CONFIG.items()},
+    set(tables._IMPORTS),
+    dict(tables._SINGLETONS),
+    gin.config_is_locked(),
+  )
   gin.clear_config()
   try:
     yield
@@ -143,7 +150,7 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str
         value = args[i]
       (files if m.group(1) == "gin_file" else bindings).append(value)
     elif arg.startswith("--gin."):
-      name, sep, value = arg[len("--gin."):].partition("=")
+      name, sep, value = arg[len("--gin.") :].partition("=")
       if not sep:
         raise UserError(f"flag {arg} must look like --gin.NAME=VALUE")
       bindings.append(f"{name} = {value}")
@@ -196,8 +203,12 @@ def check_command_line_macros(bindings: Sequence[str]) -> None:
       continue
     name = m.group(1)
     close = difflib.get_close_matches(name, sorted(used), n=1)
-    hint = (f"did you mean {close[0]}?" if close else
-            f"macros the gin files use: {', '.join(sorted(used)) or 'none'}")
-    raise UserError(f"--gin.{name} sets a macro that no gin file uses ({hint}); "
-                    f"parameters are bound as --gin.function.parameter=VALUE")
-
+    hint = (
+      f"did you mean {close[0]}?"
+      if close
+      else f"macros the gin files use: {', '.join(sorted(used)) or 'none'}"
+    )
+    raise UserError(
+      f"--gin.{name} sets a macro that no gin file uses ({hint}); "
+      f"parameters are bound as --gin.function.parameter=VALUE"
+    )

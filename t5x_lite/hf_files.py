@@ -12,9 +12,9 @@ import tempfile
 from typing import Any, NamedTuple
 
 from t5x_lite import paths, step_fallback
-from t5x_lite.tokens import EOS_ID, EXTRA_IDS, PAD_ID, UNK_ID
 from t5x_lite.config import T5Config
 from t5x_lite.errors import UserError, first_line
+from t5x_lite.tokens import EOS_ID, EXTRA_IDS, PAD_ID, UNK_ID
 
 # T5Config fields with no counterpart in HF's T5Config: they only say how our code runs.
 EXECUTION_ONLY_FIELDS = ("name", "dtype", "scan_layers", "scan_unroll", "remat_policy")
@@ -22,8 +22,10 @@ EXECUTION_ONLY_FIELDS = ("name", "dtype", "scan_layers", "scan_unroll", "remat_p
 
 # -- files: local paths or object stores (gs://), both through tf.io.gfile, as training does ----
 
+
 def _gfile():
   import tensorflow as tf
+
   return tf.io.gfile
 
 
@@ -50,6 +52,7 @@ def read_text(path: str) -> str:
 
 # -- config ----------------------------------------------------------------------------------------
 
+
 def config_from_meta(meta: dict, where: str) -> T5Config:
   """The T5Config a checkpoint was trained with (meta['model_config'])."""
   saved = meta.get("model_config")
@@ -59,8 +62,9 @@ def config_from_meta(meta: dict, where: str) -> T5Config:
   unknown = sorted(set(saved) - known)
   if unknown:
     # Written by a newer version with options this one (and maybe HF) cannot run.
-    raise UserError(f"checkpoint {where} has model options this version does not know: "
-                    f"{', '.join(unknown)}")
+    raise UserError(
+      f"checkpoint {where} has model options this version does not know: {', '.join(unknown)}"
+    )
   return T5Config(**saved)
 
 
@@ -71,6 +75,7 @@ def hf_incompatibility(cfg: T5Config) -> str | None:
   added later without an HF mapping blocks the export unless it still holds its default.
   """
   from t5x_lite.config import EXPANDED_ON_HF_EXPORT, hf_config_dict
+
   hf_keys = set(hf_config_dict(cfg))
   renamed = {"num_encoder_layers": "num_layers"}
   for f in dataclasses.fields(T5Config):
@@ -88,10 +93,11 @@ def hf_incompatibility(cfg: T5Config) -> str | None:
 
 # -- params-only restore ---------------------------------------------------------------------------
 
+
 class Restored(NamedTuple):
   step: int
   cfg: T5Config
-  params: Any      # jax arrays on one device
+  params: Any  # jax arrays on one device
   meta: dict
 
 
@@ -109,12 +115,16 @@ def _quiet_absl():
 
 def _read_only_manager(directory: str):
   import orbax.checkpoint as ocp
+
   # The `state` item is written with StandardSave; reading it through the PyTree handler (same
   # on-disk format) allows a partial restore of `params` without the optimizer state.
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   with _quiet_absl():
-    return ocp.CheckpointManager(directory, options=options, item_handlers={
-        "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+    return ocp.CheckpointManager(
+      directory,
+      options=options,
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+    )
 
 
 def restore_params(model_dir: str, step: int | None = None, device=None) -> Restored:
@@ -125,6 +135,7 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
   """
   import jax
   import orbax.checkpoint as ocp
+
   from t5x_lite.models import EncoderDecoderModel
 
   directory = os.path.join(paths.resolve(model_dir), "checkpoints")
@@ -144,17 +155,24 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
   def attempt(candidate: int) -> Restored:
     where = os.path.join(directory, str(candidate))
     with step_fallback.reading(), _quiet_absl():
-      meta = dict(manager.restore(candidate, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore())).meta)
+      meta = dict(
+        manager.restore(candidate, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      )
     cfg = config_from_meta(meta, where)
     abstract = EncoderDecoderModel(cfg).abstract_params()
     restore_args = jax.tree.map(
-        lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
-        abstract)
+      lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
+      abstract,
+    )
     with step_fallback.reading(), _quiet_absl():
-      state = manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item={"params": abstract}, restore_args={"params": restore_args},
-          partial_restore=True))).state
+      state = manager.restore(
+        candidate,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+            item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
+          )
+        ),
+      ).state
     return Restored(candidate, cfg, state["params"], meta)
 
   def unreadable(candidate: int, error: BaseException) -> None:
@@ -162,13 +180,17 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
     where = os.path.join(directory, str(candidate))
     if step is not None or candidate == steps[0]:
       raise UserError(f"checkpoint {where} cannot be restored: {first_line(error)}") from None
-    print(f"warning: checkpoint {where} cannot be restored ({first_line(error)}); "
-          "using the previous one", flush=True)
+    print(
+      f"warning: checkpoint {where} cannot be restored ({first_line(error)}); "
+      "using the previous one",
+      flush=True,
+    )
 
   return step_fallback.newest_readable(steps, attempt, unreadable)
 
 
 # -- tokenizer files -------------------------------------------------------------------------------
+
 
 def extra_id_tokens(n: int = EXTRA_IDS) -> list[str]:
   return [f"<extra_id_{i}>" for i in range(n)]
@@ -177,6 +199,7 @@ def extra_id_tokens(n: int = EXTRA_IDS) -> list[str]:
 def check_sentencepiece(model_bytes: bytes, source: str) -> int:
   """Validates a T5 SentencePiece model (pad 0, eos 1, unk 2, no extra ids); returns its size."""
   import sentencepiece as spm
+
   try:
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
   except Exception as e:
@@ -192,6 +215,7 @@ def check_sentencepiece(model_bytes: bytes, source: str) -> int:
 def _strip_extra_ids(model_bytes: bytes) -> bytes:
   """seqio's in-memory model has the extra ids appended as pieces: drop them again."""
   from sentencepiece import sentencepiece_model_pb2
+
   proto = sentencepiece_model_pb2.ModelProto.FromString(model_bytes)
   while proto.pieces and proto.pieces[-1].piece.startswith("<extra_id_"):
     proto.pieces.pop()
@@ -209,8 +233,9 @@ def sentencepiece_bytes_of(vocab) -> bytes:
   return _strip_extra_ids(data)
 
 
-def run_sentencepiece(model_dir: str, vocab: str | None, meta: dict
-                      ) -> tuple[bytes | None, str, str]:
+def run_sentencepiece(
+  model_dir: str, vocab: str | None, meta: dict
+) -> tuple[bytes | None, str, str]:
   """The SentencePiece model of a run, as (bytes or None, where from, why not): the file `vocab`
   (--vocab), else MODEL_DIR/spiece.model (what import_hf copies in), else the run's task's."""
   if vocab:
@@ -231,13 +256,14 @@ def task_sentencepiece(meta: dict) -> tuple[bytes | None, str]:
     return None, "the checkpoint names no task"
   try:
     import gin
-    import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks)
+
     from t5x_lite import gin_utils
     from t5x_lite.data import pipeline
+    import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks)
+
     # Vocabulary paths can be gin bindings of the run: apply the run's saved config.
     with gin_utils.fresh_config():
-      gin.parse_config(gin_utils.upgrade_old_names(meta.get("gin_config") or ""),
-                       skip_unknown=True)
+      gin.parse_config(gin_utils.upgrade_old_names(meta.get("gin_config") or ""), skip_unknown=True)
       return sentencepiece_bytes_of(pipeline.get_vocabulary(task)), ""
   except Exception as e:
     return None, f"the vocabulary of task {task!r} is not available ({first_line(e)})"
@@ -256,12 +282,17 @@ def fast_tokenizer(model_bytes: bytes):
   """
   from sentencepiece import sentencepiece_model_pb2
   from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
+
   proto = sentencepiece_model_pb2.ModelProto.FromString(model_bytes)
   spec = proto.normalizer_spec
   unk = [i for i, p in enumerate(proto.pieces) if p.type == p.UNKNOWN]
-  tokenizer = Tokenizer(models.Unigram([(p.piece, p.score) for p in proto.pieces],
-                                       unk_id=unk[0] if unk else None,
-                                       byte_fallback=proto.trainer_spec.byte_fallback))
+  tokenizer = Tokenizer(
+    models.Unigram(
+      [(p.piece, p.score) for p in proto.pieces],
+      unk_id=unk[0] if unk else None,
+      byte_fallback=proto.trainer_spec.byte_fallback,
+    )
+  )
   steps = []
   if spec.precompiled_charsmap:
     steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
@@ -274,13 +305,16 @@ def fast_tokenizer(model_bytes: bytes):
   tokenizer.normalizer = normalizers.Sequence(steps)
   tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
   # Already in the vocabulary (ids 0, 1, 2); as special tokens, decoding can skip them.
-  tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True)
-                                for t in ("<pad>", "</s>", "<unk>")])
-  tokenizer.add_special_tokens([AddedToken(t, normalized=True, special=True)
-                                for t in reversed(extra_id_tokens())])
+  tokenizer.add_special_tokens(
+    [AddedToken(t, normalized=False, special=True) for t in ("<pad>", "</s>", "<unk>")]
+  )
+  tokenizer.add_special_tokens(
+    [AddedToken(t, normalized=True, special=True) for t in reversed(extra_id_tokens())]
+  )
   eos = proto.trainer_spec.eos_id
   tokenizer.post_processor = processors.TemplateProcessing(
-      single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
+    single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+  )
   return tokenizer
 
 
@@ -298,9 +332,16 @@ def write_tokenizer_files(out_dir: str, model_bytes: bytes, model_max_length: in
   # which is not how seqio, and so the model in training, saw them.
   specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
   write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
-  write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-      "tokenizer_class": "PreTrainedTokenizerFast", "extra_ids": EXTRA_IDS,
-      "model_max_length": model_max_length, "clean_up_tokenization_spaces": False, **specials})
+  write_json(
+    os.path.join(out_dir, "tokenizer_config.json"),
+    {
+      "tokenizer_class": "PreTrainedTokenizerFast",
+      "extra_ids": EXTRA_IDS,
+      "model_max_length": model_max_length,
+      "clean_up_tokenization_spaces": False,
+      **specials,
+    },
+  )
 
 
 def write_json(path: str, value: dict) -> None:
@@ -310,6 +351,7 @@ def write_json(path: str, value: dict) -> None:
 
 
 # -- all-or-nothing output directories -------------------------------------------------------------
+
 
 def check_output_dir(out_dir: str, overwrite: bool, flag: str = "--overwrite") -> None:
   if exists(out_dir) and not isdir(out_dir):

@@ -11,7 +11,8 @@ one matrix as both `k` and `v`: the same function, so the export is lossless. Re
 dict back into a shared/tied config checks that the copies agree.
 """
 
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,17 +25,21 @@ _TIED_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 class Entry(NamedTuple):
   hf_key: str
-  path: tuple[str, ...]   # path in our tree; for a layer param, below the layer
-  layer: int | None       # layer index, or None for a param outside the layer stack
-  transpose: bool         # Linear weight <-> kernel
-  repeat: int = 1         # HF holds our (out, in) weight this many times along `out` (shared heads)
+  path: tuple[str, ...]  # path in our tree; for a layer param, below the layer
+  layer: int | None  # layer index, or None for a param outside the layer stack
+  transpose: bool  # Linear weight <-> kernel
+  repeat: int = 1  # HF holds our (out, in) weight this many times along `out` (shared heads)
 
 
 def _attention(hf_prefix, our_name, stack, i, cfg):
   kv_repeat = cfg.num_heads // cfg.num_kv_heads
   value = "key" if cfg.tied_key_value else "value"
-  for hf, ours, repeat in (("q", "query", 1), ("k", "key", kv_repeat), ("v", value, kv_repeat),
-                           ("o", "out", 1)):
+  for hf, ours, repeat in (
+    ("q", "query", 1),
+    ("k", "key", kv_repeat),
+    ("v", value, kv_repeat),
+    ("o", "out", 1),
+  ):
     yield Entry(f"{hf_prefix}.{hf}.weight", (stack, our_name, ours, "kernel"), i, True, repeat)
 
 
@@ -49,25 +54,44 @@ def entries(cfg: T5Config) -> Iterator[Entry]:
   yield Entry("shared.weight", ("token_embedder", "embedding"), None, False)
   for stack, depth in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
     # One relative position table per stack; HF keeps it in block 0's self-attention.
-    yield Entry(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                (stack, "relpos_bias", "rel_embedding"), None, False)
+    yield Entry(
+      f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+      (stack, "relpos_bias", "rel_embedding"),
+      None,
+      False,
+    )
     for i in range(depth):
       block = f"{stack}.block.{i}.layer"
       if stack == "encoder":
         yield from _attention(f"{block}.0.SelfAttention", "attention", stack, i, cfg)
-        yield Entry(f"{block}.0.layer_norm.weight", (stack, "pre_attention_layer_norm", "scale"), i, False)
+        yield Entry(
+          f"{block}.0.layer_norm.weight", (stack, "pre_attention_layer_norm", "scale"), i, False
+        )
         yield from _mlp(f"{block}.1.DenseReluDense", cfg, stack, i)
-        yield Entry(f"{block}.1.layer_norm.weight", (stack, "pre_mlp_layer_norm", "scale"), i, False)
+        yield Entry(
+          f"{block}.1.layer_norm.weight", (stack, "pre_mlp_layer_norm", "scale"), i, False
+        )
       else:
         yield from _attention(f"{block}.0.SelfAttention", "self_attention", stack, i, cfg)
-        yield Entry(f"{block}.0.layer_norm.weight",
-                    (stack, "pre_self_attention_layer_norm", "scale"), i, False)
-        yield from _attention(f"{block}.1.EncDecAttention", "encoder_decoder_attention", stack,
-                              i, cfg)
-        yield Entry(f"{block}.1.layer_norm.weight",
-                    (stack, "pre_cross_attention_layer_norm", "scale"), i, False)
+        yield Entry(
+          f"{block}.0.layer_norm.weight",
+          (stack, "pre_self_attention_layer_norm", "scale"),
+          i,
+          False,
+        )
+        yield from _attention(
+          f"{block}.1.EncDecAttention", "encoder_decoder_attention", stack, i, cfg
+        )
+        yield Entry(
+          f"{block}.1.layer_norm.weight",
+          (stack, "pre_cross_attention_layer_norm", "scale"),
+          i,
+          False,
+        )
         yield from _mlp(f"{block}.2.DenseReluDense", cfg, stack, i)
-        yield Entry(f"{block}.2.layer_norm.weight", (stack, "pre_mlp_layer_norm", "scale"), i, False)
+        yield Entry(
+          f"{block}.2.layer_norm.weight", (stack, "pre_mlp_layer_norm", "scale"), i, False
+        )
     norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
     yield Entry(f"{stack}.final_layer_norm.weight", (stack, norm, "scale"), None, False)
   if not cfg.tie_word_embeddings:
@@ -125,8 +149,10 @@ def to_hf_state_dict(params, cfg: T5Config) -> dict[str, np.ndarray]:
       value = np.tile(value, (entry.repeat, 1))
     expected = hf_shape(entry, cfg)
     if value.shape != expected:
-      raise UserError(f"param {'/'.join(path)} for {entry.hf_key} has shape {value.shape}; "
-                      f"the config needs {expected}")
+      raise UserError(
+        f"param {'/'.join(path)} for {entry.hf_key} has shape {value.shape}; "
+        f"the config needs {expected}"
+      )
     state[entry.hf_key] = np.ascontiguousarray(value)
   return state
 
@@ -145,12 +171,15 @@ def from_hf_state_dict(state_dict, cfg: T5Config) -> dict:
   params, stacked = {}, {}
   for entry in table:
     if entry.hf_key not in state_dict:
-      raise UserError(f"key {entry.hf_key!r} is missing from the HF state dict for model {cfg.name!r}")
+      raise UserError(
+        f"key {entry.hf_key!r} is missing from the HF state dict for model {cfg.name!r}"
+      )
     value = _numpy(state_dict[entry.hf_key])
     expected = hf_shape(entry, cfg)
     if value.shape != expected:
-      raise UserError(f"key {entry.hf_key!r} has shape {tuple(value.shape)}; "
-                      f"model {cfg.name!r} needs {expected}")
+      raise UserError(
+        f"key {entry.hf_key!r} has shape {tuple(value.shape)}; model {cfg.name!r} needs {expected}"
+      )
     if entry.repeat > 1:
       value = _single_head(value, entry, cfg)
     value = np.array(value.T if entry.transpose else value, dtype=np.float32)
@@ -158,8 +187,10 @@ def from_hf_state_dict(state_dict, cfg: T5Config) -> dict:
     earlier = _get_or_none(params, path) if index is None else stacked.get(path, {}).get(index)
     if earlier is not None and not np.array_equal(earlier, value):
       # Tied key/value: `k` and `v` are one matrix of ours and must be equal.
-      raise UserError(f"key {entry.hf_key!r} differs from the key projection it is tied to in "
-                      f"model {cfg.name!r} (-skv); import it as an untied model")
+      raise UserError(
+        f"key {entry.hf_key!r} differs from the key projection it is tied to in "
+        f"model {cfg.name!r} (-skv); import it as an untied model"
+      )
     if index is None:
       _set(params, path, value)
     else:
@@ -169,8 +200,9 @@ def from_hf_state_dict(state_dict, cfg: T5Config) -> dict:
   for key in ignored & set(state_dict):  # Aliases must at least agree in shape.
     shape = tuple(np.shape(state_dict[key]))
     if shape != (cfg.vocab_size, cfg.d_model):
-      raise UserError(f"key {key!r} has shape {shape}; model {cfg.name!r} needs "
-                      f"{(cfg.vocab_size, cfg.d_model)}")
+      raise UserError(
+        f"key {key!r} has shape {shape}; model {cfg.name!r} needs {(cfg.vocab_size, cfg.d_model)}"
+      )
   return params
 
 
@@ -178,8 +210,10 @@ def _single_head(value: np.ndarray, entry: Entry, cfg: T5Config) -> np.ndarray:
   """The one key/value head of a shared-heads model from HF's per-head copies, which must agree."""
   heads = value.reshape(entry.repeat, -1, value.shape[-1])
   if not (heads == heads[:1]).all():
-    raise UserError(f"key {entry.hf_key!r} has different heads; model {cfg.name!r} (-sh) shares "
-                    "one key/value head; import it as a model without shared heads")
+    raise UserError(
+      f"key {entry.hf_key!r} has different heads; model {cfg.name!r} (-sh) shares "
+      "one key/value head; import it as a model without shared heads"
+    )
   return heads[0]
 
 
@@ -189,8 +223,11 @@ def tied_variants(state_dict, cfg: T5Config) -> list[str]:
   An export of a shared-heads or tied key/value model writes repeated heads or equal k and v in
   every attention layer; a trained ordinary model has neither. Returns e.g. ['sh', 'skv'] or [].
   """
-  pairs = [(e.hf_key, e.hf_key[:-len("k.weight")] + "v.weight") for e in entries(cfg)
-           if e.hf_key.endswith(".k.weight")]
+  pairs = [
+    (e.hf_key, e.hf_key[: -len("k.weight")] + "v.weight")
+    for e in entries(cfg)
+    if e.hf_key.endswith(".k.weight")
+  ]
   if not pairs or any(k not in state_dict or v not in state_dict for k, v in pairs):
     return []
 
@@ -199,8 +236,9 @@ def tied_variants(state_dict, cfg: T5Config) -> list[str]:
     return bool((heads == heads[:1]).all())
 
   found = []
-  if cfg.num_heads > 1 and all(heads_repeated(_numpy(state_dict[key]))
-                               for pair in pairs for key in pair):
+  if cfg.num_heads > 1 and all(
+    heads_repeated(_numpy(state_dict[key])) for pair in pairs for key in pair
+  ):
     found.append("sh")
   if all(np.array_equal(_numpy(state_dict[k]), _numpy(state_dict[v])) for k, v in pairs):
     found.append("skv")

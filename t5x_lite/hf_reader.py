@@ -11,22 +11,39 @@ from t5x_lite import config, hf_files
 from t5x_lite.errors import UserError
 
 # HF T5Config defaults for keys a config.json may leave out.
-HF_DEFAULTS = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6,
-               "num_heads": 8, "feed_forward_proj": "relu", "tie_word_embeddings": True,
-               "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-               "layer_norm_epsilon": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
-               "decoder_start_token_id": 0}
+HF_DEFAULTS = {
+  "vocab_size": 32128,
+  "d_model": 512,
+  "d_kv": 64,
+  "d_ff": 2048,
+  "num_layers": 6,
+  "num_heads": 8,
+  "feed_forward_proj": "relu",
+  "tie_word_embeddings": True,
+  "relative_attention_num_buckets": 32,
+  "relative_attention_max_distance": 128,
+  "layer_norm_epsilon": 1e-6,
+  "pad_token_id": 0,
+  "eos_token_id": 1,
+  "decoder_start_token_id": 0,
+}
 # Fixed in our model and not bindable in a model gin: an HF config must agree with these.
-FIXED = {"relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-         "layer_norm_epsilon": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
-         "decoder_start_token_id": 0}
+FIXED = {
+  "relative_attention_num_buckets": 32,
+  "relative_attention_max_distance": 128,
+  "layer_norm_epsilon": 1e-6,
+  "pad_token_id": 0,
+  "eos_token_id": 1,
+  "decoder_start_token_id": 0,
+}
 
 
 def dims_from_hf_config(hf: dict, source: str) -> dict:
   """model_config arguments for an HF T5 config.json; refuses what our T5 cannot hold."""
   if hf.get("model_type") != "t5" or hf.get("is_encoder_decoder") is False:
-    raise UserError(f"{source} is not a T5 encoder-decoder config (model_type "
-                    f"{hf.get('model_type')!r})")
+    raise UserError(
+      f"{source} is not a T5 encoder-decoder config (model_type {hf.get('model_type')!r})"
+    )
   get = lambda key: hf[key] if hf.get(key) is not None else HF_DEFAULTS[key]
   for key, ours in FIXED.items():
     value = get(key)
@@ -34,21 +51,30 @@ def dims_from_hf_config(hf: dict, source: str) -> dict:
       raise UserError(f"{source} has {key}={value!r}; this project's T5 fixes it at {ours!r}")
   proj = get("feed_forward_proj")
   if proj not in config.FEED_FORWARD_PROJS:
-    raise UserError(f"{source} has feed_forward_proj={proj!r}; supported: "
-                    f"{', '.join(config.FEED_FORWARD_PROJS)}")
+    raise UserError(
+      f"{source} has feed_forward_proj={proj!r}; supported: {', '.join(config.FEED_FORWARD_PROJS)}"
+    )
   num_layers = get("num_layers")
   # transformers 5 always writes tie_word_embeddings=true and says with scale_decoder_outputs
   # whether logits are rescaled (v1.0); older configs say it with tie_word_embeddings alone.
   # Our model rescales exactly when it ties.
   scaled = hf.get("scale_decoder_outputs", get("tie_word_embeddings"))
-  return dict(vocab_size=get("vocab_size"), d_model=get("d_model"), d_ff=get("d_ff"),
-              num_heads=get("num_heads"), d_kv=get("d_kv"), num_encoder_layers=num_layers,
-              num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
-              feed_forward_proj=proj, tie_word_embeddings=bool(scaled))
+  return dict(
+    vocab_size=get("vocab_size"),
+    d_model=get("d_model"),
+    d_ff=get("d_ff"),
+    num_heads=get("num_heads"),
+    d_kv=get("d_kv"),
+    num_encoder_layers=num_layers,
+    num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
+    feed_forward_proj=proj,
+    tie_word_embeddings=bool(scaled),
+  )
 
 
 def load_hf_state_dict(hf_dir: str, allow_pickle: bool) -> dict:
   from safetensors.numpy import load as load_safetensors
+
   single = os.path.join(hf_dir, "model.safetensors")
   index = os.path.join(hf_dir, "model.safetensors.index.json")
   if hf_files.isfile(single):
@@ -62,14 +88,19 @@ def load_hf_state_dict(hf_dir: str, allow_pickle: bool) -> dict:
   pickle_path = os.path.join(hf_dir, "pytorch_model.bin")
   if hf_files.isfile(pickle_path):
     if not allow_pickle:
-      raise UserError(f"{hf_dir} has only pytorch_model.bin (a pickle, which can run code when "
-                      "loaded); pass --allow_pickle if you trust it")
+      raise UserError(
+        f"{hf_dir} has only pytorch_model.bin (a pickle, which can run code when "
+        "loaded); pass --allow_pickle if you trust it"
+      )
     try:
       import torch
     except ImportError:
       raise UserError("reading pytorch_model.bin needs torch (pip install torch)") from None
-    return dict(torch.load(io.BytesIO(hf_files.read_bytes(pickle_path)), map_location="cpu",
-                           weights_only=True))
+    return dict(
+      torch.load(
+        io.BytesIO(hf_files.read_bytes(pickle_path)), map_location="cpu", weights_only=True
+      )
+    )
   raise UserError(f"no model.safetensors (or model.safetensors.index.json) in {hf_dir}")
 
 
@@ -85,6 +116,8 @@ def with_output_embedding(state: dict, dims: dict, source: str) -> dict:
       state = {**state, "lm_head.weight": np.array(shared)}
     return state
   if dims["tie_word_embeddings"] and not np.array_equal(np.asarray(shared), np.asarray(head)):
-    raise UserError(f"{source} rescales the logits (v1.0) but has an lm_head.weight unlike "
-                    "shared.weight; this project's T5 ties the two in that case")
+    raise UserError(
+      f"{source} rescales the logits (v1.0) but has an lm_head.weight unlike "
+      "shared.weight; this project's T5 ties the two in that case"
+    )
   return state

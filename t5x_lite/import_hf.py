@@ -15,20 +15,29 @@ import json
 import os
 import sys
 
-
 from t5x_lite import commands, config, gin_utils, hf_files, paths, tokens
 from t5x_lite.config import T5Config
-from t5x_lite.hf_reader import dims_from_hf_config, load_hf_state_dict, with_output_embedding
 from t5x_lite.errors import UserError, run_main
+from t5x_lite.hf_reader import dims_from_hf_config, load_hf_state_dict, with_output_embedding
 
 # Dimensions a model gin binds (model_config arguments), in the order model.gin lists them.
-GIN_DIMS = ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
-            "num_decoder_layers", "feed_forward_proj", "tie_word_embeddings")
+GIN_DIMS = (
+  "vocab_size",
+  "d_model",
+  "d_ff",
+  "num_heads",
+  "d_kv",
+  "num_encoder_layers",
+  "num_decoder_layers",
+  "feed_forward_proj",
+  "tie_word_embeddings",
+)
 DEFAULT_RUN_GIN = "runs/pretrain.gin"
 _SUFFIX_OF = {"d_model": "dm", "d_ff": "ff", "num_heads": "nh", "d_kv": "kv"}
 
 
 # -- config -------------------------------------------------------------------------------------
+
 
 def model_name_for(dims: dict) -> str:
   """The shortest released-style name (size + suffixes) that spells these dimensions."""
@@ -49,9 +58,13 @@ def model_name_for(dims: dict) -> str:
 
 
 def model_gin_text(name: str, dims: dict, source: str) -> str:
-  lines = [f"# The model of the Hugging Face T5 checkpoint {source}, imported as step 0.",
-           "# Combine with a run gin (e.g. runs/pretrain.gin) to continue pretraining.",
-           "from t5x_lite import config", "", f"model_config.name = {name!r}"]
+  lines = [
+    f"# The model of the Hugging Face T5 checkpoint {source}, imported as step 0.",
+    "# Combine with a run gin (e.g. runs/pretrain.gin) to continue pretraining.",
+    "from t5x_lite import config",
+    "",
+    f"model_config.name = {name!r}",
+  ]
   lines += [f"model_config.{k} = {dims[k]!r}" for k in GIN_DIMS]
   return "\n".join(lines) + "\n"
 
@@ -63,15 +76,18 @@ def check_against_model_gin(dims: dict, gin_file: str) -> None:
     cfg = config.model_config()
   for key in GIN_DIMS:
     if getattr(cfg, key) != dims[key]:
-      raise UserError(f"{gin_file} has {key}={getattr(cfg, key)!r} but the HF model has "
-                      f"{dims[key]!r}")
+      raise UserError(
+        f"{gin_file} has {key}={getattr(cfg, key)!r} but the HF model has {dims[key]!r}"
+      )
 
 
 # -- run gin ------------------------------------------------------------------------------------
 
+
 def _bound(name: str):
   """A gin binding of the parsed run config with macros resolved, or None."""
   import gin
+
   try:
     value = gin.query_parameter(name)
   except (ValueError, KeyError):
@@ -83,12 +99,20 @@ def _bound(name: str):
 
 # -- import -------------------------------------------------------------------------------------
 
-def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
-              gin_file: str | None = None, allow_pickle: bool = False, log=print) -> T5Config:
+
+def import_hf(
+  hf_dir: str,
+  model_dir: str,
+  run_gin_file: str = DEFAULT_RUN_GIN,
+  gin_file: str | None = None,
+  allow_pickle: bool = False,
+  log=print,
+) -> T5Config:
   """Writes the step-0 checkpoint and model.gin; returns the model's config."""
   import gin
   import jax
   import jax.numpy as jnp
+
   from t5x_lite import checkpoints, hf_mapping, partitioning
   from t5x_lite.models import EncoderDecoderModel
   from t5x_lite.trainer import Trainer, TrainState
@@ -104,8 +128,10 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read {config_path}: {e}") from None
   if not isinstance(hf_config, dict):
-    raise UserError(f"{config_path} holds a JSON {type(hf_config).__name__}, not an object; "
-                    f"use the config.json of a Hugging Face T5 model")
+    raise UserError(
+      f"{config_path} holds a JSON {type(hf_config).__name__}, not an object; "
+      f"use the config.json of a Hugging Face T5 model"
+    )
   dims = dims_from_hf_config(hf_config, config_path)
   if gin_file:
     check_against_model_gin(dims, gin_file)
@@ -117,8 +143,11 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
   if hf_files.isfile(spm_path):
     spm_bytes = hf_files.read_bytes(spm_path)
     pieces = hf_files.check_sentencepiece(spm_bytes, spm_path)
-    tokens.check_vocab_fits(pieces + tokens.EXTRA_IDS, dims["vocab_size"],
-                            f"{spm_path} ({pieces} pieces + {tokens.EXTRA_IDS} extra ids)")
+    tokens.check_vocab_fits(
+      pieces + tokens.EXTRA_IDS,
+      dims["vocab_size"],
+      f"{spm_path} ({pieces} pieces + {tokens.EXTRA_IDS} extra ids)",
+    )
 
   # The run gin decides what the checkpoint must match when training restores it: scan layout,
   # optimizer state structure, activation dtype.
@@ -138,13 +167,22 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
     opt_state = jax.jit(trainer.optimizer.init, out_shardings=shardings.opt_state)(params)
     # The same dropout key as a fresh run with seed 0 (Trainer.init_state).
     rng = jax.device_put(jax.random.split(jax.random.PRNGKey(0))[1], shardings.rng)
-    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
-                       params=params, opt_state=opt_state, rng=rng)
+    state = TrainState(
+      step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+      params=params,
+      opt_state=opt_state,
+      rng=rng,
+    )
     lengths = _bound("train.task_feature_lengths")
-    meta = {"step": 0, "batches_consumed": 0, "model_config": dataclasses.asdict(cfg),
-            "gin_config": gin.config_str(), "mixture_or_task_name": _bound("train.mixture_or_task_name"),
-            "task_feature_lengths": dict(lengths) if isinstance(lengths, dict) else None,
-            "imported_from": os.path.basename(hf_dir)}
+    meta = {
+      "step": 0,
+      "batches_consumed": 0,
+      "model_config": dataclasses.asdict(cfg),
+      "gin_config": gin.config_str(),
+      "mixture_or_task_name": _bound("train.mixture_or_task_name"),
+      "task_feature_lengths": dict(lengths) if isinstance(lengths, dict) else None,
+      "imported_from": os.path.basename(hf_dir),
+    }
     with hf_files.staged_output_dir(model_dir, overwrite=False, flag=None) as tmp:
       ckpt = checkpoints.Checkpointer(tmp, async_save=False)
       ckpt.save(0, state, meta, None)
@@ -157,16 +195,22 @@ def import_hf(hf_dir: str, model_dir: str, run_gin_file: str = DEFAULT_RUN_GIN,
 
   log(f"imported {hf_dir} as step 0 of {model_dir} (model {name}, scan_layers={cfg.scan_layers})")
   if shared_structure:
-    log(f"{hf_dir} holds a -{'-'.join(shared_structure)} model written out in HF's layout; imported "
-        f"as an ordinary untied model ({name}): its key/value weights train independently from here")
+    log(
+      f"{hf_dir} holds a -{'-'.join(shared_structure)} model written out in HF's layout; imported "
+      f"as an ordinary untied model ({name}): its key/value weights train independently from here"
+    )
   for label, command in continue_commands(model_dir, run_gin_file, spm_bytes is not None):
     log(f"{label}: {command}")
   if spm_bytes is not None:
-    log(f"the commands train with its vocabulary, {model_dir}/spiece.model, so the data uses the "
-        "same ids")
+    log(
+      f"the commands train with its vocabulary, {model_dir}/spiece.model, so the data uses the "
+      "same ids"
+    )
   else:
-    log(f"{hf_dir} has no spiece.model: make sure the run's vocabulary is the one the model "
-        "was trained with")
+    log(
+      f"{hf_dir} has no spiece.model: make sure the run's vocabulary is the one the model "
+      "was trained with"
+    )
   return cfg
 
 
@@ -178,27 +222,57 @@ def continue_commands(model_dir: str, run_gin_file: str, has_vocab: bool) -> lis
     flags.append(f"--gin.task_vocabulary.path='{os.path.join(model_dir, 'spiece.model')}'")
   model_gin = f"--gin_file={os.path.join(model_dir, 'model.gin')}"
   if os.path.normpath(run_gin_file) != os.path.normpath(DEFAULT_RUN_GIN):
-    return [("continue pretraining", commands.module_command(
-        "t5x_lite.train", [model_gin, f"--gin_file={run_gin_file}", *flags]))]
+    return [
+      (
+        "continue pretraining",
+        commands.module_command(
+          "t5x_lite.train", [model_gin, f"--gin_file={run_gin_file}", *flags]
+        ),
+      )
+    ]
   return [
-      ("continue pretraining on C4", commands.module_command("t5x_lite.train", [
-          model_gin, f"--gin_file={run_gin_file}", *flags,
-          "--gin.C4_TFDS_DATA_DIR='/path/to/tensorflow_datasets'"])),
-      ("or, without C4, on the quickstart corpus (a smoke test)", commands.module_command(
-          "t5x_lite.train", [model_gin, "--gin_file=runs/quickstart.gin", *flags]))]
+    (
+      "continue pretraining on C4",
+      commands.module_command(
+        "t5x_lite.train",
+        [
+          model_gin,
+          f"--gin_file={run_gin_file}",
+          *flags,
+          "--gin.C4_TFDS_DATA_DIR='/path/to/tensorflow_datasets'",
+        ],
+      ),
+    ),
+    (
+      "or, without C4, on the quickstart corpus (a smoke test)",
+      commands.module_command(
+        "t5x_lite.train", [model_gin, "--gin_file=runs/quickstart.gin", *flags]
+      ),
+    ),
+  ]
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m t5x_lite.import_hf", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m t5x_lite.import_hf",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--hf_dir", required=True, help="HF T5 directory (config.json + weights)")
   parser.add_argument("--model_dir", required=True, help="new MODEL_DIR (must be empty or absent)")
-  parser.add_argument("--run_gin_file", default=DEFAULT_RUN_GIN,
-                      help="the run gin training will use (optimizer, scan_layers, dtype)")
-  parser.add_argument("--gin_file", default=None,
-                      help="a model gin the HF dimensions must agree with")
-  parser.add_argument("--allow_pickle", action="store_true",
-                      help="allow reading pytorch_model.bin (pickle) when no safetensors exist")
+  parser.add_argument(
+    "--run_gin_file",
+    default=DEFAULT_RUN_GIN,
+    help="the run gin training will use (optimizer, scan_layers, dtype)",
+  )
+  parser.add_argument(
+    "--gin_file", default=None, help="a model gin the HF dimensions must agree with"
+  )
+  parser.add_argument(
+    "--allow_pickle",
+    action="store_true",
+    help="allow reading pytorch_model.bin (pickle) when no safetensors exist",
+  )
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   import_hf(args.hf_dir, args.model_dir, args.run_gin_file, args.gin_file, args.allow_pickle)
   return 0

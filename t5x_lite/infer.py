@@ -13,7 +13,6 @@ import os
 import sys
 import tempfile
 
-
 from t5x_lite import hf_files, paths
 from t5x_lite.errors import UserError, run_main
 from t5x_lite.tokens import EOS_ID, EXTRA_IDS, check_vocab_fits
@@ -24,6 +23,7 @@ DEFAULT_MAX_DECODE_LENGTH = 64
 def load_vocabulary(model_dir: str, vocab: str | None, meta: dict):
   """seqio vocabulary: --vocab, else MODEL_DIR/spiece.model (an import), else the run's task."""
   import seqio
+
   data, source, why = hf_files.run_sentencepiece(model_dir, vocab, meta)
   if data is None:
     raise UserError(f"no vocabulary: {why}; pass --vocab=PATH/spiece.model")
@@ -45,6 +45,7 @@ class Decoder:
 
   def __init__(self, model_dir: str, step: int | None = None, dtype: str = "float32"):
     from t5x_lite import models  # jax is imported only when a model is loaded
+
     restored = hf_files.restore_params(model_dir, step)
     self.step, self.meta, self.params = restored.step, restored.meta, restored.params
     # Params are float32; float32 activations give the same tokens as a float32 HF export.
@@ -59,24 +60,34 @@ class Decoder:
 
   def generate(self, input_ids: list[list[int]], max_decode_length: int) -> list[list[int]]:
     """Each input (EOS included) -> its greedy output through the first EOS (or the limit)."""
-    return self._generate(self._decode, self.params, self.cfg.vocab_size, input_ids,
-                          max_decode_length)
+    return self._generate(
+      self._decode, self.params, self.cfg.vocab_size, input_ids, max_decode_length
+    )
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m t5x_lite.infer", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m t5x_lite.infer",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--model_dir", required=True)
   parser.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
-  parser.add_argument("--input", action="append", required=True,
-                      help="input text (repeatable; decoded as one batch)")
-  parser.add_argument("--max_decode_length", type=int, default=None,
-                      help="default: the run's target length, else 64")
+  parser.add_argument(
+    "--input", action="append", required=True, help="input text (repeatable; decoded as one batch)"
+  )
+  parser.add_argument(
+    "--max_decode_length", type=int, default=None, help="default: the run's target length, else 64"
+  )
   parser.add_argument("--ids", action="store_true", help="print token ids as JSON")
-  parser.add_argument("--vocab", default=None, help="SentencePiece model (default: "
-                      "MODEL_DIR/spiece.model, else the run's task vocabulary)")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="activation dtype")
+  parser.add_argument(
+    "--vocab",
+    default=None,
+    help="SentencePiece model (default: MODEL_DIR/spiece.model, else the run's task vocabulary)",
+  )
+  parser.add_argument(
+    "--dtype", default="float32", choices=("float32", "bfloat16"), help="activation dtype"
+  )
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.max_decode_length is not None and args.max_decode_length < 1:
     raise UserError(f"--max_decode_length must be positive, got {args.max_decode_length}")

@@ -21,9 +21,9 @@ from t5x_lite.gin_utils import parse_gin, required_macro, split_gin_flags
 def import_configurables() -> None:
   """Registers every configurable a run gin binds: the tasks and data ones, and training's (the
   run gins set train.*, the model and the optimizer too)."""
-  import t5x_lite.tasks  # noqa: F401
   from t5x_lite import training  # noqa: F401
   from t5x_lite.data import pipeline  # noqa: F401
+  import t5x_lite.tasks  # noqa: F401
 
 
 def main(argv=None) -> int:
@@ -32,11 +32,18 @@ def main(argv=None) -> int:
   parser.add_argument("--split", default="train")
   parser.add_argument("--num_examples", type=int, default=5)
   parser.add_argument("--decode", action="store_true", help="add the decoded text")
-  parser.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
-                      help="shuffle as training does (default)")
+  parser.add_argument(
+    "--shuffle",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="shuffle as training does (default)",
+  )
   parser.add_argument("--seed", type=int, default=None, help="default: the pipeline's default seed")
-  parser.add_argument("--stats", action="store_true",
-                      help="count documents, empty ones skipped and invalid UTF-8 instead")
+  parser.add_argument(
+    "--stats",
+    action="store_true",
+    help="count documents, empty ones skipped and invalid UTF-8 instead",
+  )
   args = parser.parse_args(rest)
 
   import_configurables()
@@ -58,8 +65,9 @@ def main(argv=None) -> int:
 
   lengths = dict(required_macro("TASK_FEATURE_LENGTHS"))
   seed = pipeline.DEFAULT_SEED if args.seed is None else args.seed
-  ds = provider.get_dataset(sequence_length=lengths, split=args.split, shuffle=args.shuffle,
-                            seed=seed, num_epochs=1)
+  ds = provider.get_dataset(
+    sequence_length=lengths, split=args.split, shuffle=args.shuffle, seed=seed, num_epochs=1
+  )
   vocab = pipeline.get_vocabulary(name)
   for ex in itertools.islice(ds.as_numpy_iterator(), args.num_examples):
     out = {"inputs": ex["inputs"].tolist(), "targets": ex["targets"].tolist()}

@@ -8,8 +8,8 @@ import math
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+import jax.numpy as jnp
 
 from t5x_lite.config import T5Config
 
@@ -33,12 +33,17 @@ def constrain(x, *names):
 
 class RMSNorm(nn.Module):
   """T5 layer norm: scale only, no mean subtraction, no bias; computed in float32."""
+
   cfg: T5Config
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (x.shape[-1],), jnp.float32)
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      (x.shape[-1],),
+      jnp.float32,
+    )
     x32 = x.astype(jnp.float32)
     variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     y = x32 * jax.lax.rsqrt(variance + self.cfg.layer_norm_epsilon) * scale
@@ -47,12 +52,16 @@ class RMSNorm(nn.Module):
 
 class Embed(nn.Module):
   """Token embedding, shared by encoder input, decoder input and (when tied) the logits."""
+
   cfg: T5Config
 
   def setup(self):
     self.embedding = self.param(
-        "embedding", nn.with_logical_partitioning(embedding_init, ("vocab", "embed")),
-        (self.cfg.vocab_size, self.cfg.d_model), jnp.float32)
+      "embedding",
+      nn.with_logical_partitioning(embedding_init, ("vocab", "embed")),
+      (self.cfg.vocab_size, self.cfg.d_model),
+      jnp.float32,
+    )
 
   def __call__(self, tokens):
     # A gather, not a one-hot matmul: cheap and exact.
@@ -62,12 +71,14 @@ class Embed(nn.Module):
   def attend(self, x):
     """Tied output projection: [batch, length, embed] -> float32 [batch, length, vocab]."""
     dtype = activation_dtype(self.cfg)
-    return jnp.einsum("bld,vd->blv", x, self.embedding.astype(dtype),
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+      "bld,vd->blv", x, self.embedding.astype(dtype), preferred_element_type=jnp.float32
+    )
 
 
 class Dense(nn.Module):
   """A bias-free projection of the last axis with a named 2-D float32 kernel."""
+
   features: int
   axes: tuple[str, str]
   init: nn.initializers.Initializer
@@ -76,14 +87,23 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.with_logical_partitioning(self.init, self.axes),
-                        (x.shape[-1], self.features), jnp.float32)
-    return jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype),
-                      preferred_element_type=self.out_dtype)
+    kernel = self.param(
+      "kernel",
+      nn.with_logical_partitioning(self.init, self.axes),
+      (x.shape[-1], self.features),
+      jnp.float32,
+    )
+    return jnp.einsum(
+      "...d,df->...f",
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      preferred_element_type=self.out_dtype,
+    )
 
 
-def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
-                             max_distance: int):
+def relative_position_bucket(
+  relative_position, bidirectional: bool, num_buckets: int, max_distance: int
+):
   """Maps key_position - query_position to a bucket, exactly as HF's T5 does.
 
   Half the buckets hold exact small distances, the rest grow logarithmically up to max_distance.
@@ -100,14 +120,16 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
   is_small = distance < max_exact
   # Clamp below at max_exact only where the small branch is taken anyway (avoids log(0)).
   far = jnp.maximum(distance, max_exact).astype(jnp.float32)
-  if_large = max_exact + (jnp.log(far / max_exact) / math.log(max_distance / max_exact)
-                          * (num_buckets - max_exact)).astype(relative_position.dtype)
+  if_large = max_exact + (
+    jnp.log(far / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+  ).astype(relative_position.dtype)
   if_large = jnp.minimum(if_large, num_buckets - 1)
   return buckets + jnp.where(is_small, distance, if_large)
 
 
 class RelativePositionBias(nn.Module):
   """One learned bias per (bucket, head); one table per stack, shared by all its layers."""
+
   cfg: T5Config
   bidirectional: bool
 
@@ -115,18 +137,25 @@ class RelativePositionBias(nn.Module):
   def __call__(self, query_positions, key_positions):
     """Positions [batch|1, q] and [batch|1, k] -> float32 bias [batch|1, heads, q, k]."""
     table = self.param(
-        "rel_embedding", nn.with_logical_partitioning(embedding_init, ("relpos_buckets", "heads")),
-        (self.cfg.relative_attention_num_buckets, self.cfg.num_heads), jnp.float32)
+      "rel_embedding",
+      nn.with_logical_partitioning(embedding_init, ("relpos_buckets", "heads")),
+      (self.cfg.relative_attention_num_buckets, self.cfg.num_heads),
+      jnp.float32,
+    )
     relative = key_positions[:, None, :] - query_positions[:, :, None]  # [batch, q, k]
-    buckets = relative_position_bucket(relative.astype(jnp.int32), self.bidirectional,
-                                       self.cfg.relative_attention_num_buckets,
-                                       self.cfg.relative_attention_max_distance)
+    buckets = relative_position_bucket(
+      relative.astype(jnp.int32),
+      self.bidirectional,
+      self.cfg.relative_attention_num_buckets,
+      self.cfg.relative_attention_max_distance,
+    )
     bias = jnp.take(table, buckets, axis=0)  # [batch, q, k, heads]
     return jnp.transpose(bias, (0, 3, 1, 2))
 
 
-def dot_product_attention(query, key, value, bias=None, mask=None, dtype=jnp.float32,
-                          weights_fn=None):
+def dot_product_attention(
+  query, key, value, bias=None, mask=None, dtype=jnp.float32, weights_fn=None
+):
   """T5's attention core: unscaled scores, float32 softmax, weighted sum of values.
 
   query [batch, q, heads, d_kv]; key, value [batch, k, kv_heads, d_kv] where kv_heads divides
@@ -167,6 +196,7 @@ class Attention(nn.Module):
   rather than split it over `model`. With tied key/value (`-skv`) there is no `value` projection:
   the values are the keys, and the cache holds them once.
   """
+
   cfg: T5Config
   enable_dropout: bool = False
 
@@ -185,8 +215,10 @@ class Attention(nn.Module):
     query = Dense(cfg.inner_dim, ("embed", "joined_kv"), query_init, dtype, name="query")(inputs_q)
     query = split_heads(query, cfg.num_heads, "heads")
     project_kv = lambda name: split_heads(
-        Dense(cfg.kv_inner_dim, kv_axes, attention_init, dtype, name=name)(inputs_kv),
-        cfg.num_kv_heads, kv_head_axis)
+      Dense(cfg.kv_inner_dim, kv_axes, attention_init, dtype, name=name)(inputs_kv),
+      cfg.num_kv_heads,
+      kv_head_axis,
+    )
     key = project_kv("key")  # [batch, kv_length, kv_heads, kv]
     value = key if cfg.tied_key_value else project_kv("value")
 
@@ -224,6 +256,7 @@ def gelu_new(x):
 
 class MLP(nn.Module):
   """relu: wo(relu(wi x)); gated-gelu (v1.1): wo(gelu(wi_0 x) * wi_1 x)."""
+
   cfg: T5Config
   enable_dropout: bool = False
 
@@ -233,7 +266,8 @@ class MLP(nn.Module):
     dtype = activation_dtype(cfg)
     # The pre-activation is what remat policies save ("mlp_hidden"); the activation is recomputed.
     up = lambda name: checkpoint_name(
-        Dense(cfg.d_ff, ("embed", "mlp"), mlp_init, dtype, name=name)(x), "mlp_hidden")
+      Dense(cfg.d_ff, ("embed", "mlp"), mlp_init, dtype, name=name)(x), "mlp_hidden"
+    )
     if cfg.feed_forward_proj == "gated-gelu":
       h = gelu_new(up("wi_0")) * up("wi_1")
     else:

@@ -9,9 +9,9 @@ POLICIES_BY_COST), then by the number of microbatches (which adds no FLOPs and g
 update). The first candidate that fits is chosen.
 """
 
+from collections.abc import Callable
 import dataclasses
 import math
-from typing import Callable
 
 import gin
 import jax
@@ -31,6 +31,7 @@ GiB = 2**30
 class Footprint:
   """Bytes one device needs for a train step; temp and total are None when the compiler itself
   refused the step for exceeding device memory."""
+
   params: int
   opt_state: int
   batch: int
@@ -57,15 +58,22 @@ class Footprint:
 def abstract_batch(trainer, batch_size: int, use_packing: bool = False) -> dict:
   """ShapeDtypeStructs of a global batch as the data pipeline delivers it (all int32)."""
   lengths = {"encoder": trainer.input_length, "decoder": trainer.target_length}
-  names = {"encoder_input_tokens": "encoder", "decoder_input_tokens": "decoder",
-           "decoder_target_tokens": "decoder", "decoder_loss_weights": "decoder"}
+  names = {
+    "encoder_input_tokens": "encoder",
+    "decoder_input_tokens": "decoder",
+    "decoder_target_tokens": "decoder",
+    "decoder_loss_weights": "decoder",
+  }
   if use_packing:
     for side in ("encoder", "decoder"):
       names[f"{side}_segment_ids"] = side
       names[f"{side}_positions"] = side
-  return {name: jax.ShapeDtypeStruct((batch_size, lengths[side]), jnp.int32,
-                                     sharding=trainer.batch_sharding)
-          for name, side in names.items()}
+  return {
+    name: jax.ShapeDtypeStruct(
+      (batch_size, lengths[side]), jnp.int32, sharding=trainer.batch_sharding
+    )
+    for name, side in names.items()
+  }
 
 
 def per_device_bytes(tree) -> int:
@@ -80,6 +88,7 @@ def per_device_bytes(tree) -> int:
 def compile_train_step(trainer, batch_size: int, use_packing: bool = False):
   """The trainer's own jitted train step, compiled for its mesh without running it."""
   from t5x_lite import partitioning
+
   state = trainer.abstract_state()
   batch = abstract_batch(trainer, batch_size, use_packing)
   with partitioning.activate(trainer.mesh, trainer.rules):
@@ -98,8 +107,9 @@ def footprint(compiled, state, batch) -> Footprint:
   arguments = int(analysis.argument_size_in_bytes)
   total = max(arguments, params + opt_state + batch_bytes) + temp + extra_out
   peak = int(getattr(analysis, "peak_memory_in_bytes", 0) or 0)
-  return Footprint(params=params, opt_state=opt_state, batch=batch_bytes, temp=temp, total=total,
-                   peak=peak or None)
+  return Footprint(
+    params=params, opt_state=opt_state, batch=batch_bytes, temp=temp, total=total, peak=peak or None
+  )
 
 
 def candidates(policy: str, num_microbatches: int, per_shard_batch: int) -> list[tuple[str, int]]:
@@ -107,13 +117,19 @@ def candidates(policy: str, num_microbatches: int, per_shard_batch: int) -> list
   first: policies by recomputation, then microbatch counts (powers of two dividing the batch of
   one data shard)."""
   start = POLICIES_BY_COST.index(policy) if policy in POLICIES_BY_COST else 0
-  counts = [n for n in (2**i for i in range(int(math.log2(max(per_shard_batch, 1))) + 1))
-            if per_shard_batch % n == 0 and n >= num_microbatches]
+  counts = [
+    n
+    for n in (2**i for i in range(int(math.log2(max(per_shard_batch, 1))) + 1))
+    if per_shard_batch % n == 0 and n >= num_microbatches
+  ]
   return [(p, n) for p in POLICIES_BY_COST[start:] for n in counts]
 
 
-def choose(candidate_list: list[tuple[str, int]], measure_one: Callable[[str, int], Footprint],
-           limit_bytes: int) -> tuple[tuple[str, int], Footprint] | None:
+def choose(
+  candidate_list: list[tuple[str, int]],
+  measure_one: Callable[[str, int], Footprint],
+  limit_bytes: int,
+) -> tuple[tuple[str, int], Footprint] | None:
   """The first candidate that fits under `limit_bytes`, with its footprint; None if none does.
 
   `measure_one(policy, microbatches)` compiles a candidate. The search stops early once the
@@ -128,17 +144,21 @@ def choose(candidate_list: list[tuple[str, int]], measure_one: Callable[[str, in
   return None
 
 
-def measure(trainer, batch_size: int, use_packing: bool = False,
-            limit_bytes: int | None = None) -> Footprint:
+def measure(
+  trainer, batch_size: int, use_packing: bool = False, limit_bytes: int | None = None
+) -> Footprint:
   """The footprint of the trainer's step. temp and total are None (no fit) when the compiler
   reports out-of-memory, or, without compiling, when the state and its gradients alone exceed
   `limit_bytes` (a compiler that cannot fit a program first spends long trying); any other
   compile error is raised."""
   state = trainer.abstract_state()
-  refused = Footprint(params=per_device_bytes(state.params),
-                      opt_state=per_device_bytes(state.opt_state),
-                      batch=per_device_bytes(abstract_batch(trainer, batch_size, use_packing)),
-                      temp=None, total=None)
+  refused = Footprint(
+    params=per_device_bytes(state.params),
+    opt_state=per_device_bytes(state.opt_state),
+    batch=per_device_bytes(abstract_batch(trainer, batch_size, use_packing)),
+    temp=None,
+    total=None,
+  )
   if limit_bytes is not None and refused.state_exceeds(limit_bytes):
     return refused
   try:
@@ -164,8 +184,9 @@ def is_out_of_memory(error: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "out of memory" in text
 
 
-def fit_trainer(trainer, mode: str, batch_size: int, use_packing: bool,
-                console: Callable[[str], None]):
+def fit_trainer(
+  trainer, mode: str, batch_size: int, use_packing: bool, console: Callable[[str], None]
+):
   """Returns `trainer` if its step fits the device (or mode is 'off' and it fits), else a Trainer
   with the cheapest remat policy / microbatch count that fits; its choice is bound in gin so
   that config.gin records it."""
@@ -179,8 +200,9 @@ def fit_trainer(trainer, mode: str, batch_size: int, use_packing: bool,
 
   def measured(policy: str, count: int) -> Footprint:
     if (policy, count) not in cache:
-      cache[(policy, count)] = measure(rebuild(trainer, policy, count), batch_size, use_packing,
-                                       limit)
+      cache[(policy, count)] = measure(
+        rebuild(trainer, policy, count), batch_size, use_packing, limit
+      )
     return cache[(policy, count)]
 
   configured = (cfg.remat_policy, trainer.num_microbatches)
@@ -191,20 +213,26 @@ def fit_trainer(trainer, mode: str, batch_size: int, use_packing: bool,
     return trainer
   shown = "more than the compiler allows" if needed is None else f"{needed / GiB:.2f} GiB"
   if mode == "off":
-    raise UserError(f"the train step needs {shown} per device but the limit is "
-                    f"{limit / GiB:.2f} GiB; set train.memory_fit='auto', or pick a remat policy "
-                    f"/ microbatch count with `python -m t5x_lite.plan --sweep`")
+    raise UserError(
+      f"the train step needs {shown} per device but the limit is "
+      f"{limit / GiB:.2f} GiB; set train.memory_fit='auto', or pick a remat policy "
+      f"/ microbatch count with `python -m t5x_lite.plan --sweep`"
+    )
   data_parallel = trainer.mesh.shape["data"]
   found = choose(candidates(*configured, batch_size // data_parallel), measured, limit)
   if found is None:
-    raise UserError(f"no remat policy / microbatch count fits the train step in "
-                    f"{limit / GiB:.2f} GiB per device (configured: {shown}); use more devices "
-                    f"or NUM_PARTITIONS, or see `python -m t5x_lite.plan --sweep`")
+    raise UserError(
+      f"no remat policy / microbatch count fits the train step in "
+      f"{limit / GiB:.2f} GiB per device (configured: {shown}); use more devices "
+      f"or NUM_PARTITIONS, or see `python -m t5x_lite.plan --sweep`"
+    )
   (policy, count), chosen = found
-  console(f"memory_fit: the configured step (remat_policy={configured[0]}, num_microbatches="
-          f"{configured[1]}) needs {shown} per device, over the {limit / GiB:.2f} GiB limit; "
-          f"training with remat_policy={policy}, num_microbatches={count} "
-          f"({chosen.total / GiB:.2f} GiB)")
+  console(
+    f"memory_fit: the configured step (remat_policy={configured[0]}, num_microbatches="
+    f"{configured[1]}) needs {shown} per device, over the {limit / GiB:.2f} GiB limit; "
+    f"training with remat_policy={policy}, num_microbatches={count} "
+    f"({chosen.total / GiB:.2f} GiB)"
+  )
   with gin.unlock_config():
     gin.bind_parameter("memory_fit_choice.remat_policy", policy)
     gin.bind_parameter("memory_fit_choice.num_microbatches", count)
@@ -213,7 +241,9 @@ def fit_trainer(trainer, mode: str, batch_size: int, use_packing: bool,
 
 
 @gin.configurable
-def memory_fit_choice(remat_policy: str | None = None, num_microbatches: int | None = None) -> tuple:
+def memory_fit_choice(
+  remat_policy: str | None = None, num_microbatches: int | None = None
+) -> tuple:
   """Records memory_fit's choice in the operative gin config (config.gin); used by nothing else."""
   return remat_policy, num_microbatches
 
@@ -222,9 +252,16 @@ def rebuild(trainer, remat_policy: str, num_microbatches: int):
   """The same trainer with another remat policy and microbatch count (same state layout)."""
   from t5x_lite.models import EncoderDecoderModel
   from t5x_lite.trainer import Trainer
+
   if (remat_policy, num_microbatches) == (trainer.model.cfg.remat_policy, trainer.num_microbatches):
     return trainer
   cfg = dataclasses.replace(trainer.model.cfg, remat_policy=remat_policy)
   lengths = {"inputs": trainer.input_length, "targets": trainer.target_length}
-  return Trainer(EncoderDecoderModel(cfg), trainer.mesh, trainer.rules, lengths,
-                 num_microbatches=num_microbatches, loss_config=trainer.loss_config)
+  return Trainer(
+    EncoderDecoderModel(cfg),
+    trainer.mesh,
+    trainer.rules,
+    lengths,
+    num_microbatches=num_microbatches,
+    loss_config=trainer.loss_config,
+  )

@@ -25,7 +25,6 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class MetricsWriter:
-
   def __init__(self, model_dir: str, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._path = os.path.join(model_dir, "metrics.jsonl")
@@ -48,11 +47,13 @@ class MetricsWriter:
     """
     if not self.enabled or not self._lines:
       return
+
     def kept(line: str) -> bool:
       try:
         return step is not None and int(json.loads(line)["step"]) <= step
       except (ValueError, KeyError, TypeError):
         return False  # a line cut short by a crash
+
     lines = [line for line in self._lines if kept(line)]
     if len(lines) != len(self._lines):
       self._lines = lines
@@ -72,8 +73,10 @@ class MetricsWriter:
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
-    record = {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, bool)) else v)
-              for k, v in record.items()}
+    record = {
+      k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, bool)) else v)
+      for k, v in record.items()
+    }
     self._lines.append(json.dumps(record))
     if paths.is_remote(self._path):
       self._rewrite()
@@ -96,13 +99,17 @@ class MetricsWriter:
     rate = done / max(time.time() - started, 1e-9)
     eta = (total_steps - r["step"]) / rate if rate > 0 else float("inf")
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-    speed = (f"{r['tokens_per_second']:,.0f} tok/s | {r['step_time_s'] * 1000:.0f} ms/step"
-             if r.get("step_time_s") else "compiled step, not timed")
+    speed = (
+      f"{r['tokens_per_second']:,.0f} tok/s | {r['step_time_s'] * 1000:.0f} ms/step"
+      if r.get("step_time_s")
+      else "compiled step, not timed"
+    )
     self.console(
-        f"step {r['step']:>7d}/{total_steps} | loss {r['loss']:.4f} | acc {r['accuracy']:.4f} | "
-        f"lr {r['learning_rate']:.3e} | gnorm {r['grad_norm']:.3f} | "
-        f"{speed} | MFU {mfu} | "
-        f"ETA {_fmt_duration(eta)}")
+      f"step {r['step']:>7d}/{total_steps} | loss {r['loss']:.4f} | acc {r['accuracy']:.4f} | "
+      f"lr {r['learning_rate']:.3e} | gnorm {r['grad_norm']:.3f} | "
+      f"{speed} | MFU {mfu} | "
+      f"ETA {_fmt_duration(eta)}"
+    )
 
   def close(self) -> None:
     if self._tb is not None:

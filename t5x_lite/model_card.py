@@ -10,12 +10,12 @@ from t5x_lite.config import T5Config
 
 # What the data of each built-in task is, for readers who do not know the task names.
 _TASK_DATA = {
-    "c4_span_corruption": "C4 (English), from TFDS `c4/en`",
-    "c4_json_span_corruption": "C4 (English), from the raw JSON shards",
-    "quickstart_span_corruption": "the offline quickstart corpus (Python documentation): a smoke "
-                                  "test, not a pretraining corpus",
-    "text_span_corruption": "local text files",
-    "jsonl_span_corruption": "local JSON-lines files",
+  "c4_span_corruption": "C4 (English), from TFDS `c4/en`",
+  "c4_json_span_corruption": "C4 (English), from the raw JSON shards",
+  "quickstart_span_corruption": "the offline quickstart corpus (Python documentation): a smoke "
+  "test, not a pretraining corpus",
+  "text_span_corruption": "local text files",
+  "jsonl_span_corruption": "local JSON-lines files",
 }
 
 
@@ -42,54 +42,94 @@ def last_eval(metrics_jsonl: str | None, step: int) -> dict | None:
   return found
 
 
-def model_card(cfg: T5Config, num_params: int, step: int, meta: dict, metrics_jsonl: str | None,
-               dtype: str, license_id: str, has_tokenizer: bool) -> str:
-  version = "T5 v1.1 (gated-gelu, untied lm_head)" if cfg.feed_forward_proj == "gated-gelu" \
-      else "T5 v1.0 / T5-Efficient (relu, tied and rescaled output embedding)"
+def model_card(
+  cfg: T5Config,
+  num_params: int,
+  step: int,
+  meta: dict,
+  metrics_jsonl: str | None,
+  dtype: str,
+  license_id: str,
+  has_tokenizer: bool,
+) -> str:
+  version = (
+    "T5 v1.1 (gated-gelu, untied lm_head)"
+    if cfg.feed_forward_proj == "gated-gelu"
+    else "T5 v1.0 / T5-Efficient (relu, tied and rescaled output embedding)"
+  )
   task = meta.get("mixture_or_task_name")
   lengths = meta.get("task_feature_lengths") or {}
   batch = batch_size_of(meta.get("gin_config", ""))
   lines = [
-      "---", f"license: {license_id}", "library_name: transformers",
-      "pipeline_tag: text2text-generation", "tags:", "- t5", "- t5x_lite", "- span-corruption",
-      "---", "", f"# {cfg.name}", "",
-      f"A {version} encoder-decoder, pretrained with span corruption by t5x_lite (JAX/Flax) and "
-      f"exported from step {step} in {dtype}.", "",
-      "| d_model | d_ff | heads | d_kv | encoder / decoder layers | vocabulary | parameters |",
-      "|---|---|---|---|---|---|---|",
-      f"| {cfg.d_model} | {cfg.d_ff} | {cfg.num_heads} | {cfg.d_kv} | "
-      f"{cfg.num_encoder_layers} / {cfg.num_decoder_layers} | {cfg.vocab_size} | {num_params:,} |",
-      "", "## Training", ""]
+    "---",
+    f"license: {license_id}",
+    "library_name: transformers",
+    "pipeline_tag: text2text-generation",
+    "tags:",
+    "- t5",
+    "- t5x_lite",
+    "- span-corruption",
+    "---",
+    "",
+    f"# {cfg.name}",
+    "",
+    f"A {version} encoder-decoder, pretrained with span corruption by t5x_lite (JAX/Flax) and "
+    f"exported from step {step} in {dtype}.",
+    "",
+    "| d_model | d_ff | heads | d_kv | encoder / decoder layers | vocabulary | parameters |",
+    "|---|---|---|---|---|---|---|",
+    f"| {cfg.d_model} | {cfg.d_ff} | {cfg.num_heads} | {cfg.d_kv} | "
+    f"{cfg.num_encoder_layers} / {cfg.num_decoder_layers} | {cfg.vocab_size} | {num_params:,} |",
+    "",
+    "## Training",
+    "",
+  ]
   if meta.get("imported_from"):
     lines.append(f"- imported from `{meta['imported_from']}` (Hugging Face); no training since")
   lines.append(f"- steps: {step:,}")
   if batch and lengths.get("inputs") and lengths.get("targets"):
     per_step = batch * (int(lengths["inputs"]) + int(lengths["targets"]))
-    lines.append(f"- batch size {batch}, inputs {lengths['inputs']} / targets {lengths['targets']} "
-                 f"tokens: {step * batch:,} examples, {step * per_step:,} token positions seen "
-                 "(inputs + targets, padding included)")
+    lines.append(
+      f"- batch size {batch}, inputs {lengths['inputs']} / targets {lengths['targets']} "
+      f"tokens: {step * batch:,} examples, {step * per_step:,} token positions seen "
+      "(inputs + targets, padding included)"
+    )
   if task:
     lines.append(f"- data: {_TASK_DATA.get(task, f'task `{task}`')} (seqio task `{task}`)")
   found = last_eval(metrics_jsonl, step)
   if found:
-    lines.append(f"- final evaluation (step {found['step']:,}): cross-entropy "
-                 f"{found['eval_loss']:.4f}, token accuracy {found['eval_accuracy']:.4f} on the "
-                 "validation split")
+    lines.append(
+      f"- final evaluation (step {found['step']:,}): cross-entropy "
+      f"{found['eval_loss']:.4f}, token accuracy {found['eval_accuracy']:.4f} on the "
+      "validation split"
+    )
   else:
     lines.append("- evaluation: none recorded for this checkpoint")
-  lines += ["", "## How to load", "", "```python",
-            "from transformers import AutoTokenizer, T5ForConditionalGeneration",
-            'model = T5ForConditionalGeneration.from_pretrained("PATH_OR_REPO_ID")']
+  lines += [
+    "",
+    "## How to load",
+    "",
+    "```python",
+    "from transformers import AutoTokenizer, T5ForConditionalGeneration",
+    'model = T5ForConditionalGeneration.from_pretrained("PATH_OR_REPO_ID")',
+  ]
   if has_tokenizer:
-    lines += ['tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO_ID")',
-              'inputs = tokenizer("The <extra_id_0> walks in <extra_id_1> park", return_tensors="pt")',
-              "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))"]
+    lines += [
+      'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO_ID")',
+      'inputs = tokenizer("The <extra_id_0> walks in <extra_id_1> park", return_tensors="pt")',
+      "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))",
+    ]
   lines += ["```", ""]
   if has_tokenizer:
-    lines += ["`tokenizer.json` is the SentencePiece vocabulary with 100 sentinels `<extra_id_0>` "
-              "... `<extra_id_99>` (ids from the top down), so `pip install transformers torch` "
-              "is enough; `spiece.model` is included for the slow tokenizer.", ""]
+    lines += [
+      "`tokenizer.json` is the SentencePiece vocabulary with 100 sentinels `<extra_id_0>` "
+      "... `<extra_id_99>` (ids from the top down), so `pip install transformers torch` "
+      "is enough; `spiece.model` is included for the slow tokenizer.",
+      "",
+    ]
   else:
-    lines += ["No tokenizer was exported with this model; use the vocabulary it was trained with.", ""]
+    lines += [
+      "No tokenizer was exported with this model; use the vocabulary it was trained with.",
+      "",
+    ]
   return "\n".join(lines)
-

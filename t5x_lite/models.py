@@ -19,9 +19,15 @@ from t5x_lite.tokens import EOS_ID, PAD_ID
 
 DECODER_START_ID = PAD_ID  # T5 starts decoding from the pad id
 
-_MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                 "encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
-                 "decoder_positions")
+_MODEL_INPUTS = (
+  "encoder_input_tokens",
+  "decoder_input_tokens",
+  "decoder_target_tokens",
+  "encoder_segment_ids",
+  "decoder_segment_ids",
+  "encoder_positions",
+  "decoder_positions",
+)
 
 
 def cross_entropy_with_z_loss(logits, targets, weights, z_loss: float):
@@ -41,9 +47,11 @@ def cross_entropy_with_z_loss(logits, targets, weights, z_loss: float):
 NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"  # the non-padding target tokens
 NUM_TOTAL_TARGET_TOKENS = "NUM_TOTAL_TARGET_TOKENS"  # batch * target length, padding included
 # Earlier spellings, still accepted (configs and checkpoints written with them keep working).
-_OLD_FACTOR_NAMES = {"num_real_target_tokens": NUM_REAL_TARGET_TOKENS,
-                     "num_total_target_tokens": NUM_TOTAL_TARGET_TOKENS,
-                     "num_target_tokens": NUM_REAL_TARGET_TOKENS}
+_OLD_FACTOR_NAMES = {
+  "num_real_target_tokens": NUM_REAL_TARGET_TOKENS,
+  "num_total_target_tokens": NUM_TOTAL_TARGET_TOKENS,
+  "num_target_tokens": NUM_REAL_TARGET_TOKENS,
+}
 
 
 def loss_normalizer(loss_normalizing_factor: None | str | float, weights: jax.Array) -> jax.Array:
@@ -65,9 +73,11 @@ def loss_normalizer(loss_normalizing_factor: None | str | float, weights: jax.Ar
     return jnp.asarray(weights.size, jnp.float32)
   if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0:
     return jnp.asarray(factor, jnp.float32)
-  raise UserError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; use "
-                  f"'{NUM_REAL_TARGET_TOKENS}', '{NUM_TOTAL_TARGET_TOKENS}', a positive number or "
-                  f"None")
+  raise UserError(
+    f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; use "
+    f"'{NUM_REAL_TARGET_TOKENS}', '{NUM_TOTAL_TARGET_TOKENS}', a positive number or "
+    f"None"
+  )
 
 
 class EncoderDecoderModel:
@@ -110,8 +120,14 @@ class EncoderDecoderModel:
     rngs = {"dropout": dropout_rng} if enable_dropout else None
     return self.module.apply({"params": params}, **inputs, enable_dropout=enable_dropout, rngs=rngs)
 
-  def loss_fn(self, params, batch, dropout_rng=None, z_loss: float = 1e-4,
-              loss_normalizing_factor: None | str | float = None):
+  def loss_fn(
+    self,
+    params,
+    batch,
+    dropout_rng=None,
+    z_loss: float = 1e-4,
+    loss_normalizing_factor: None | str | float = None,
+  ):
     """Weighted cross-entropy with z-loss over the target tokens: returns (loss, aux).
 
     loss_normalizing_factor: what the summed loss is divided by (see `loss_normalizer`).
@@ -127,9 +143,14 @@ class EncoderDecoderModel:
     token_loss, token_z = cross_entropy_with_z_loss(logits, targets, weights, z_loss)
     loss_sum, z_sum, weight_sum = token_loss.sum(), token_z.sum(), weights.sum()
     correct = ((jnp.argmax(logits, -1) == targets) * weights).sum()
-    aux = {"loss": loss_sum, "z_loss": z_sum, "cross_ent_loss": loss_sum - z_sum,
-           "weight_sum": weight_sum, "correct": correct,
-           "num_examples": jnp.asarray(targets.shape[0], jnp.float32)}
+    aux = {
+      "loss": loss_sum,
+      "z_loss": z_sum,
+      "cross_ent_loss": loss_sum - z_sum,
+      "weight_sum": weight_sum,
+      "correct": correct,
+      "num_examples": jnp.asarray(targets.shape[0], jnp.float32),
+    }
     if loss_normalizing_factor is None:
       return loss_sum, aux
     return loss_sum / loss_normalizer(loss_normalizing_factor, weights), aux
@@ -155,15 +176,27 @@ class EncoderDecoderModel:
     variables = {"params": params}
     encoded = module.apply(variables, encoder_input_tokens, method=Transformer.encode)
     # A first call on a full-length dummy sizes the cache; its output is discarded.
-    _, state = module.apply(variables, encoded, encoder_input_tokens,
-                            jnp.zeros((batch, max_decode_length), jnp.int32), decode=True,
-                            mutable=["cache"], method=Transformer.decode)
+    _, state = module.apply(
+      variables,
+      encoded,
+      encoder_input_tokens,
+      jnp.zeros((batch, max_decode_length), jnp.int32),
+      decode=True,
+      mutable=["cache"],
+      method=Transformer.decode,
+    )
 
     def step(carry, _):
       cache, token, done = carry
-      logits, state = module.apply({"params": params, "cache": cache}, encoded,
-                                   encoder_input_tokens, token, decode=True, mutable=["cache"],
-                                   method=Transformer.decode)
+      logits, state = module.apply(
+        {"params": params, "cache": cache},
+        encoded,
+        encoder_input_tokens,
+        token,
+        decode=True,
+        mutable=["cache"],
+        method=Transformer.decode,
+      )
       next_token = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)  # [batch]
       next_token = jnp.where(done, PAD_ID, next_token)
       done = done | (next_token == EOS_ID)
@@ -175,7 +208,7 @@ class EncoderDecoderModel:
     return tokens.T  # [batch, max_decode_length]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def num_params(cfg: T5Config) -> int:
   """Exact parameter count, from the shapes of the Flax init (nothing is allocated)."""
   abstract = EncoderDecoderModel(cfg).abstract_params(input_length=1, target_length=1)
@@ -187,14 +220,20 @@ def weight_bytes(cfg: T5Config, bytes_per_param: int) -> int:
   return num_params(cfg) * bytes_per_param
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_greedy_decode(cfg):
   """One compiled decode per model config, shared by every Decoder of this process."""
   return jax.jit(EncoderDecoderModel(cfg).greedy_decode, static_argnums=2)
 
 
-def greedy_generate(decode, params, vocab_size: int, input_ids: list[list[int]],
-                    max_decode_length: int, input_length: int | None = None) -> list[list[int]]:
+def greedy_generate(
+  decode,
+  params,
+  vocab_size: int,
+  input_ids: list[list[int]],
+  max_decode_length: int,
+  input_length: int | None = None,
+) -> list[list[int]]:
   """The decoding core of `infer` and of fine-tuning's decoding eval (decode_eval.py).
 
   `decode` is a jitted `EncoderDecoderModel.greedy_decode`. Inputs are padded into one batch,
@@ -207,7 +246,7 @@ def greedy_generate(decode, params, vocab_size: int, input_ids: list[list[int]],
   length = input_length or max(len(ids) for ids in input_ids)
   batch = np.full((len(input_ids), length), PAD_ID, np.int32)
   for row, ids in enumerate(input_ids):
-    batch[row, :len(ids)] = ids[:length]
+    batch[row, : len(ids)] = ids[:length]
   tokens = np.asarray(decode(params, batch, max_decode_length))
   outputs = []
   for row in tokens.tolist():

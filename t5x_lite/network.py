@@ -21,26 +21,35 @@ Parameter tree (scanned layers stack each layer's params on a leading 'layers' a
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+import jax.numpy as jnp
 
 from t5x_lite.config import T5Config
-from t5x_lite.layers import (MLP, Attention, Embed, Dense, RelativePositionBias, RMSNorm,
-                             activation_dtype, constrain, mlp_init)
+from t5x_lite.layers import (
+  MLP,
+  Attention,
+  Dense,
+  Embed,
+  RelativePositionBias,
+  RMSNorm,
+  activation_dtype,
+  constrain,
+  mlp_init,
+)
 
 
 def remat_policy(name: str):
   """The jax.checkpoint policy behind a config's remat_policy name (see config.REMAT_POLICIES)."""
   policies = jax.checkpoint_policies
   return {
-      "full": policies.nothing_saveable,
-      "minimal": policies.dots_with_no_batch_dims_saveable,
-      "save_dots": policies.checkpoint_dots,
-      "save_attention_out": policies.save_only_these_names("attention_out", "mlp_out"),
-      # bfloat16 projections, attention context and MLP pre-activations are kept; attention
-      # logits/softmax (recomputed from query and key: the only matmuls redone) and the float32
-      # norm internals (elementwise) are not. See config.REMAT_POLICIES.
-      "lean": policies.save_only_these_names(*LEAN_SAVED_NAMES),
+    "full": policies.nothing_saveable,
+    "minimal": policies.dots_with_no_batch_dims_saveable,
+    "save_dots": policies.checkpoint_dots,
+    "save_attention_out": policies.save_only_these_names("attention_out", "mlp_out"),
+    # bfloat16 projections, attention context and MLP pre-activations are kept; attention
+    # logits/softmax (recomputed from query and key: the only matmuls redone) and the float32
+    # norm internals (elementwise) are not. See config.REMAT_POLICIES.
+    "lean": policies.save_only_these_names(*LEAN_SAVED_NAMES),
   }[name]
 
 
@@ -96,15 +105,19 @@ def layer_stack(cfg: T5Config, layer_cls, num_layers: int, num_args: int, **laye
   Scanned, one layer is traced and compiled whatever the depth. Remat wraps each layer.
   """
   if cfg.remat_policy != "none":
-    layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy),
-                         prevent_cse=not cfg.scan_layers)
+    layer_cls = nn.remat(
+      layer_cls, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers
+    )
   if cfg.scan_layers:
-    scanned = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
-                      split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast,) * num_args, length=num_layers,
-                      unroll=min(cfg.scan_unroll, num_layers),
-                      metadata_params={nn.PARTITION_NAME: "layers"})(
-                          cfg=cfg, name="layers", **layer_kwargs)
+    scanned = nn.scan(
+      layer_cls,
+      variable_axes={"params": 0, "cache": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast,) * num_args,
+      length=num_layers,
+      unroll=min(cfg.scan_unroll, num_layers),
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg=cfg, name="layers", **layer_kwargs)
     return lambda x, *args: scanned(x, *args)[0]
   layers = [layer_cls(cfg=cfg, name=f"layers_{i}", **layer_kwargs) for i in range(num_layers)]
 
@@ -112,6 +125,7 @@ def layer_stack(cfg: T5Config, layer_cls, num_layers: int, num_args: int, **laye
     for layer in layers:
       x = layer(x, *args)[0]
     return x
+
   return apply
 
 
@@ -146,8 +160,9 @@ class Encoder(nn.Module):
     bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(positions, positions)
     valid = tokens > 0
     mask = attention_mask(valid, valid, segment_ids, segment_ids)
-    x = layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, 2,
-                    enable_dropout=enable_dropout)(x, bias, mask)
+    x = layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, 2, enable_dropout=enable_dropout)(
+      x, bias, mask
+    )
     x = RMSNorm(cfg, name="encoder_norm")(x)
     return dropout(cfg, enable_dropout, x)
 
@@ -157,9 +172,18 @@ class Decoder(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, encoded, encoder_input_tokens, decoder_input_tokens,
-               decoder_target_tokens=None, encoder_segment_ids=None, decoder_segment_ids=None,
-               decoder_positions=None, enable_dropout=False, decode=False):
+  def __call__(
+    self,
+    encoded,
+    encoder_input_tokens,
+    decoder_input_tokens,
+    decoder_target_tokens=None,
+    encoder_segment_ids=None,
+    decoder_segment_ids=None,
+    decoder_positions=None,
+    enable_dropout=False,
+    decode=False,
+  ):
     cfg = self.cfg
     batch, length = decoder_input_tokens.shape
     x = dropout(cfg, enable_dropout, self.shared_embedding(decoder_input_tokens))
@@ -171,8 +195,9 @@ class Decoder(nn.Module):
       initialized = self.has_variable("cache", "step")
       step = self.variable("cache", "step", lambda: jnp.zeros((), jnp.int32))
       # Its shape records the cache length chosen when the cache was made.
-      key_positions = self.variable("cache", "key_positions",
-                                    lambda: jnp.arange(length, dtype=jnp.int32))
+      key_positions = self.variable(
+        "cache", "key_positions", lambda: jnp.arange(length, dtype=jnp.int32)
+      )
     if decode and initialized:
       # One token at position `step`, attending to cached keys 0..step.
       decode_step = step.value
@@ -195,8 +220,9 @@ class Decoder(nn.Module):
       mask = attention_mask(valid, valid, decoder_segment_ids, decoder_segment_ids, causal=True)
       cross_mask = attention_mask(valid, encoder_valid, decoder_segment_ids, encoder_segment_ids)
 
-    stack = layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, 5,
-                        enable_dropout=enable_dropout, decode=decode)
+    stack = layer_stack(
+      cfg, DecoderLayer, cfg.num_decoder_layers, 5, enable_dropout=enable_dropout, decode=decode
+    )
     x = stack(x, bias, mask, encoded, cross_mask, decode_step)
     x = dropout(cfg, enable_dropout, RMSNorm(cfg, name="decoder_norm")(x))
 
@@ -204,13 +230,22 @@ class Decoder(nn.Module):
       # v1.0: rescale before the tied projection (the embedding is normal(1.0)).
       logits = self.shared_embedding.attend(x * jnp.asarray(cfg.d_model**-0.5, x.dtype))
     else:
-      logits = Dense(cfg.vocab_size, ("embed", "vocab"), mlp_init, activation_dtype(cfg),
-                     out_dtype=jnp.float32, name="logits_dense")(x)
-    return constrain(logits.astype(jnp.float32), "batch", "length", "vocab")  # [batch, length, vocab]
+      logits = Dense(
+        cfg.vocab_size,
+        ("embed", "vocab"),
+        mlp_init,
+        activation_dtype(cfg),
+        out_dtype=jnp.float32,
+        name="logits_dense",
+      )(x)
+    return constrain(
+      logits.astype(jnp.float32), "batch", "length", "vocab"
+    )  # [batch, length, vocab]
 
 
 class Transformer(nn.Module):
   """T5 encoder-decoder: tokens in, float32 logits [batch, target_length, vocab] out."""
+
   cfg: T5Config
 
   def setup(self):
@@ -218,27 +253,68 @@ class Transformer(nn.Module):
     self.encoder = Encoder(self.cfg, self.token_embedder)
     self.decoder = Decoder(self.cfg, self.token_embedder)
 
-  def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
-             enable_dropout=False):
+  def encode(
+    self,
+    encoder_input_tokens,
+    encoder_segment_ids=None,
+    encoder_positions=None,
+    enable_dropout=False,
+  ):
     """[batch, input_length] -> [batch, input_length, embed]."""
-    return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
+    return self.encoder(
+      encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout
+    )
 
-  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
-             encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
-             enable_dropout=False, decode=False):
+  def decode(
+    self,
+    encoded,
+    encoder_input_tokens,
+    decoder_input_tokens,
+    decoder_target_tokens=None,
+    encoder_segment_ids=None,
+    decoder_segment_ids=None,
+    decoder_positions=None,
+    enable_dropout=False,
+    decode=False,
+  ):
     """Logits for the decoder inputs given the encoder output.
 
     With decode=True, the first call (cache collection empty and mutable) sizes the cache from
     `decoder_input_tokens` [batch, max_length]; each later call feeds one token [batch, 1].
     """
-    return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-                        encoder_segment_ids, decoder_segment_ids, decoder_positions,
-                        enable_dropout, decode)
+    return self.decoder(
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      encoder_segment_ids,
+      decoder_segment_ids,
+      decoder_positions,
+      enable_dropout,
+      decode,
+    )
 
-  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
-               encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
-               decoder_positions=None, enable_dropout=False):
-    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                          enable_dropout)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-                       encoder_segment_ids, decoder_segment_ids, decoder_positions, enable_dropout)
+  def __call__(
+    self,
+    encoder_input_tokens,
+    decoder_input_tokens,
+    decoder_target_tokens=None,
+    encoder_segment_ids=None,
+    decoder_segment_ids=None,
+    encoder_positions=None,
+    decoder_positions=None,
+    enable_dropout=False,
+  ):
+    encoded = self.encode(
+      encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout
+    )
+    return self.decode(
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      encoder_segment_ids,
+      decoder_segment_ids,
+      decoder_positions,
+      enable_dropout,
+    )

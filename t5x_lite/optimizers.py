@@ -1,6 +1,7 @@
 """Optimizer and learning-rate schedule of the T5 recipe, from optax (nothing home-made)."""
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import gin
 import jax
@@ -24,6 +25,7 @@ def rsqrt_schedule(base_learning_rate: float = 1.0, warmup_steps: int = 10_000) 
 class ScheduledOptimizer(NamedTuple):
   """An optax transformation and the learning-rate schedule it applies (update k uses
   `learning_rate(k)`), so what is logged is what the optimizer does, whatever is bound."""
+
   init: Callable
   update: Callable
   learning_rate: optax.Schedule
@@ -49,23 +51,29 @@ def learning_rate_schedule(schedule=rsqrt_schedule) -> optax.Schedule:
 
 
 @gin.configurable
-def adafactor(learning_rate: optax.Schedule | float | None = None,
-              decay_rate: float = 0.8,
-              clipping_threshold: float | None = 1.0,
-              multiply_by_parameter_scale: bool = True,
-              factored: bool = True,
-              momentum: float | None = None,
-              min_dim_size_to_factor: int = 128,
-              weight_decay_rate: float | None = None) -> optax.GradientTransformation:
+def adafactor(
+  learning_rate: optax.Schedule | float | None = None,
+  decay_rate: float = 0.8,
+  clipping_threshold: float | None = 1.0,
+  multiply_by_parameter_scale: bool = True,
+  factored: bool = True,
+  momentum: float | None = None,
+  min_dim_size_to_factor: int = 128,
+  weight_decay_rate: float | None = None,
+) -> optax.GradientTransformation:
   """optax.adafactor with the T5 defaults (factored second moments, decay 0.8, clipping 1.0,
   parameter-scale multiplication, no momentum)."""
   schedule = _as_schedule(learning_rate_schedule() if learning_rate is None else learning_rate)
-  tx = optax.adafactor(learning_rate=schedule, decay_rate=decay_rate,
-                         clipping_threshold=clipping_threshold,
-                         multiply_by_parameter_scale=multiply_by_parameter_scale,
-                         factored=factored, momentum=momentum,
-                         min_dim_size_to_factor=min_dim_size_to_factor,
-                         weight_decay_rate=weight_decay_rate)
+  tx = optax.adafactor(
+    learning_rate=schedule,
+    decay_rate=decay_rate,
+    clipping_threshold=clipping_threshold,
+    multiply_by_parameter_scale=multiply_by_parameter_scale,
+    factored=factored,
+    momentum=momentum,
+    min_dim_size_to_factor=min_dim_size_to_factor,
+    weight_decay_rate=weight_decay_rate,
+  )
   return ScheduledOptimizer(tx.init, tx.update, schedule)
 
 
@@ -80,22 +88,29 @@ def per_layer(tx: optax.GradientTransformation, stacked: Any) -> optax.GradientT
   """
 
   def depths(tree):
-    return sorted({x.shape[0] for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(stacked)) if s})
+    return sorted(
+      {x.shape[0] for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(stacked)) if s}
+    )
 
   def select(tree, depth):
     """The leaves stacked `depth` deep (depth None: the unstacked ones); None elsewhere."""
     return jax.tree.map(
-        lambda x, s: x if (s and x.shape[0] == depth) or (not s and depth is None) else None,
-        tree, stacked)
+      lambda x, s: x if (s and x.shape[0] == depth) or (not s and depth is None) else None,
+      tree,
+      stacked,
+    )
 
   def merge(parts):
-    return jax.tree.map(lambda *xs: next(x for x in xs if x is not None), *parts,
-                        is_leaf=lambda x: x is None)
+    return jax.tree.map(
+      lambda *xs: next(x for x in xs if x is not None), *parts, is_leaf=lambda x: x is None
+    )
 
   def init(params):
     groups = depths(params)
-    return (tuple(jax.vmap(tx.init)(select(params, d)) for d in groups),
-            tx.init(select(params, None)))
+    return (
+      tuple(jax.vmap(tx.init)(select(params, d)) for d in groups),
+      tx.init(select(params, None)),
+    )
 
   def update(grads, state, params=None):
     groups = depths(grads)
@@ -118,10 +133,15 @@ def make_optimizer(logical_specs: Any, optimizer=adafactor) -> ScheduledOptimize
   # Gin passes either the factory (`@adafactor`) or its result (`@adafactor()`).
   tx = optimizer() if not hasattr(optimizer, "update") else optimizer
   if not isinstance(tx, ScheduledOptimizer):
-    raise UserError(f"make_optimizer.optimizer must be an optimizer of t5x_lite.optimizers (which "
-                    f"says the learning rate it applies), got {type(tx).__name__}")
-  stacked = jax.tree.map(lambda spec: bool(len(spec)) and spec[0] == "layers", logical_specs,
-                         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    raise UserError(
+      f"make_optimizer.optimizer must be an optimizer of t5x_lite.optimizers (which "
+      f"says the learning rate it applies), got {type(tx).__name__}"
+    )
+  stacked = jax.tree.map(
+    lambda spec: bool(len(spec)) and spec[0] == "layers",
+    logical_specs,
+    is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+  )
   if not any(jax.tree.leaves(stacked)):
     return tx
   return ScheduledOptimizer(*per_layer(tx, stacked), learning_rate=tx.learning_rate)

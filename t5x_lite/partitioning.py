@@ -4,30 +4,32 @@ Modules name their parameter and activation axes logically ('embed', 'mlp', 'hea
 file alone decides how those names map onto the `data` and `model` axes of the mesh.
 """
 
+from collections.abc import Sequence
 import contextlib
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import gin
 import jax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from t5x_lite.errors import UserError
 
 # T5X-like defaults: data parallelism on `batch`; with a `model` axis of size > 1 the vocabulary,
 # heads and MLP hidden units are split (Megatron style), `embed` stays replicated.
 DEFAULT_RULES = (
-    ("batch", "data"),
-    ("vocab", "model"),
-    ("mlp", "model"),
-    ("heads", "model"),
-    ("joined_kv", "model"),
-    ("kv", None),
-    ("embed", None),
-    ("length", None),
-    ("relpos_buckets", None),
-    ("layers", None),
+  ("batch", "data"),
+  ("vocab", "model"),
+  ("mlp", "model"),
+  ("heads", "model"),
+  ("joined_kv", "model"),
+  ("kv", None),
+  ("embed", None),
+  ("length", None),
+  ("relpos_buckets", None),
+  ("layers", None),
 )
 
 
@@ -54,13 +56,17 @@ def check_batch_split(batch_size: int, mesh: Mesh, num_microbatches: int = 1) ->
   """The global batch splits evenly over the `data` axis, and each shard over the microbatches."""
   data = mesh.shape["data"]
   if batch_size % data:
-    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by the data-parallel size {data} "
-                    f"({mesh.size} devices / NUM_PARTITIONS={mesh.shape['model']})")
+    raise UserError(
+      f"BATCH_SIZE={batch_size} is not divisible by the data-parallel size {data} "
+      f"({mesh.size} devices / NUM_PARTITIONS={mesh.shape['model']})"
+    )
   if batch_size % (data * num_microbatches):
-    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by num_microbatches="
-                    f"{num_microbatches} x data-parallel size {data}; lower "
-                    f"--gin.train.num_microbatches (runs/pretrain.gin sets 2 to halve activation "
-                    f"memory) or raise BATCH_SIZE")
+    raise UserError(
+      f"BATCH_SIZE={batch_size} is not divisible by num_microbatches="
+      f"{num_microbatches} x data-parallel size {data}; lower "
+      f"--gin.train.num_microbatches (runs/pretrain.gin sets 2 to halve activation "
+      f"memory) or raise BATCH_SIZE"
+    )
 
 
 @contextlib.contextmanager
@@ -102,9 +108,13 @@ def optimizer_state_specs(abstract_state: Any, abstract_params: Any, param_specs
   drop one axis of the parameter: they take the parameter's spec with that axis removed.
   Anything else (counters, placeholders) is replicated.
   """
-  flat_params = {_path_names(p): (leaf.shape, spec) for (p, leaf), spec in zip(
+  flat_params = {
+    _path_names(p): (leaf.shape, spec)
+    for (p, leaf), spec in zip(
       jax.tree_util.tree_flatten_with_path(abstract_params)[0],
-      jax.tree_util.tree_leaves(param_specs, is_leaf=lambda x: isinstance(x, P)))}
+      jax.tree_util.tree_leaves(param_specs, is_leaf=lambda x: isinstance(x, P)),
+    )
+  }
 
   def spec_for(path, leaf):
     names = _path_names(path)
@@ -121,8 +131,9 @@ def optimizer_state_specs(abstract_state: Any, abstract_params: Any, param_specs
       if len(shape) == len(param_shape) - 1:
         # Layer-stacked parameters are optimised per layer (see optimizers.py): factor within a layer.
         offset = 1 if spec and spec[0] == "layers" else 0
-        dropped = _dropped_axis(param_shape[offset:], shape[offset:], "v_row" in names,
-                                "v_col" in names)
+        dropped = _dropped_axis(
+          param_shape[offset:], shape[offset:], "v_row" in names, "v_col" in names
+        )
         if dropped is not None:
           return P(*(s for i, s in enumerate(spec) if i != dropped + offset))
       return P()
@@ -132,8 +143,11 @@ def optimizer_state_specs(abstract_state: Any, abstract_params: Any, param_specs
 
 
 def _dropped_axis(param_shape, shape, is_row, is_col) -> int | None:
-  candidates = [i for i in range(len(param_shape))
-                if tuple(np.delete(np.asarray(param_shape), i)) == tuple(shape)]
+  candidates = [
+    i
+    for i in range(len(param_shape))
+    if tuple(np.delete(np.asarray(param_shape), i)) == tuple(shape)
+  ]
   if len(candidates) <= 1:
     return candidates[0] if candidates else None
   # Ambiguous (e.g. square matrices): follow optax's Adafactor, which factors the two largest axes

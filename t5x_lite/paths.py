@@ -15,4 +15,4 @@ def resolve(path: str) -> str:
 
 def orbax_path(path: str) -> str:
   """Orbax takes gs:// URLs but not file:// ones: those become plain paths."""
-  return path[len("file://"):] if path.startswith("file://") else path
+  return path[len("file://") :] if path.startswith("file://") else path

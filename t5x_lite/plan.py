@@ -35,17 +35,17 @@ class Target:
 
 
 TARGETS = {
-    "v4-8": Target("tpu", "v4:2x2x1", int(15.25 * GiB)),
-    "v4-16": Target("tpu", "v4:2x2x2", int(15.25 * GiB)),
-    "v4-32": Target("tpu", "v4:2x2x4", int(15.25 * GiB)),
-    "v4-64": Target("tpu", "v4:2x4x4", int(15.25 * GiB)),
-    "v5e-8": Target("tpu", "v5e:2x4", int(15.75 * GiB)),
-    "v5e-16": Target("tpu", "v5e:4x4", int(15.75 * GiB)),
-    "v5e-32": Target("tpu", "v5e:4x8", int(15.75 * GiB)),
-    "v5p-8": Target("tpu", "v5p:2x2x1", int(95.74 * GiB)),
-    "v6e-8": Target("tpu", "v6e:2x4", int(31.25 * GiB)),
-    "h100": Target("cuda", "1x1x1", target_config="h100_sxm.txtpb"),
-    "h100x8": Target("cuda", "1x1x8", target_config="h100_sxm.txtpb"),
+  "v4-8": Target("tpu", "v4:2x2x1", int(15.25 * GiB)),
+  "v4-16": Target("tpu", "v4:2x2x2", int(15.25 * GiB)),
+  "v4-32": Target("tpu", "v4:2x2x4", int(15.25 * GiB)),
+  "v4-64": Target("tpu", "v4:2x4x4", int(15.25 * GiB)),
+  "v5e-8": Target("tpu", "v5e:2x4", int(15.75 * GiB)),
+  "v5e-16": Target("tpu", "v5e:4x4", int(15.75 * GiB)),
+  "v5e-32": Target("tpu", "v5e:4x8", int(15.75 * GiB)),
+  "v5p-8": Target("tpu", "v5p:2x2x1", int(95.74 * GiB)),
+  "v6e-8": Target("tpu", "v6e:2x4", int(31.25 * GiB)),
+  "h100": Target("cuda", "1x1x1", target_config="h100_sxm.txtpb"),
+  "h100x8": Target("cuda", "1x1x8", target_config="h100_sxm.txtpb"),
 }
 # The default JAX GPU allocator preallocates this share of device memory.
 GPU_MEMORY_FRACTION = 0.75
@@ -69,6 +69,7 @@ def jax_extra_requirements(platform: str) -> list[str]:
   and anything a compile-only run does not load (requests). Used by `make plan-deps`."""
   import importlib.metadata
   import re
+
   extra = JAX_EXTRAS[platform]
   found = []
   for requirement in importlib.metadata.requires("jax") or []:
@@ -109,13 +110,15 @@ def ensure_platform_libraries(platform: str, argv: list[str]) -> None:
 
 def topology_devices(target: Target) -> list:
   from jax.experimental import topologies
+
   if target.platform == "tpu":
     topo = topologies.get_topology_desc(platform="tpu", topology_name=target.topology)
   else:
     with open(os.path.join(TARGETS_DIR, target.target_config)) as f:
       config_text = f.read()
-    topo = topologies.get_topology_desc(platform="cuda", target_config=config_text,
-                                        topology=target.topology)
+    topo = topologies.get_topology_desc(
+      platform="cuda", target_config=config_text, topology=target.topology
+    )
   return list(topo.devices)
 
 
@@ -134,6 +137,7 @@ def device_bytes(target: Target) -> int:
 @dataclasses.dataclass
 class RunSettings:
   """What `train` would use, read from the parsed gin config."""
+
   batch_size: int
   lengths: dict
   num_partitions: int
@@ -154,20 +158,34 @@ def run_settings() -> RunSettings:
   lengths = value("task_feature_lengths")
   batch_size = value("batch_size")
   if not isinstance(batch_size, int) or not lengths:
-    raise PlanError("the gin files bind no train.batch_size / train.task_feature_lengths; "
-                    "add --gin_file=runs/pretrain.gin")
-  return RunSettings(batch_size, dict(lengths), value("num_partitions", 1),
-                     value("num_microbatches", 1), value("use_packing", False))
+    raise PlanError(
+      "the gin files bind no train.batch_size / train.task_feature_lengths; "
+      "add --gin_file=runs/pretrain.gin"
+    )
+  return RunSettings(
+    batch_size,
+    dict(lengths),
+    value("num_partitions", 1),
+    value("num_microbatches", 1),
+    value("use_packing", False),
+  )
 
 
 def build_trainer(cfg, devices, settings: RunSettings, num_microbatches: int):
   from t5x_lite import partitioning
   from t5x_lite.models import EncoderDecoderModel
   from t5x_lite.trainer import LossConfig, Trainer
+
   mesh = partitioning.make_mesh(settings.num_partitions, devices=devices)
   partitioning.check_batch_split(settings.batch_size, mesh, num_microbatches)
-  return Trainer(EncoderDecoderModel(cfg), mesh, partitioning.logical_axis_rules(),
-                 settings.lengths, num_microbatches=num_microbatches, loss_config=LossConfig())
+  return Trainer(
+    EncoderDecoderModel(cfg),
+    mesh,
+    partitioning.logical_axis_rules(),
+    settings.lengths,
+    num_microbatches=num_microbatches,
+    loss_config=LossConfig(),
+  )
 
 
 _planned: dict = {}  # (config, microbatches, target) -> result: a sweep re-uses the configured step
@@ -181,21 +199,31 @@ def plan_one(cfg, target_name: str, devices, settings: RunSettings, num_microbat
   return dict(_planned[key])
 
 
-def _compile_and_measure(cfg, target_name: str, devices, settings: RunSettings,
-                         num_microbatches: int) -> dict:
+def _compile_and_measure(
+  cfg, target_name: str, devices, settings: RunSettings, num_microbatches: int
+) -> dict:
   from t5x_lite import config, memory_fit
+
   trainer = build_trainer(cfg, devices, settings, num_microbatches)
   limit = device_bytes(TARGETS[target_name])
   start = time.perf_counter()
   # libtpu refuses programs whose temporaries exceed HBM: then temp and total are None, as
   # when the state alone is too large (then nothing is compiled).
   fp = memory_fit.measure(trainer, settings.batch_size, settings.use_packing, limit)
-  flops = config.train_flops_per_example(cfg, settings.lengths["inputs"],
-                                         settings.lengths["targets"]) * settings.batch_size
-  return {"target": target_name, "mesh": dict(trainer.mesh.shape),
-          "per_device_bytes": fp.as_dict(), "peak_bytes": fp.peak, "device_bytes": limit,
-          "fits": fp.fits(limit),
-          "train_flops_per_step": flops, "compile_s": round(time.perf_counter() - start, 1)}
+  flops = (
+    config.train_flops_per_example(cfg, settings.lengths["inputs"], settings.lengths["targets"])
+    * settings.batch_size
+  )
+  return {
+    "target": target_name,
+    "mesh": dict(trainer.mesh.shape),
+    "per_device_bytes": fp.as_dict(),
+    "peak_bytes": fp.peak,
+    "device_bytes": limit,
+    "fits": fp.fits(limit),
+    "train_flops_per_step": flops,
+    "compile_s": round(time.perf_counter() - start, 1),
+  }
 
 
 def flops_overhead(cfg, lengths: dict, policies) -> dict[str, float]:
@@ -204,17 +232,26 @@ def flops_overhead(cfg, lengths: dict, policies) -> dict[str, float]:
   1+1, 2+1 and 1+2 layer models give the per-layer costs of the full depth."""
   import jax
   import jax.numpy as jnp
+
   from t5x_lite.models import EncoderDecoderModel
 
   def step_flops(policy: str, enc: int, dec: int) -> float:
-    small = dataclasses.replace(cfg, scan_layers=False, remat_policy=policy,
-                                num_encoder_layers=enc, num_decoder_layers=dec)
+    small = dataclasses.replace(
+      cfg, scan_layers=False, remat_policy=policy, num_encoder_layers=enc, num_decoder_layers=dec
+    )
     model = EncoderDecoderModel(small)
     params = model.abstract_params()
-    batch = {k: jax.ShapeDtypeStruct((1, lengths["inputs"] if k.startswith("encoder")
-                                      else lengths["targets"]), jnp.int32)
-             for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                       "decoder_loss_weights")}
+    batch = {
+      k: jax.ShapeDtypeStruct(
+        (1, lengths["inputs"] if k.startswith("encoder") else lengths["targets"]), jnp.int32
+      )
+      for k in (
+        "encoder_input_tokens",
+        "decoder_input_tokens",
+        "decoder_target_tokens",
+        "decoder_loss_weights",
+      )
+    }
     grad = jax.jit(jax.grad(lambda p, b: model.loss_fn(p, b)[0]))
     cpu = jax.devices("cpu")[0]
     with jax.default_device(cpu):
@@ -232,29 +269,49 @@ def flops_overhead(cfg, lengths: dict, policies) -> dict[str, float]:
   return {p: round(full_depth(p) / none - 1.0, 4) if p != "none" else 0.0 for p in policies}
 
 
-def sweep(cfg, target_name: str, devices, settings: RunSettings,
-          policies: list[str] | None = None) -> list[dict]:
+def sweep(
+  cfg, target_name: str, devices, settings: RunSettings, policies: list[str] | None = None
+) -> list[dict]:
   """For each remat policy the fewest microbatches that fit; cheapest first."""
   from t5x_lite import memory_fit
+
   policies = policies or list(memory_fit.POLICIES_BY_COST)
   unknown = [p for p in policies if p not in memory_fit.POLICIES_BY_COST]
   if unknown:
-    raise PlanError(f"unknown remat policy {unknown[0]!r}; one of "
-                    f"{', '.join(memory_fit.POLICIES_BY_COST)}")
+    raise PlanError(
+      f"unknown remat policy {unknown[0]!r}; one of {', '.join(memory_fit.POLICIES_BY_COST)}"
+    )
   overhead = flops_overhead(cfg, settings.lengths, policies)
   data = len(devices) // settings.num_partitions
   options = []
   for policy in policies:
-    for count in [n for _, n in memory_fit.candidates(policy, 1, settings.batch_size // data)
-                  if _ == policy]:
-      row = plan_one(dataclasses.replace(cfg, remat_policy=policy), target_name, devices,
-                     settings, count)
-      print(json.dumps({"remat_policy": policy, "num_microbatches": count, "fits": row["fits"],
-                        "total": row["per_device_bytes"]["total"]}),
-            file=sys.stderr, flush=True)
+    for count in [
+      n for _, n in memory_fit.candidates(policy, 1, settings.batch_size // data) if _ == policy
+    ]:
+      row = plan_one(
+        dataclasses.replace(cfg, remat_policy=policy), target_name, devices, settings, count
+      )
+      print(
+        json.dumps(
+          {
+            "remat_policy": policy,
+            "num_microbatches": count,
+            "fits": row["fits"],
+            "total": row["per_device_bytes"]["total"],
+          }
+        ),
+        file=sys.stderr,
+        flush=True,
+      )
       if row["fits"]:
-        options.append({**row, "remat_policy": policy, "num_microbatches": count,
-                        "flops_overhead": overhead[policy]})
+        options.append(
+          {
+            **row,
+            "remat_policy": policy,
+            "num_microbatches": count,
+            "flops_overhead": overhead[policy],
+          }
+        )
         break
   return sorted(options, key=lambda o: (o["flops_overhead"], o["num_microbatches"]))
 
@@ -263,19 +320,24 @@ def fit(cfg, target_name: str, devices, settings: RunSettings) -> dict:
   """memory_fit's choice (the configured pair if it fits, else the first candidate that does);
   if none does, the configured step's result (fits: false)."""
   from t5x_lite import memory_fit
+
   data = len(devices) // settings.num_partitions
 
   def row(policy: str, count: int) -> dict:
-    result = plan_one(dataclasses.replace(cfg, remat_policy=policy), target_name, devices,
-                      settings, count)
+    result = plan_one(
+      dataclasses.replace(cfg, remat_policy=policy), target_name, devices, settings, count
+    )
     return {**result, "remat_policy": policy, "num_microbatches": count}
 
   def measure_one(policy: str, count: int):
     return memory_fit.Footprint(**row(policy, count)["per_device_bytes"])
 
   configured = (cfg.remat_policy, settings.num_microbatches)
-  found = memory_fit.choose(memory_fit.candidates(*configured, settings.batch_size // data),
-                            measure_one, device_bytes(TARGETS[target_name]))
+  found = memory_fit.choose(
+    memory_fit.candidates(*configured, settings.batch_size // data),
+    measure_one,
+    device_bytes(TARGETS[target_name]),
+  )
   return row(*(found[0] if found else configured))
 
 
@@ -283,16 +345,24 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(prog="python -m t5x_lite.plan", description=__doc__)
   parser.add_argument("--target", required=True, help=", ".join(TARGETS))
-  parser.add_argument("--sweep", action="store_true",
-                      help="list the remat policy / microbatch counts that fit, cheapest first")
-  parser.add_argument("--fit", action="store_true",
-                      help="as train.memory_fit='auto' would: the configured step if it fits, else "
-                           "the first remat policy / microbatch count that does")
-  parser.add_argument("--remat_policies", default=None,
-                      help="comma-separated remat policies to sweep (default: all)")
+  parser.add_argument(
+    "--sweep",
+    action="store_true",
+    help="list the remat policy / microbatch counts that fit, cheapest first",
+  )
+  parser.add_argument(
+    "--fit",
+    action="store_true",
+    help="as train.memory_fit='auto' would: the configured step if it fits, else "
+    "the first remat policy / microbatch count that does",
+  )
+  parser.add_argument(
+    "--remat_policies", default=None, help="comma-separated remat policies to sweep (default: all)"
+  )
   # Gin flags are separated before argparse sees them (their values may look like flags).
   from t5x_lite import gin_utils
   from t5x_lite.errors import UserError, first_line
+
   try:
     gin_files, gin_bindings, rest = gin_utils.split_gin_flags(argv)
   except UserError as e:
@@ -301,14 +371,17 @@ def main(argv=None) -> int:
   if args.target not in TARGETS:
     _fail(f"unknown --target {args.target!r}; one of {', '.join(TARGETS)}")
   if not gin_files:
-    _fail("no --gin_file given; e.g. --gin_file=models/t5_efficient_base.gin "
-          "--gin_file=runs/pretrain.gin")
+    _fail(
+      "no --gin_file given; e.g. --gin_file=models/t5_efficient_base.gin "
+      "--gin_file=runs/pretrain.gin"
+    )
   target = TARGETS[args.target]
   ensure_platform_libraries(target.platform, argv)
 
   try:
-    import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks named in gin)
     from t5x_lite import config, memory_fit  # noqa: F401  (gin configurables first)
+    import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks named in gin)
+
     gin_utils.parse_gin(gin_files, gin_bindings)
     settings = run_settings()
     cfg = config.model_config()

@@ -3,9 +3,9 @@ vocabulary, building the quickstart corpus): plain lines, at most one every few 
 read well in a terminal and in a log file alike.
 """
 
+from collections.abc import Callable
 import sys
 import time
-from typing import Callable
 
 
 def format_duration(seconds: float) -> str:
@@ -43,8 +43,15 @@ class Progress:
   A line is written when at least `every_s` seconds passed since the last one, and by `finish`.
   """
 
-  def __init__(self, label: str, total: float, unit: str = "", every_s: float = 10.0,
-               log: Callable[[str], None] = log_to_stderr, amount: Callable[[float], str] | None = None):
+  def __init__(
+    self,
+    label: str,
+    total: float,
+    unit: str = "",
+    every_s: float = 10.0,
+    log: Callable[[str], None] = log_to_stderr,
+    amount: Callable[[float], str] | None = None,
+  ):
     self.label, self.total, self.unit, self.every_s, self.log = label, total, unit, every_s, log
     self.amount = amount or format_count
     self.done = 0.0
@@ -71,5 +78,7 @@ class Progress:
   def finish(self, note: str = "") -> None:
     elapsed = time.monotonic() - self.started
     unit = f" {self.unit}" if self.unit else ""
-    self.log(f"{self.label}: {self.amount(self.done)}{unit} in {format_duration(elapsed)}"
-             + (f"; {note}" if note else ""))
+    self.log(
+      f"{self.label}: {self.amount(self.done)}{unit} in {format_duration(elapsed)}"
+      + (f"; {note}" if note else "")
+    )

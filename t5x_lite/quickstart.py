@@ -25,11 +25,18 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m t5x_lite.quickstart", description=__doc__)
   parser.add_argument("--model_dir", default="runs/quickstart")
   parser.add_argument("--export_dir", default=None, help="default: MODEL_DIR/hf")
-  parser.add_argument("--finetune", action="store_true",
-                      help="fine-tune the model in MODEL_DIR on the demo task instead")
+  parser.add_argument(
+    "--finetune",
+    action="store_true",
+    help="fine-tune the model in MODEL_DIR on the demo task instead",
+  )
   parser.add_argument("--finetune_dir", default=None, help="default: MODEL_DIR-finetuned")
-  parser.add_argument("--finetune_steps", type=int, default=FINETUNE_STEPS,
-                      help="steps after the pretrained checkpoint's")
+  parser.add_argument(
+    "--finetune_steps",
+    type=int,
+    default=FINETUNE_STEPS,
+    help="steps after the pretrained checkpoint's",
+  )
   args, extra = parser.parse_known_args(argv)
   if args.finetune:
     return finetune(args, extra)
@@ -37,13 +44,18 @@ def main(argv=None) -> int:
   export_dir = os.path.abspath(args.export_dir or os.path.join(model_dir, "hf"))
 
   from t5x_lite.data import quickstart_corpus
+
   started = time.time()
   corpus, vocab = quickstart_corpus.ensure_quickstart_assets(log=print)
-  print(f"quickstart corpus: {corpus['train']} (vocabulary {vocab}), ready in "
-        f"{time.time() - started:.0f}s", flush=True)
+  print(
+    f"quickstart corpus: {corpus['train']} (vocabulary {vocab}), ready in "
+    f"{time.time() - started:.0f}s",
+    flush=True,
+  )
 
   from t5x_lite import training
   import t5x_lite.tasks  # noqa: F401
+
   files, bindings, rest = gin_utils.split_gin_flags(extra)
   if rest:
     parser.error(f"unknown arguments {rest}")
@@ -53,37 +65,55 @@ def main(argv=None) -> int:
   train_seconds = time.time() - started
 
   from t5x_lite import export_hf
+
   exported = export_hf.export(model_dir, export_dir, overwrite=True)
 
   first = _first_eval(model_dir)
   print("\n== quickstart done ==")
-  print(f"trained {result['step']} steps in {train_seconds:.0f}s; eval loss "
-        f"{first:.3f} -> {result.get('eval_loss', float('nan')):.3f}")
+  print(
+    f"trained {result['step']} steps in {train_seconds:.0f}s; eval loss "
+    f"{first:.3f} -> {result.get('eval_loss', float('nan')):.3f}"
+  )
   print(f"run directory:   {model_dir} (checkpoints/, metrics.jsonl, config.gin, tensorboard/)")
   if exported:
     print(f"HF export:       {export_dir}")
   print("next:")
-  for label, command in next_commands(model_dir, export_dir if exported else None,
-                                      result["step"], extra):
+  for label, command in next_commands(
+    model_dir, export_dir if exported else None, result["step"], extra
+  ):
     print(f"  {label + ':':<15}{command}")
   print("  real C4:       see README, 'Pretraining on C4'")
   return 0
 
 
-def next_commands(model_dir: str, export_dir: str | None, steps: int,
-                  extra: list[str]) -> list[tuple[str, str]]:
+def next_commands(
+  model_dir: str, export_dir: str | None, steps: int, extra: list[str]
+) -> list[tuple[str, str]]:
   """(label, shell command) pairs to paste after the quickstart; the flags it was given repeat."""
   gin_flags = [f"--gin_file={f}" for f in GIN_FILES] + list(extra)
-  out = [("resume/extend", commands.module_command("t5x_lite.train", [
-              *gin_flags, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={2 * steps}"])),
-         ("generate", commands.module_command("t5x_lite.infer", [
-              f"--model_dir={model_dir}", f"--input={SAMPLE_INPUT}"]))]
+  out = [
+    (
+      "resume/extend",
+      commands.module_command(
+        "t5x_lite.train",
+        [*gin_flags, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={2 * steps}"],
+      ),
+    ),
+    (
+      "generate",
+      commands.module_command(
+        "t5x_lite.infer", [f"--model_dir={model_dir}", f"--input={SAMPLE_INPUT}"]
+      ),
+    ),
+  ]
   if export_dir:
-    load = (f"from transformers import AutoTokenizer, T5ForConditionalGeneration as T5; "
-            f"d = {export_dir!r}; model = T5.from_pretrained(d); "
-            f"tok = AutoTokenizer.from_pretrained(d); "
-            f"ids = model.generate(**tok({SAMPLE_INPUT!r}, return_tensors='pt'), max_new_tokens=16); "
-            f"print(tok.decode(ids[0]))")
+    load = (
+      f"from transformers import AutoTokenizer, T5ForConditionalGeneration as T5; "
+      f"d = {export_dir!r}; model = T5.from_pretrained(d); "
+      f"tok = AutoTokenizer.from_pretrained(d); "
+      f"ids = model.generate(**tok({SAMPLE_INPUT!r}, return_tensors='pt'), max_new_tokens=16); "
+      f"print(tok.decode(ids[0]))"
+    )
     out.append(("in HF", f"{commands.quote(commands.python())} -c {commands.quote(load)}"))
   return out
 
@@ -106,24 +136,31 @@ def _latest_step(model_dir: str) -> int | None:
 def finetune(args, extra: list[str]) -> int:
   """Fine-tunes the quickstart's model on the demo task, then exports it."""
   from t5x_lite.errors import UserError
+
   model_dir = os.path.abspath(args.model_dir)
   tuned_dir = os.path.abspath(args.finetune_dir or model_dir.rstrip("/") + "-finetuned")
   export_dir = os.path.join(tuned_dir, "hf")
   pretrained_step = _latest_step(model_dir)
   if pretrained_step is None:
-    raise UserError(f"no checkpoint in {model_dir}: run `make quickstart MODEL_DIR={args.model_dir}` "
-                    f"first")
+    raise UserError(
+      f"no checkpoint in {model_dir}: run `make quickstart MODEL_DIR={args.model_dir}` first"
+    )
   from t5x_lite.data import finetune_demo, quickstart_corpus
+
   files = finetune_demo.write_demo_files(
-      str(quickstart_corpus.default_cache_dir()) + "-finetune-demo", log=print)
+    str(quickstart_corpus.default_cache_dir()) + "-finetune-demo", log=print
+  )
   run_flags = [f"--gin_file={f}" for f in FINETUNE_GIN_FILES] + [
-      f"--gin.MODEL_DIR='{tuned_dir}'", f"--gin.INITIAL_CHECKPOINT_PATH='{model_dir}'",
-      f"--gin.FINETUNE_TRAIN_FILES='{files['train']}'",
-      f"--gin.FINETUNE_EVAL_FILES='{files['validation']}'"]
+    f"--gin.MODEL_DIR='{tuned_dir}'",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{model_dir}'",
+    f"--gin.FINETUNE_TRAIN_FILES='{files['train']}'",
+    f"--gin.FINETUNE_EVAL_FILES='{files['validation']}'",
+  ]
   gin_flags = [*run_flags, f"--gin.TRAIN_STEPS={pretrained_step + args.finetune_steps}", *extra]
 
   from t5x_lite import export_hf, training
   import t5x_lite.tasks  # noqa: F401
+
   gin_files, bindings, rest = gin_utils.split_gin_flags(gin_flags)
   if rest:
     raise UserError(f"unknown arguments {rest}")
@@ -136,17 +173,26 @@ def finetune(args, extra: list[str]) -> int:
   with open(files["validation"], encoding="utf-8") as f:
     sample = f.readline().split("\t")[0]
   print("\n== fine-tuning demo done ==")
-  print(f"fine-tuned steps {pretrained_step}..{result['step']} in {train_seconds:.0f}s; exact "
-        f"match on {files['validation']}: {_first_eval(tuned_dir, 'eval_exact_match'):.3f} -> "
-        f"{result.get('eval_exact_match', float('nan')):.3f}")
+  print(
+    f"fine-tuned steps {pretrained_step}..{result['step']} in {train_seconds:.0f}s; exact "
+    f"match on {files['validation']}: {_first_eval(tuned_dir, 'eval_exact_match'):.3f} -> "
+    f"{result.get('eval_exact_match', float('nan')):.3f}"
+  )
   print(f"run directory:   {tuned_dir} (predictions/<step>.jsonl, metrics.jsonl, checkpoints/)")
   if exported:
     print(f"HF export:       {export_dir}")
   print("next:")
-  print(f"  {'resume/extend:':<15}" + commands.module_command("t5x_lite.train", [
-      *run_flags, f"--gin.TRAIN_STEPS={result['step'] + args.finetune_steps}", *extra]))
-  print(f"  {'generate:':<15}" + commands.module_command("t5x_lite.infer", [
-      f"--model_dir={tuned_dir}", f"--input={sample}"]))
+  print(
+    f"  {'resume/extend:':<15}"
+    + commands.module_command(
+      "t5x_lite.train",
+      [*run_flags, f"--gin.TRAIN_STEPS={result['step'] + args.finetune_steps}", *extra],
+    )
+  )
+  print(
+    f"  {'generate:':<15}"
+    + commands.module_command("t5x_lite.infer", [f"--model_dir={tuned_dir}", f"--input={sample}"])
+  )
   return 0
 
 

@@ -30,8 +30,15 @@ from t5x_lite.errors import UserError
 # T5Config fields that only change how the same function is computed.
 EXECUTION_FIELDS = frozenset({"name", "dtype", "scan_unroll", "remat_policy", "dropout_rate"})
 # gin configurables that locate a task's training data; validation-only settings may change.
-DATA_LOCATIONS = ("c4_tfds", "c4_json", "text_corpus", "jsonl_corpus", "quickstart_corpus",
-                  "tokenized_cache", "seq2seq_files")
+DATA_LOCATIONS = (
+  "c4_tfds",
+  "c4_json",
+  "text_corpus",
+  "jsonl_corpus",
+  "quickstart_corpus",
+  "tokenized_cache",
+  "seq2seq_files",
+)
 
 
 def _vocabulary_identity(mixture_or_task_name: str) -> str:
@@ -54,8 +61,9 @@ def _data_locations() -> dict:
       continue
     for key, value in sorted(bound.items()):
       if "validation" not in key:
-        locations[f"{name}.{key}"] = value if isinstance(value, (str, int, float, bool)) or \
-            value is None else repr(value)
+        locations[f"{name}.{key}"] = (
+          value if isinstance(value, (str, int, float, bool)) or value is None else repr(value)
+        )
   return locations
 
 
@@ -74,23 +82,29 @@ def _without_defaults(locations: dict) -> dict:
   return kept
 
 
-def data_settings(mixture_or_task_name: str, task_feature_lengths: dict, batch_size: int,
-                  use_packing: bool, seed: int) -> dict:
+def data_settings(
+  mixture_or_task_name: str,
+  task_feature_lengths: dict,
+  batch_size: int,
+  use_packing: bool,
+  seed: int,
+) -> dict:
   """Everything that defines the training data stream and its saved position."""
   noise_density, mean_noise_span_length = span_corruption_config()
   return {
-      "mixture_or_task_name": mixture_or_task_name,
-      "task_feature_lengths": {k: int(v) for k, v in sorted(task_feature_lengths.items())},
-      "batch_size": batch_size,
-      "use_packing": bool(use_packing),
-      "seed": seed,
-      # make_plan refuses, before anything compiles, a process count the shards cannot serve.
-      "logical_shards": logical_shards.make_plan(batch_size, jax.process_index(),
-                                                 jax.process_count()).count,
-      "vocabulary": _vocabulary_identity(mixture_or_task_name),
-      "noise_density": noise_density,
-      "mean_noise_span_length": mean_noise_span_length,
-      "locations": _data_locations(),
+    "mixture_or_task_name": mixture_or_task_name,
+    "task_feature_lengths": {k: int(v) for k, v in sorted(task_feature_lengths.items())},
+    "batch_size": batch_size,
+    "use_packing": bool(use_packing),
+    "seed": seed,
+    # make_plan refuses, before anything compiles, a process count the shards cannot serve.
+    "logical_shards": logical_shards.make_plan(
+      batch_size, jax.process_index(), jax.process_count()
+    ).count,
+    "vocabulary": _vocabulary_identity(mixture_or_task_name),
+    "noise_density": noise_density,
+    "mean_noise_span_length": mean_noise_span_length,
+    "locations": _data_locations(),
   }
 
 
@@ -102,9 +116,10 @@ def check_model(saved_config: dict | None, model_config: dict, where: str) -> No
       continue
     if saved_config[field] != value:
       raise UserError(
-          f"checkpoint {where} was trained with model_config.{field}={saved_config[field]!r}, this "
-          f"run has {value!r}; a different model needs a new run: use another MODEL_DIR "
-          f"(the checkpoints are unchanged)")
+        f"checkpoint {where} was trained with model_config.{field}={saved_config[field]!r}, this "
+        f"run has {value!r}; a different model needs a new run: use another MODEL_DIR "
+        f"(the checkpoints are unchanged)"
+      )
 
 
 def _changes(saved: dict, new: dict, prefix: str = "") -> list[str]:
@@ -129,8 +144,10 @@ def data_changes(meta: dict, new: dict, saved_process_count: int | None) -> list
   """
   saved = meta.get("data")
   if saved is None:  # older checkpoints: what they recorded
-    saved = {"mixture_or_task_name": meta.get("mixture_or_task_name"),
-             "task_feature_lengths": meta.get("task_feature_lengths")}
+    saved = {
+      "mixture_or_task_name": meta.get("mixture_or_task_name"),
+      "task_feature_lengths": meta.get("task_feature_lengths"),
+    }
     new = {k: new[k] for k in saved}
   saved = {k: v for k, v in saved.items() if k != "process_count"}
   old_layout = bool(saved_process_count) or ("logical_shards" not in saved and meta.get("data"))
@@ -148,20 +165,26 @@ def state_mismatch(saved_shapes: dict[str, tuple], new_shapes: dict[str, tuple])
   for name in sorted(set(saved_shapes) | set(new_shapes)):
     old, new = saved_shapes.get(name), new_shapes.get(name)
     if old != new:
-      return f"{name}: checkpoint {old if old is not None else 'absent'}, this run " \
-             f"{new if new is not None else 'absent'}"
+      return (
+        f"{name}: checkpoint {old if old is not None else 'absent'}, this run "
+        f"{new if new is not None else 'absent'}"
+      )
   return None
 
 
 def leaf_shapes(tree: Any) -> dict[str, tuple]:
   """{dotted path: shape} for a state or its orbax metadata (both flatten to the same names)."""
+
   def token(key):
     for attr in ("key", "idx", "name"):
       if hasattr(key, attr):
         return str(getattr(key, attr))
     return str(key)
-  return {".".join(token(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+  return {
+    ".".join(token(k) for k in path): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def describe(changes: list[str], limit: int = 3) -> str:

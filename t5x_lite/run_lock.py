@@ -34,13 +34,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-
   def __init__(self, model_dir: str):
     self.path = os.path.join(model_dir, LOCK_NAME)
     self._remote = paths.is_remote(model_dir)
-    self._content = json.dumps({
-        "host": socket.gethostname(), "pid": os.getpid(),
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    self._content = json.dumps(
+      {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+      }
+    )
     self._held = False
 
   def acquire(self) -> str | None:
@@ -49,8 +52,9 @@ class RunLock:
     if not self._create():
       holder = self._read()
       if self._is_stale(holder):
-        replaced = (f"removed a stale lock {self.path} (pid {holder.get('pid')} on this host "
-                    f"is not running)")
+        replaced = (
+          f"removed a stale lock {self.path} (pid {holder.get('pid')} on this host is not running)"
+        )
         tf.io.gfile.remove(self.path)
         if not self._create():
           holder = self._read()
@@ -105,12 +109,18 @@ class RunLock:
     return isinstance(pid, int) and not _pid_alive(pid)
 
   def _busy_message(self, holder: dict) -> str:
-    who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
-           f"{holder.get('started', '?')}")
+    who = (
+      f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
+      f"{holder.get('started', '?')}"
+    )
     if not self._remote and holder.get("host") == socket.gethostname():
-      return (f"another training run ({who}) is using {os.path.dirname(self.path)}; stop it first "
-              f"or use another MODEL_DIR")
+      return (
+        f"another training run ({who}) is using {os.path.dirname(self.path)}; stop it first "
+        f"or use another MODEL_DIR"
+      )
     remove = f"gsutil rm {self.path}" if self.path.startswith("gs://") else f"rm {self.path}"
-    return (f"{os.path.dirname(self.path)} is locked by another training run ({who}); if that run "
-            f"has ended, remove the lock with `{remove}` and start again, else use another "
-            f"MODEL_DIR")
+    return (
+      f"{os.path.dirname(self.path)} is locked by another training run ({who}); if that run "
+      f"has ended, remove the lock with `{remove}` and start again, else use another "
+      f"MODEL_DIR"
+    )

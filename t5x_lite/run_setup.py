@@ -12,9 +12,8 @@ import tempfile
 import jax
 import tensorflow as tf
 
-from t5x_lite import paths
+from t5x_lite import paths, tokens
 from t5x_lite.config import T5Config
-from t5x_lite import tokens
 from t5x_lite.data import pipeline
 from t5x_lite.errors import UserError, first_line
 
@@ -34,8 +33,10 @@ def prepare_model_dir(model_dir: str) -> None:
     where = "is a file" if existing == model_dir else f"cannot be created: {existing} is a file"
     raise UserError(f"MODEL_DIR {model_dir} {where}, not a directory; choose another MODEL_DIR")
   if not os.access(existing, os.W_OK | os.X_OK):
-    raise UserError(f"MODEL_DIR {model_dir} is not writable ({existing} does not allow writing "
-                    f"for this user); choose another MODEL_DIR or fix its permissions")
+    raise UserError(
+      f"MODEL_DIR {model_dir} is not writable ({existing} does not allow writing "
+      f"for this user); choose another MODEL_DIR or fix its permissions"
+    )
   os.makedirs(model_dir, exist_ok=True)
 
 
@@ -43,11 +44,16 @@ def check_model_splits(cfg: T5Config, num_partitions: int) -> None:
   """The `model` mesh axis splits heads, MLP units and the vocabulary: each must divide evenly."""
   if num_partitions == 1:
     return
-  for name, size in (("num_heads", cfg.num_heads), ("d_ff", cfg.d_ff),
-                     ("vocab_size", cfg.vocab_size)):
+  for name, size in (
+    ("num_heads", cfg.num_heads),
+    ("d_ff", cfg.d_ff),
+    ("vocab_size", cfg.vocab_size),
+  ):
     if size % num_partitions:
-      raise UserError(f"NUM_PARTITIONS={num_partitions} does not divide the model's {name}={size} "
-                      f"(the model axis splits it); choose a NUM_PARTITIONS that divides it")
+      raise UserError(
+        f"NUM_PARTITIONS={num_partitions} does not divide the model's {name}={size} "
+        f"(the model axis splits it); choose a NUM_PARTITIONS that divides it"
+      )
 
 
 def task_vocab_size(mixture_or_task_name: str) -> int:
@@ -57,19 +63,26 @@ def task_vocab_size(mixture_or_task_name: str) -> int:
   try:
     return task_vocab.vocab_size
   except Exception as e:  # noqa: BLE001  (tf, sentencepiece and gcs raise many kinds)
-    raise UserError(_vocab_unreadable(mixture_or_task_name, path, first_line(e, limit=200))) from None
+    raise UserError(
+      _vocab_unreadable(mixture_or_task_name, path, first_line(e, limit=200))
+    ) from None
 
 
 def check_task_fits_model(mixture_or_task_name: str, model_vocab_size: int) -> None:
-  tokens.check_vocab_fits(task_vocab_size(mixture_or_task_name), model_vocab_size,
-                          f"the vocabulary of task {mixture_or_task_name!r}")
+  tokens.check_vocab_fits(
+    task_vocab_size(mixture_or_task_name),
+    model_vocab_size,
+    f"the vocabulary of task {mixture_or_task_name!r}",
+  )
 
 
 def _vocab_unreadable(task: str, path: str | None, reason: str) -> str:
   offline = " (offline?)" if path and paths.is_remote(path) else ""
-  return (f"the vocabulary of task {task!r} ({path}) cannot be read{offline}: {reason}; bind a "
-          f"local SentencePiece model with --gin.task_vocabulary.path=\"'/path/vocab.model'\" "
-          f"(python -m t5x_lite.train_vocab trains one)")
+  return (
+    f"the vocabulary of task {task!r} ({path}) cannot be read{offline}: {reason}; bind a "
+    f"local SentencePiece model with --gin.task_vocabulary.path=\"'/path/vocab.model'\" "
+    f"(python -m t5x_lite.train_vocab trains one)"
+  )
 
 
 def send_library_logs_to(model_dir: str) -> str:
@@ -89,8 +102,11 @@ def send_library_logs_to(model_dir: str) -> str:
   root = logging.getLogger()
   for old in list(root.handlers):
     # absl's stderr handler and earlier handlers of ours go; test harness handlers stay.
-    if getattr(old, "_t5x_lite_log", False) or type(old).__name__ == "ABSLHandler" or (
-        type(old) is logging.StreamHandler and old.stream in (sys.stderr, sys.stdout)):
+    if (
+      getattr(old, "_t5x_lite_log", False)
+      or type(old).__name__ == "ABSLHandler"
+      or (type(old) is logging.StreamHandler and old.stream in (sys.stderr, sys.stdout))
+    ):
       root.removeHandler(old)
       old.close()
   handler._t5x_lite_log = True  # pylint: disable=protected-access

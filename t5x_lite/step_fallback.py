@@ -3,8 +3,9 @@ be read is handed to the caller's policy (training moves it aside, export and in
 both refuse to fall back past the oldest), and any other error stops at once.
 """
 
+from collections.abc import Callable, Iterator
 import contextlib
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from t5x_lite.errors import UserError
 
@@ -26,8 +27,9 @@ def reading() -> Iterator[None]:
     raise Unreadable() from e
 
 
-def newest_readable(steps: list[int], attempt: Callable[[int], T],
-                    on_unreadable: Callable[[int, BaseException], None]) -> T | None:
+def newest_readable(
+  steps: list[int], attempt: Callable[[int], T], on_unreadable: Callable[[int, BaseException], None]
+) -> T | None:
   """`attempt(step)` for the steps (ascending) from the newest down, until one returns.
 
   A step whose reads fail (see `reading`) goes to `on_unreadable(step, error)`, which raises to stop

@@ -48,20 +48,35 @@ def main(argv=None) -> int:
   parser.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
-  parser.add_argument("--multi_host", action="store_true",
-                      help="initialise jax.distributed from the cluster (TPU pod, SLURM)")
+  parser.add_argument(
+    "--multi_host",
+    action="store_true",
+    help="initialise jax.distributed from the cluster (TPU pod, SLURM)",
+  )
   parser.add_argument("--distributed_timeout_s", type=int, default=120)
-  parser.add_argument("--stop_at_step", type=int, default=None,
-                      help="stop (with a checkpoint) at this step, as a preemption would")
+  parser.add_argument(
+    "--stop_at_step",
+    type=int,
+    default=None,
+    help="stop (with a checkpoint) at this step, as a preemption would",
+  )
   args, unknown = parser.parse_known_args(rest)
   if unknown:
     raise UserError(f"unknown flag {unknown[0]}; gin settings go through --gin.NAME=VALUE")
   if not gin_files:
-    raise UserError("no --gin_file given; e.g. --gin_file=models/t5_efficient_tiny.gin "
-                    "--gin_file=runs/pretrain.gin")
-  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                         args.multi_host, args.distributed_timeout_s)
+    raise UserError(
+      "no --gin_file given; e.g. --gin_file=models/t5_efficient_tiny.gin "
+      "--gin_file=runs/pretrain.gin"
+    )
+  distributed.initialize(
+    args.coordinator_address,
+    args.num_processes,
+    args.process_id,
+    args.multi_host,
+    args.distributed_timeout_s,
+  )
   import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks named in gin)
+
   gin_utils.parse_gin(gin_files, gin_bindings)
   result = training.train(stop_at_step=args.stop_at_step)
   if jax.process_index() == 0:

@@ -23,17 +23,34 @@ def main(argv=None) -> int:
   parser.add_argument("--input", required=True, help="glob of corpus files (.gz ok, gs:// ok)")
   parser.add_argument("--output", required=True, help="output prefix: writes PREFIX.model/.vocab")
   parser.add_argument("--vocab_size", type=int, default=32000)
-  parser.add_argument("--input_format", choices=("text", "jsonl"), default="text",
-                      help="text: one document per line; jsonl: one JSON object per line")
+  parser.add_argument(
+    "--input_format",
+    choices=("text", "jsonl"),
+    default="text",
+    help="text: one document per line; jsonl: one JSON object per line",
+  )
   parser.add_argument("--json_field", default="text", help="field holding the text (jsonl)")
-  parser.add_argument("--max_sentences", type=int, default=5_000_000,
-                      help="sample at most this many lines for training")
+  parser.add_argument(
+    "--max_sentences",
+    type=int,
+    default=5_000_000,
+    help="sample at most this many lines for training",
+  )
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   # Progress goes to stderr: stdout holds only the model's path, for scripts.
   started = time.monotonic()
-  path = train_vocab(args.input, args.output, args.vocab_size, args.input_format,
-                     args.json_field, args.max_sentences, log=progress.log_to_stderr)
-  progress.log_to_stderr(f"trained {path} in {progress.format_duration(time.monotonic() - started)}")
+  path = train_vocab(
+    args.input,
+    args.output,
+    args.vocab_size,
+    args.input_format,
+    args.json_field,
+    args.max_sentences,
+    log=progress.log_to_stderr,
+  )
+  progress.log_to_stderr(
+    f"trained {path} in {progress.format_duration(time.monotonic() - started)}"
+  )
   print(path)
   return 0
 

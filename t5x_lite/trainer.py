@@ -10,9 +10,9 @@ import flax
 import gin
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 import optax
-from jax.sharding import Mesh
 
 from t5x_lite import models, optimizers, partitioning
 from t5x_lite.models import EncoderDecoderModel
@@ -37,6 +37,7 @@ class LossConfig:
   T5), or a number to divide the summed loss by (see models.loss_normalizer). The lower-case
   spellings of earlier versions are accepted.
   """
+
   z_loss: float = 1e-4
   loss_normalizing_factor: str | float = models.NUM_REAL_TARGET_TOKENS
 
@@ -44,9 +45,15 @@ class LossConfig:
 class Trainer:
   """Builds the sharded state and the jitted train/eval steps for one model on one mesh."""
 
-  def __init__(self, model: EncoderDecoderModel, mesh: Mesh, rules: tuple,
-               feature_lengths: dict[str, int], num_microbatches: int = 1,
-               loss_config: LossConfig | None = None):
+  def __init__(
+    self,
+    model: EncoderDecoderModel,
+    mesh: Mesh,
+    rules: tuple,
+    feature_lengths: dict[str, int],
+    num_microbatches: int = 1,
+    loss_config: LossConfig | None = None,
+  ):
     self.model = model
     self.mesh = mesh
     self.rules = rules
@@ -60,32 +67,50 @@ class Trainer:
     self.optimizer = optimizers.make_optimizer(self.param_logical_specs)
     abstract_opt = jax.eval_shape(self.optimizer.init, self.abstract_params)
     opt_logical_specs = partitioning.optimizer_state_specs(
-        abstract_opt, self.abstract_params, self.param_logical_specs)
+      abstract_opt, self.abstract_params, self.param_logical_specs
+    )
     to_sharding = lambda specs: partitioning.logical_to_sharding(specs, mesh, rules)
     replicated = partitioning.replicated(mesh)
     self.state_shardings = TrainState(
-        step=replicated, params=to_sharding(self.param_logical_specs),
-        opt_state=to_sharding(opt_logical_specs), rng=replicated)
+      step=replicated,
+      params=to_sharding(self.param_logical_specs),
+      opt_state=to_sharding(opt_logical_specs),
+      rng=replicated,
+    )
     self.batch_sharding = partitioning.data_sharding(mesh)
 
     self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
-    self._train_step = jax.jit(self._train_step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
-                               out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
-    self._eval_step = jax.jit(self._eval_step_fn, in_shardings=(self.state_shardings.params, self.batch_sharding),
-                              out_shardings=replicated)
+    self._train_step = jax.jit(
+      self._train_step_fn,
+      in_shardings=(self.state_shardings, self.batch_sharding),
+      out_shardings=(self.state_shardings, replicated),
+      donate_argnums=(0,),
+    )
+    self._eval_step = jax.jit(
+      self._eval_step_fn,
+      in_shardings=(self.state_shardings.params, self.batch_sharding),
+      out_shardings=replicated,
+    )
 
   # -- state -----------------------------------------------------------------------------------
   def abstract_state(self) -> TrainState:
     """Shapes and shardings of the state, without allocating it (used to restore checkpoints)."""
     shapes = jax.eval_shape(self._init_state, jax.ShapeDtypeStruct((2,), jnp.uint32))
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, self.state_shardings)
+    return jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      shapes,
+      self.state_shardings,
+    )
 
   def _init_state(self, rng: jax.Array) -> TrainState:
     init_rng, dropout_rng = jax.random.split(rng)
     params = self.model.init_params(init_rng, self.input_length, self.target_length)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.optimizer.init(params), rng=dropout_rng)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=self.optimizer.init(params),
+      rng=dropout_rng,
+    )
 
   def init_state(self, seed: int) -> TrainState:
     """Initialises the state directly into its shardings: no host ever holds all of it."""
@@ -95,8 +120,9 @@ class Trainer:
   # -- steps -------------------------------------------------------------------------------------
   def _loss_and_grads(self, params, batch, rng, normalizer):
     def loss_fn(p, mb, mb_rng):
-      loss_sum, aux = self.model.loss_fn(p, mb, mb_rng, z_loss=self.loss_config.z_loss,
-                                         loss_normalizing_factor=None)
+      loss_sum, aux = self.model.loss_fn(
+        p, mb, mb_rng, z_loss=self.loss_config.z_loss, loss_normalizing_factor=None
+      )
       return loss_sum / normalizer, aux
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -114,33 +140,39 @@ class Trainer:
       (loss, aux), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
       return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)))
+    zeros = jax.tree.map(
+      jnp.zeros_like,
+      jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)),
+    )
     zeros = (zeros[0][0], zeros[0][1], zeros[1])
     (loss, aux, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(n)))
     return loss, aux, grads
 
   def _train_step_fn(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
-    normalizer = models.loss_normalizer(self.loss_config.loss_normalizing_factor,
-                                        batch["decoder_loss_weights"])
+    normalizer = models.loss_normalizer(
+      self.loss_config.loss_normalizing_factor, batch["decoder_loss_weights"]
+    )
     loss, aux, grads = self._loss_and_grads(state.params, batch, rng, normalizer)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        "loss": loss,
-        "z_loss": aux["z_loss"] / normalizer,
-        "accuracy": aux["correct"] / jnp.maximum(aux["weight_sum"], 1.0),
-        "num_tokens": aux["weight_sum"],
-        "grad_norm": optax.tree.norm(grads),
+      "loss": loss,
+      "z_loss": aux["z_loss"] / normalizer,
+      "accuracy": aux["correct"] / jnp.maximum(aux["weight_sum"], 1.0),
+      "num_tokens": aux["weight_sum"],
+      "grad_norm": optax.tree.norm(grads),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _eval_step_fn(self, params, batch: dict) -> dict:
     # Evaluation reports plain cross-entropy (no z-loss), comparable across runs and to ln(vocab).
     _, aux = self.model.loss_fn(params, batch, None, z_loss=0.0, loss_normalizing_factor=None)
-    return {"loss_sum": aux["cross_ent_loss"], "num_correct": aux["correct"],
-            "num_tokens": aux["weight_sum"]}
+    return {
+      "loss_sum": aux["cross_ent_loss"],
+      "num_correct": aux["correct"],
+      "num_tokens": aux["weight_sum"],
+    }
 
   # -- host-facing API ---------------------------------------------------------------------------
   def learning_rate(self, step: int) -> float:
@@ -149,8 +181,10 @@ class Trainer:
 
   def make_global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Assembles each process's slice of the batch into one array sharded over `data`."""
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
-            for k, v in local_batch.items()}
+    return {
+      k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+      for k, v in local_batch.items()
+    }
 
   def train_step(self, state: TrainState, local_batch: dict[str, np.ndarray]):
     with partitioning.activate(self.mesh, self.rules):

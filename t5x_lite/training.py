@@ -15,8 +15,18 @@ import jax
 from jax.experimental import multihost_utils
 import tensorflow as tf
 
-from t5x_lite import checkpoints, config, flops, partitioning, paths, resume_check, run_lock
-from t5x_lite import decode_eval, finetune_init, run_setup
+from t5x_lite import (
+  checkpoints,
+  config,
+  decode_eval,
+  finetune_init,
+  flops,
+  partitioning,
+  paths,
+  resume_check,
+  run_lock,
+  run_setup,
+)
 from t5x_lite.data import pipeline, tokenized_cache
 from t5x_lite.errors import UserError
 from t5x_lite.memory_fit import fit_trainer
@@ -40,8 +50,10 @@ class _Preemption:
     self._multi = jax.process_count() > 1
     self._previous = {}
     if not self._multi:
-      self._previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self._handle),
-                        signal.SIGINT: signal.signal(signal.SIGINT, self._interrupt)}
+      self._previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, self._handle),
+        signal.SIGINT: signal.signal(signal.SIGINT, self._interrupt),
+      }
 
   def close(self) -> None:
     """Gives the signals back to whoever had them (e.g. a caller that trains in-process)."""
@@ -53,8 +65,10 @@ class _Preemption:
 
   def _interrupt(self, signum, frame):
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C aborts at once
-    print("Ctrl-C: saving at the next step boundary, then exiting (Ctrl-C again aborts without "
-          "saving)", flush=True)
+    print(
+      "Ctrl-C: saving at the next step boundary, then exiting (Ctrl-C again aborts without saving)",
+      flush=True,
+    )
     self.signal_name = "Ctrl-C"
     self._flag = True
 
@@ -74,8 +88,9 @@ def _first_nonfinite(pending: list[tuple[int, dict]]) -> int | None:
 def _no_data(task: str, split: str) -> UserError:
   """An empty corpus (or JSON lines without the text field) ends a repeated dataset at once."""
   return UserError(
-      f"the {split} split of task {task!r} yields no batch: its files hold no documents (empty, "
-      f"or JSON lines without the field jsonl_corpus.text_field names); check the corpus files")
+    f"the {split} split of task {task!r} yields no batch: its files hold no documents (empty, "
+    f"or JSON lines without the field jsonl_corpus.text_field names); check the corpus files"
+  )
 
 
 def evaluate(trainer: Trainer, state, eval_dataset, eval_steps: int, task: str = "?") -> dict:
@@ -107,6 +122,7 @@ def _write_config(model_dir: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The arguments of one `train` call, checked."""
+
   model_dir: str
   train_steps: int
   batch_size: int
@@ -131,23 +147,25 @@ class Settings:
 
 
 @gin.configurable(denylist=["stop_at_step"])
-def train(model_dir: str = gin.REQUIRED,
-          train_steps: int = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED,
-          mixture_or_task_name: str = gin.REQUIRED,
-          task_feature_lengths: dict = gin.REQUIRED,
-          num_partitions: int = 1,
-          num_microbatches: int = 1,
-          checkpoint_period: int = 1000,
-          eval_period: int = 1000,
-          eval_steps: int = 10,
-          log_period: int = 10,
-          seed: int = 0,
-          use_packing: bool = False,
-          peak_flops_per_device: float | None = None,
-          allow_data_change: bool = False,
-          memory_fit: str = "auto",
-          stop_at_step: int | None = None) -> dict:
+def train(
+  model_dir: str = gin.REQUIRED,
+  train_steps: int = gin.REQUIRED,
+  batch_size: int = gin.REQUIRED,
+  mixture_or_task_name: str = gin.REQUIRED,
+  task_feature_lengths: dict = gin.REQUIRED,
+  num_partitions: int = 1,
+  num_microbatches: int = 1,
+  checkpoint_period: int = 1000,
+  eval_period: int = 1000,
+  eval_steps: int = 10,
+  log_period: int = 10,
+  seed: int = 0,
+  use_packing: bool = False,
+  peak_flops_per_device: float | None = None,
+  allow_data_change: bool = False,
+  memory_fit: str = "auto",
+  stop_at_step: int | None = None,
+) -> dict:
   """Trains until `train_steps`; returns the last train and eval metrics.
 
   `stop_at_step` (not a gin binding) ends the run early with a checkpoint, as a preemption would.
@@ -156,10 +174,27 @@ def train(model_dir: str = gin.REQUIRED,
   `memory_fit`: 'auto' switches to the cheapest remat policy / microbatch count that fits the
   device when the configured step does not; 'off' fails instead (see memory_fit.py).
   """
-  s = _checked(Settings(
-      model_dir, train_steps, batch_size, mixture_or_task_name, task_feature_lengths,
-      num_partitions, num_microbatches, checkpoint_period, eval_period, eval_steps, log_period,
-      seed, use_packing, peak_flops_per_device, allow_data_change, memory_fit, stop_at_step))
+  s = _checked(
+    Settings(
+      model_dir,
+      train_steps,
+      batch_size,
+      mixture_or_task_name,
+      task_feature_lengths,
+      num_partitions,
+      num_microbatches,
+      checkpoint_period,
+      eval_period,
+      eval_steps,
+      log_period,
+      seed,
+      use_packing,
+      peak_flops_per_device,
+      allow_data_change,
+      memory_fit,
+      stop_at_step,
+    )
+  )
   run_setup.prepare_model_dir(s.model_dir)
   lock = run_lock.RunLock(s.model_dir) if jax.process_index() == 0 else None
   stale = lock.acquire() if lock else None
@@ -182,14 +217,19 @@ def train(model_dir: str = gin.REQUIRED,
 def _checked(s: Settings) -> Settings:
   if not s.model_dir:  # runs/pretrain.gin binds MODEL_DIR = None (see there)
     raise UserError("MODEL_DIR is not set; pass --gin.MODEL_DIR=\"'/path/to/run'\"")
-  for name, value in (("TRAIN_STEPS", s.train_steps), ("BATCH_SIZE", s.batch_size),
-                      ("CHECKPOINT_PERIOD", s.checkpoint_period),
-                      ("EVAL_PERIOD", s.eval_period)):
+  for name, value in (
+    ("TRAIN_STEPS", s.train_steps),
+    ("BATCH_SIZE", s.batch_size),
+    ("CHECKPOINT_PERIOD", s.checkpoint_period),
+    ("EVAL_PERIOD", s.eval_period),
+  ):
     if not isinstance(value, int) or value < 1:
       raise UserError(f"{name} must be a positive integer, got {value!r}")
-  for name, value, low in (("train.log_period", s.log_period, 1),
-                           ("train.num_microbatches", s.num_microbatches, 1),
-                           ("train.eval_steps", s.eval_steps, 0)):
+  for name, value, low in (
+    ("train.log_period", s.log_period, 1),
+    ("train.num_microbatches", s.num_microbatches, 1),
+    ("train.eval_steps", s.eval_steps, 0),
+  ):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
   if s.stop_at_step is not None and s.stop_at_step < 1:
@@ -202,6 +242,7 @@ def _checked(s: Settings) -> Settings:
 @dataclasses.dataclass
 class _Run:
   """One training run: its parts (built by `_setup`) and where the loop stands."""
+
   s: Settings
   preemption: _Preemption
   model_meta: dict  # the model config, stored with every checkpoint
@@ -239,16 +280,26 @@ def _setup(s: Settings, preemption: _Preemption) -> _Run:
   partitioning.check_batch_split(s.batch_size, mesh, s.num_microbatches)
   run_setup.check_model_splits(cfg, mesh.shape["model"])
   run_setup.check_task_fits_model(s.mixture_or_task_name, cfg.vocab_size)
-  trainer = Trainer(EncoderDecoderModel(cfg), mesh, partitioning.logical_axis_rules(),
-                    s.task_feature_lengths, num_microbatches=s.num_microbatches,
-                    loss_config=LossConfig())
+  trainer = Trainer(
+    EncoderDecoderModel(cfg),
+    mesh,
+    partitioning.logical_axis_rules(),
+    s.task_feature_lengths,
+    num_microbatches=s.num_microbatches,
+    loss_config=LossConfig(),
+  )
   lengths = s.task_feature_lengths
   return _Run(
-      s=s, preemption=preemption, model_meta=dataclasses.asdict(cfg),
-      data=resume_check.data_settings(s.mixture_or_task_name, lengths, s.batch_size,
-                                      s.use_packing, s.seed),
-      trainer=trainer, ckpt=checkpoints.Checkpointer(s.model_dir),
-      flops_per_example=config.train_flops_per_example(cfg, lengths["inputs"], lengths["targets"]))
+    s=s,
+    preemption=preemption,
+    model_meta=dataclasses.asdict(cfg),
+    data=resume_check.data_settings(
+      s.mixture_or_task_name, lengths, s.batch_size, s.use_packing, s.seed
+    ),
+    trainer=trainer,
+    ckpt=checkpoints.Checkpointer(s.model_dir),
+    flops_per_example=config.train_flops_per_example(cfg, lengths["inputs"], lengths["targets"]),
+  )
 
 
 def _check_meta(run: _Run, at_step: int, meta: dict) -> None:
@@ -258,30 +309,40 @@ def _check_meta(run: _Run, at_step: int, meta: dict) -> None:
   if not meta.get("batches_consumed"):
     return  # consumed no data (e.g. an imported model): any data starts afresh
   changes = resume_check.data_changes(
-      meta, run.data, resume_check.saved_process_count(run.ckpt.data_directory, at_step))
+    meta, run.data, resume_check.saved_process_count(run.ckpt.data_directory, at_step)
+  )
   if changes and not run.s.allow_data_change:
     raise UserError(
-        f"checkpoint {where} was trained on other data settings "
-        f"({resume_check.describe(changes)}); its data position does not apply to them: pass "
-        f"--gin.train.allow_data_change=True to continue from step {at_step} with the new data "
-        f"from its start, or use another MODEL_DIR")
+      f"checkpoint {where} was trained on other data settings "
+      f"({resume_check.describe(changes)}); its data position does not apply to them: pass "
+      f"--gin.train.allow_data_change=True to continue from step {at_step} with the new data "
+      f"from its start, or use another MODEL_DIR"
+    )
   run.data_reset[:] = changes
 
 
 def _restore(run: _Run) -> None:
   """Restores the latest checkpoint, fits the step to the device, then builds the data."""
-  run.restored = run.ckpt.restore(run.trainer.abstract_state(),
-                                  check_meta=lambda step, meta: _check_meta(run, step, meta))
+  run.restored = run.ckpt.restore(
+    run.trainer.abstract_state(), check_meta=lambda step, meta: _check_meta(run, step, meta)
+  )
   run.writer = MetricsWriter(run.s.model_dir)
   run.writer.drop_rows_after(run.restored[0] if run.restored else None)
-  run.trainer = fit_trainer(run.trainer, run.s.memory_fit, run.s.batch_size, run.s.use_packing,
-                            run.writer.console)
+  run.trainer = fit_trainer(
+    run.trainer, run.s.memory_fit, run.s.batch_size, run.s.use_packing, run.writer.console
+  )
   _make_data(run)
   if run.restored is None:
     # Fine-tuning: a run without checkpoints of its own starts from its initial model (and its
     # step); otherwise the state is initialised in _start, once the data is known to be there.
-    initial = finetune_init.initial_state(run.trainer, run.model_meta, run.s.seed,
-                                          run.s.train_steps, run.s.model_dir, run.writer.console)
+    initial = finetune_init.initial_state(
+      run.trainer,
+      run.model_meta,
+      run.s.seed,
+      run.s.train_steps,
+      run.s.model_dir,
+      run.writer.console,
+    )
     if initial is not None:
       run.step, run.state = initial
     return
@@ -297,30 +358,50 @@ def _make_data(run: _Run) -> None:
   s = run.s
   processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
   run.train_iter = pipeline.train_iterator(
-      s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, seed=s.seed,
-      use_packing=s.use_packing, batch_sharding=run.trainer.batch_sharding, **processes)
+    s.mixture_or_task_name,
+    s.task_feature_lengths,
+    s.batch_size,
+    seed=s.seed,
+    use_packing=s.use_packing,
+    batch_sharding=run.trainer.batch_sharding,
+    **processes,
+  )
   run.eval_dataset = pipeline.eval_dataset(
-      s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, seed=s.seed,
-      use_packing=s.use_packing, **processes)
-  run.decoding = decode_eval.DecodeEval(s.model_dir, run.trainer.model.cfg,
-                                        s.mixture_or_task_name, s.task_feature_lengths,
-                                        run.writer.console)
+    s.mixture_or_task_name,
+    s.task_feature_lengths,
+    s.batch_size,
+    seed=s.seed,
+    use_packing=s.use_packing,
+    **processes,
+  )
+  run.decoding = decode_eval.DecodeEval(
+    s.model_dir,
+    run.trainer.model.cfg,
+    s.mixture_or_task_name,
+    s.task_feature_lengths,
+    run.writer.console,
+  )
   if tokenized_cache.tokenized_cache_config():
-    run.writer.console(f"reading pre-tokenized data from the cache in "
-                       f"{tokenized_cache.tokenized_cache_config()}")
+    run.writer.console(
+      f"reading pre-tokenized data from the cache in {tokenized_cache.tokenized_cache_config()}"
+    )
 
 
 def _restore_data_position(run: _Run, meta: dict) -> None:
   data_path = run.ckpt.data_state_path(run.step)
   if run.data_reset:
-    run.writer.console(f"data changed ({resume_check.describe(run.data_reset)}): the data "
-                       f"position is reset; training continues from step {run.step} on the new "
-                       f"data")
+    run.writer.console(
+      f"data changed ({resume_check.describe(run.data_reset)}): the data "
+      f"position is reset; training continues from step {run.step} on the new "
+      f"data"
+    )
   elif data_path is not None:
     run.train_iter.restore(data_path)
   elif meta.get("batches_consumed", 0) != 0:
-    raise UserError(f"checkpoint step {run.step} in {run.ckpt.directory} has no data position "
-                    f"in {run.ckpt.data_directory}")
+    raise UserError(
+      f"checkpoint step {run.step} in {run.ckpt.directory} has no data position "
+      f"in {run.ckpt.data_directory}"
+    )
   # else: a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh.
 
 
@@ -356,8 +437,10 @@ def _train_step(run: _Run) -> None:
   run.pending.append((run.step, metrics))
   if run.compile_s is None:
     run.compile_s = _first_step_seconds(metrics, step_started)
-    run.writer.console(f"compiled the train step in {run.compile_s:.1f} s (step {run.step}; not "
-                       "counted in step times)")
+    run.writer.console(
+      f"compiled the train step in {run.compile_s:.1f} s (step {run.step}; not "
+      "counted in step times)"
+    )
     if run.step != run.s.end_step:  # the first window (and the ETA) starts after it
       run.last_log_time = run.started = time.time()
       run.last_log_step = run.first_step = run.step
@@ -393,8 +476,11 @@ def _finish(run: _Run) -> dict:
   run.ckpt.close()
   _write_config(run.s.model_dir)
   run.writer.close()
-  return {"step": run.step, **run.last_train,
-          **{k: v for k, v in run.last_eval.items() if k != "step"}}
+  return {
+    "step": run.step,
+    **run.last_train,
+    **{k: v for k, v in run.last_eval.items() if k != "step"},
+  }
 
 
 def _check_finite(run: _Run) -> dict:
@@ -408,10 +494,14 @@ def _check_finite(run: _Run) -> dict:
   bad_step = _first_nonfinite(run.pending)
   if bad_step is not None:
     run.ckpt.wait()
-    good = (f"the last good checkpoint is step {run.last_saved} in {run.ckpt.directory}"
-            if run.last_saved is not None else "no checkpoint was written")
-    raise UserError(f"loss is {float(dict(run.pending)[bad_step]['loss'])} at step {bad_step}; "
-                    f"stopping ({good})")
+    good = (
+      f"the last good checkpoint is step {run.last_saved} in {run.ckpt.directory}"
+      if run.last_saved is not None
+      else "no checkpoint was written"
+    )
+    raise UserError(
+      f"loss is {float(dict(run.pending)[bad_step]['loss'])} at step {bad_step}; stopping ({good})"
+    )
   latest = run.pending[-1][1]
   run.pending.clear()
   return latest
@@ -425,22 +515,31 @@ def _maybe_log(run: _Run, due: bool, metrics: dict) -> None:
   host_metrics = jax.device_get(metrics)
   now = time.time()
   # A window that holds only the compiled step (log_period 1) has no step time of its own.
-  step_time = (now - run.last_log_time) / (step - run.last_log_step) \
-      if step > run.last_log_step else None
+  step_time = (
+    (now - run.last_log_time) / (step - run.last_log_step) if step > run.last_log_step else None
+  )
   run.last_log_time, run.last_log_step = now, step
-  tokens_per_step = s.batch_size * (s.task_feature_lengths["inputs"]
-                                    + s.task_feature_lengths["targets"])
-  record = {"step": step, "loss": float(host_metrics["loss"]),
-            "accuracy": float(host_metrics["accuracy"]),
-            "z_loss": float(host_metrics["z_loss"]),
-            "learning_rate": run.trainer.learning_rate(step - 1),
-            "grad_norm": float(host_metrics["grad_norm"]),
-            "tokens_per_second": tokens_per_step / step_time if step_time else None,
-            "step_time_s": step_time, "mfu": None}
+  tokens_per_step = s.batch_size * (
+    s.task_feature_lengths["inputs"] + s.task_feature_lengths["targets"]
+  )
+  record = {
+    "step": step,
+    "loss": float(host_metrics["loss"]),
+    "accuracy": float(host_metrics["accuracy"]),
+    "z_loss": float(host_metrics["z_loss"]),
+    "learning_rate": run.trainer.learning_rate(step - 1),
+    "grad_norm": float(host_metrics["grad_norm"]),
+    "tokens_per_second": tokens_per_step / step_time if step_time else None,
+    "step_time_s": step_time,
+    "mfu": None,
+  }
   if step_time:
     record["mfu"], run.peak = flops.utilization(
-        run.flops_per_example * s.batch_size / step_time, run.peak, jax.device_count(),
-        not s.peak_flops_per_device)
+      run.flops_per_example * s.batch_size / step_time,
+      run.peak,
+      jax.device_count(),
+      not s.peak_flops_per_device,
+    )
   if run.compile_s is not None and not run.last_train:  # the first logged row of this process
     record["compile_s"] = run.compile_s
   run.writer.write(record)
@@ -449,12 +548,18 @@ def _maybe_log(run: _Run, due: bool, metrics: dict) -> None:
 
 
 def _evaluate(run: _Run) -> None:
-  run.last_eval = {"step": run.step, **evaluate(run.trainer, run.state, run.eval_dataset,
-                                                run.s.eval_steps, run.s.mixture_or_task_name),
-                  **run.decoding(run.state.params, run.step)}
+  run.last_eval = {
+    "step": run.step,
+    **evaluate(
+      run.trainer, run.state, run.eval_dataset, run.s.eval_steps, run.s.mixture_or_task_name
+    ),
+    **run.decoding(run.state.params, run.step),
+  }
   run.writer.write(run.last_eval)
-  run.writer.console(f"step {run.step:>7d} | eval loss {run.last_eval['eval_loss']:.4f} | "
-                     f"eval acc {run.last_eval['eval_accuracy']:.4f}")
+  run.writer.console(
+    f"step {run.step:>7d} | eval loss {run.last_eval['eval_loss']:.4f} | "
+    f"eval acc {run.last_eval['eval_accuracy']:.4f}"
+  )
 
 
 def _maybe_eval(run: _Run, due: bool) -> None:
@@ -467,10 +572,15 @@ def _maybe_save(run: _Run, due: bool) -> None:
   if not due:
     return
   s = run.s
-  meta = {"step": run.step, "batches_consumed": run.train_iter.state()["batches"],
-          "model_config": run.model_meta, "gin_config": gin.config_str(),
-          "mixture_or_task_name": s.mixture_or_task_name,
-          "task_feature_lengths": dict(s.task_feature_lengths), "data": run.data}
+  meta = {
+    "step": run.step,
+    "batches_consumed": run.train_iter.state()["batches"],
+    "model_config": run.model_meta,
+    "gin_config": gin.config_str(),
+    "mixture_or_task_name": s.mixture_or_task_name,
+    "task_feature_lengths": dict(s.task_feature_lengths),
+    "data": run.data,
+  }
   run.ckpt.save(run.step, run.state, meta, run.train_iter.save)
   run.last_saved = run.step
   run.last_log_time = time.time()  # nor the blocking part of the save

@@ -31,26 +31,29 @@ import pytest  # noqa: E402
 
 # The tiny model and task that the training tests run (a few seconds per compile on CPU).
 TINY_MODEL = [
-    "model_config.name = 't5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
-    "model_config.vocab_size = 256",
-    "MIXTURE_OR_TASK_NAME = 'text_span_corruption'",
-    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
-    "BATCH_SIZE = 8",
+  "model_config.name = 't5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
+  "model_config.vocab_size = 256",
+  "MIXTURE_OR_TASK_NAME = 'text_span_corruption'",
+  "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
+  "BATCH_SIZE = 8",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class TinyCorpus:
   """Text shards for `text_span_corruption` and a 100-piece vocabulary trained on them."""
+
   root: pathlib.Path  # tests may add files of their own here (never named train-* or val-*)
   train: str  # file patterns
   validation: str
   vocab: str
 
   def bindings(self) -> list[str]:
-    return [f"text_corpus.train_files = '{self.train}'",
-            f"text_corpus.validation_files = '{self.validation}'",
-            f"task_vocabulary.path = '{self.vocab}'"]
+    return [
+      f"text_corpus.train_files = '{self.train}'",
+      f"text_corpus.validation_files = '{self.validation}'",
+      f"task_vocabulary.path = '{self.vocab}'",
+    ]
 
   def flags(self) -> list[str]:
     """The same as command-line flags."""
@@ -60,25 +63,39 @@ class TinyCorpus:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> TinyCorpus:
   from t5x_lite.data import testing
+
   root = tmp_path_factory.mktemp("tiny_corpus")
   docs = testing.make_documents(200, seed=3, max_words=80)
-  return TinyCorpus(root, testing.write_text_shards(root, "train", docs[:180], 2),
-                    testing.write_text_shards(root, "val", docs[180:], 1),
-                    testing.train_tiny_vocab(root, vocab_size=100))
+  return TinyCorpus(
+    root,
+    testing.write_text_shards(root, "train", docs[:180], 2),
+    testing.write_text_shards(root, "val", docs[180:], 1),
+    testing.train_tiny_vocab(root, vocab_size=100),
+  )
 
 
 def train_in_process(gin_files, bindings, stop_at_step=None) -> dict:
   """`training.train` on a fresh gin config; the caller's config is restored afterwards."""
   from t5x_lite import gin_utils, training
+
   with gin_utils.fresh_config():
     gin_utils.parse_gin(gin_files, bindings)
     return training.train(stop_at_step=stop_at_step)
 
 
 INTEGRATION_FILES = {
-    "test_bad_inputs.py", "test_export_import.py", "test_hf_tokenizer.py", "test_infer.py",
-    "test_memory_fit.py", "test_multiprocess.py", "test_newcomer.py", "test_plan.py",
-    "test_resume_safety.py", "test_tfds_c4.py", "test_tokenized_cache.py", "test_train_e2e.py",
+  "test_bad_inputs.py",
+  "test_export_import.py",
+  "test_hf_tokenizer.py",
+  "test_infer.py",
+  "test_memory_fit.py",
+  "test_multiprocess.py",
+  "test_newcomer.py",
+  "test_plan.py",
+  "test_resume_safety.py",
+  "test_tfds_c4.py",
+  "test_tokenized_cache.py",
+  "test_train_e2e.py",
 }
 
 

@@ -11,20 +11,22 @@ import socket
 import subprocess
 import sys
 
+import conftest
+from conftest import TINY_MODEL
 import pytest
 
-import conftest
-import t5x_lite.tasks  # noqa: F401
-from conftest import TINY_MODEL
 from t5x_lite import gin_utils
 from t5x_lite.data import testing
+import t5x_lite.tasks  # noqa: F401
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = [
-    "--gin_file=runs/quickstart.gin",
-    *[f"--gin.{binding.replace(' = ', '=', 1)}" for binding in TINY_MODEL],
-    "--gin.train.eval_steps=0", "--gin.TRAIN_STEPS=1",
-    "--gin.CHECKPOINT_PERIOD=1", "--gin.EVAL_PERIOD=1",
+  "--gin_file=runs/quickstart.gin",
+  *[f"--gin.{binding.replace(' = ', '=', 1)}" for binding in TINY_MODEL],
+  "--gin.train.eval_steps=0",
+  "--gin.TRAIN_STEPS=1",
+  "--gin.CHECKPOINT_PERIOD=1",
+  "--gin.EVAL_PERIOD=1",
 ]
 
 
@@ -33,8 +35,9 @@ def corpus(tiny_corpus):
   """The shared corpus, with an empty text file and JSON lines without a "text" field beside it."""
   root = tiny_corpus.root
   (root / "empty-0.txt").write_text("")
-  (root / "no_text_key.jsonl").write_text("".join(
-      json.dumps({"body": doc}) + "\n" for doc in testing.make_documents(20, seed=7)))
+  (root / "no_text_key.jsonl").write_text(
+    "".join(json.dumps({"body": doc}) + "\n" for doc in testing.make_documents(20, seed=7))
+  )
   return {"root": root, "flags": tiny_corpus.flags()}
 
 
@@ -59,52 +62,117 @@ def train_cmd(*flags):
 # Each case: (id, builds the command from (corpus, model_dir), what the one line must contain,
 # whether MODEL_DIR starts as a copy of the trained run).
 CASES = [
-    ("misspelled macro", lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
-                                               "--gin.TRAIN_STEPZ=3"),
-     "--gin.TRAIN_STEPZ sets a macro that no gin file uses (did you mean TRAIN_STEPS?)", False),
-    ("empty corpus", lambda c, d: train_cmd(
-        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
-        f"--gin.text_corpus.train_files='{c['root']}/empty-*.txt'"),
-     "the train split of task 'text_span_corruption' yields no batch", False),
-    ("jsonl without the text key", lambda c, d: train_cmd(
-        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
-        "--gin.MIXTURE_OR_TASK_NAME='jsonl_span_corruption'",
-        f"--gin.jsonl_corpus.train_files='{c['root']}/no_text_key.jsonl'",
-        f"--gin.jsonl_corpus.validation_files='{c['root']}/no_text_key.jsonl'"),
-     "yields no batch: its files hold no documents (empty, or JSON lines without the field", False),
-    ("partitions not dividing the heads", lambda c, d: train_cmd(
-        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.NUM_PARTITIONS=4"),
-     "NUM_PARTITIONS=4 does not divide the model's num_heads=2", False),
-    ("MODEL_DIR is a file", lambda c, d: train_cmd(
-        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{c['root']}/empty-0.txt'"),
-     "empty-0.txt is a file, not a directory; choose another MODEL_DIR", False),
-    ("MODEL_DIR below a file", lambda c, d: train_cmd(
-        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{c['root']}/empty-0.txt/run'"),
-     "cannot be created: ", False),
-    ("vocabulary on an unreachable object store", lambda c, d: train_cmd(
-        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
-        "--gin.task_vocabulary.path='gs://t5x-lite-test-no-such-bucket/vocab.model'"),
-     "the vocabulary of task 'text_span_corruption' (gs://t5x-lite-test-no-such-bucket/vocab.model)"
-     " cannot be read (offline?)", False),
-    ("noise density out of range", lambda c, d: train_cmd(
-        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'",
-        "--gin.span_corruption_config.noise_density=1.5"),
-     "span_corruption_config.noise_density must be in (0, 1), got 1.5", False),
-    ("resume with another model", lambda c, d: train_cmd(
-        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPS=2",
-        "--gin.model_config.num_decoder_layers=3"),
-     "was trained with model_config.num_decoder_layers=2, this run has 3", True),
-    ("resume with another batch size", lambda c, d: train_cmd(
-        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPS=2",
-        "--gin.BATCH_SIZE=16"),
-     "was trained on other data settings (batch_size 8 -> 16)", True),
-    ("MODEL_DIR in use", lambda c, d: train_cmd(
-        *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPS=4"),
-     "another training run (pid", True),
-    ("HF config.json not an object", lambda c, d: [
-        sys.executable, "-m", "t5x_lite.import_hf", f"--hf_dir={c['root']}/hf",
-        f"--model_dir={d}"],
-     "config.json holds a JSON list, not an object", False),
+  (
+    "misspelled macro",
+    lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPZ=3"),
+    "--gin.TRAIN_STEPZ sets a macro that no gin file uses (did you mean TRAIN_STEPS?)",
+    False,
+  ),
+  (
+    "empty corpus",
+    lambda c, d: train_cmd(
+      *TINY,
+      *data_flags(c),
+      f"--gin.MODEL_DIR='{d}'",
+      f"--gin.text_corpus.train_files='{c['root']}/empty-*.txt'",
+    ),
+    "the train split of task 'text_span_corruption' yields no batch",
+    False,
+  ),
+  (
+    "jsonl without the text key",
+    lambda c, d: train_cmd(
+      *TINY,
+      *data_flags(c),
+      f"--gin.MODEL_DIR='{d}'",
+      "--gin.MIXTURE_OR_TASK_NAME='jsonl_span_corruption'",
+      f"--gin.jsonl_corpus.train_files='{c['root']}/no_text_key.jsonl'",
+      f"--gin.jsonl_corpus.validation_files='{c['root']}/no_text_key.jsonl'",
+    ),
+    "yields no batch: its files hold no documents (empty, or JSON lines without the field",
+    False,
+  ),
+  (
+    "partitions not dividing the heads",
+    lambda c, d: train_cmd(
+      *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.NUM_PARTITIONS=4"
+    ),
+    "NUM_PARTITIONS=4 does not divide the model's num_heads=2",
+    False,
+  ),
+  (
+    "MODEL_DIR is a file",
+    lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{c['root']}/empty-0.txt'"),
+    "empty-0.txt is a file, not a directory; choose another MODEL_DIR",
+    False,
+  ),
+  (
+    "MODEL_DIR below a file",
+    lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{c['root']}/empty-0.txt/run'"),
+    "cannot be created: ",
+    False,
+  ),
+  (
+    "vocabulary on an unreachable object store",
+    lambda c, d: train_cmd(
+      *TINY,
+      *data_flags(c),
+      f"--gin.MODEL_DIR='{d}'",
+      "--gin.task_vocabulary.path='gs://t5x-lite-test-no-such-bucket/vocab.model'",
+    ),
+    "the vocabulary of task 'text_span_corruption' (gs://t5x-lite-test-no-such-bucket/vocab.model)"
+    " cannot be read (offline?)",
+    False,
+  ),
+  (
+    "noise density out of range",
+    lambda c, d: train_cmd(
+      *TINY,
+      *data_flags(c),
+      f"--gin.MODEL_DIR='{d}'",
+      "--gin.span_corruption_config.noise_density=1.5",
+    ),
+    "span_corruption_config.noise_density must be in (0, 1), got 1.5",
+    False,
+  ),
+  (
+    "resume with another model",
+    lambda c, d: train_cmd(
+      *TINY,
+      *data_flags(c),
+      f"--gin.MODEL_DIR='{d}'",
+      "--gin.TRAIN_STEPS=2",
+      "--gin.model_config.num_decoder_layers=3",
+    ),
+    "was trained with model_config.num_decoder_layers=2, this run has 3",
+    True,
+  ),
+  (
+    "resume with another batch size",
+    lambda c, d: train_cmd(
+      *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=16"
+    ),
+    "was trained on other data settings (batch_size 8 -> 16)",
+    True,
+  ),
+  (
+    "MODEL_DIR in use",
+    lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPS=4"),
+    "another training run (pid",
+    True,
+  ),
+  (
+    "HF config.json not an object",
+    lambda c, d: [
+      sys.executable,
+      "-m",
+      "t5x_lite.import_hf",
+      f"--hf_dir={c['root']}/hf",
+      f"--model_dir={d}",
+    ],
+    "config.json holds a JSON list, not an object",
+    False,
+  ),
 ]
 
 
@@ -112,9 +180,12 @@ NATIVE_BANNER = re.compile(r"^(WARNING: All log messages before absl::Initialize
 
 
 def checkpoint_files(model_dir: pathlib.Path) -> dict[str, int]:
-  return {str(p.relative_to(model_dir)): p.stat().st_size
-          for sub in ("checkpoints", "data_state") for p in (model_dir / sub).rglob("*")
-          if p.is_file()}
+  return {
+    str(p.relative_to(model_dir)): p.stat().st_size
+    for sub in ("checkpoints", "data_state")
+    for p in (model_dir / sub).rglob("*")
+    if p.is_file()
+  }
 
 
 @pytest.mark.parametrize("name, command, message, from_trained", CASES, ids=[c[0] for c in CASES])
@@ -123,16 +194,20 @@ def test_one_line_error(corpus, trained, tmp_path, name, command, message, from_
   if from_trained:
     shutil.copytree(trained, model_dir)
   if name == "MODEL_DIR in use":  # held by a live process on this host: this test
-    (model_dir / "RUN_LOCK").write_text(json.dumps(
-        {"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-01-01T00:00:00"}))
+    (model_dir / "RUN_LOCK").write_text(
+      json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-01-01T00:00:00"}
+      )
+    )
   if name == "HF config.json not an object":
     (corpus["root"] / "hf").mkdir(exist_ok=True)
     (corpus["root"] / "hf" / "config.json").write_text("[1, 2]")
   before = checkpoint_files(model_dir)
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-  done = subprocess.run(command(corpus, model_dir), cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=300)
+  done = subprocess.run(
+    command(corpus, model_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   lines = done.stderr.splitlines()
   if name == "HF config.json not an object":
     # import_hf does not hide the native libraries' import banners as the train CLI does.
@@ -150,11 +225,18 @@ def test_model_dir_not_writable(corpus, tmp_path):
   parent.mkdir()
   parent.chmod(0o555)
   try:
-    done = subprocess.run(train_cmd(*TINY, *data_flags(corpus), f"--gin.MODEL_DIR='{parent}/run'"),
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+      train_cmd(*TINY, *data_flags(corpus), f"--gin.MODEL_DIR='{parent}/run'"),
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
   finally:
     parent.chmod(0o755)
   assert done.returncode == 2
-  assert done.stderr.splitlines() == [f"error: MODEL_DIR {parent}/run is not writable ({parent} "
-                                      f"does not allow writing for this user); choose another "
-                                      f"MODEL_DIR or fix its permissions"]
+  assert done.stderr.splitlines() == [
+    f"error: MODEL_DIR {parent}/run is not writable ({parent} "
+    f"does not allow writing for this user); choose another "
+    f"MODEL_DIR or fix its permissions"
+  ]

@@ -35,9 +35,14 @@ def make_trainer(num_partitions: int, devices=None) -> Trainer:
 
 
 def meta(step: int) -> dict:
-  return {"step": step, "model_config": dataclasses.asdict(CFG), "gin_config": "",
-          "mixture_or_task_name": "unused", "task_feature_lengths": LENGTHS,
-          "batches_consumed": step}
+  return {
+    "step": step,
+    "model_config": dataclasses.asdict(CFG),
+    "gin_config": "",
+    "mixture_or_task_name": "unused",
+    "task_feature_lengths": LENGTHS,
+    "batches_consumed": step,
+  }
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +60,9 @@ def saved(tmp_path_factory):
 
 
 def assert_same_values(restored, expected):
-  leaves = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), b)),
-                                        restored, expected))
+  leaves = jax.tree.leaves(
+    jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), b)), restored, expected)
+  )
   assert leaves and all(leaves)
 
 
@@ -67,8 +73,11 @@ def copy_run(model_dir, dst) -> pathlib.Path:
 
 def corrupt_state(model_dir: pathlib.Path, step: int) -> None:
   """Truncates every array data file of a step's state, as an interrupted copy would."""
-  files = [p for p in (model_dir / "checkpoints" / str(step) / "state").rglob("*")
-           if p.is_file() and "d" in p.parent.name]
+  files = [
+    p
+    for p in (model_dir / "checkpoints" / str(step) / "state").rglob("*")
+    if p.is_file() and "d" in p.parent.name
+  ]
   assert files
   for p in files:
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
@@ -84,12 +93,15 @@ def test_restore_on_another_mesh(saved, num_partitions):
   ckpt.close()
   assert step == 2 and got_meta == meta(2)
   assert_same_values(state, states[2])
-  shardings = jax.tree.leaves(jax.tree.map(lambda a, s: a.sharding == s, state,
-                                           trainer.state_shardings))
+  shardings = jax.tree.leaves(
+    jax.tree.map(lambda a, s: a.sharding == s, state, trainer.state_shardings)
+  )
   assert all(shardings)
   if num_partitions == 4:  # the vocabulary really is split over `model` now
     embedding = state.params["token_embedder"]["embedding"]
-    assert len(embedding.addressable_shards) == 8 and embedding.addressable_shards[0].data.shape == (64, 64)
+    assert len(embedding.addressable_shards) == 8 and embedding.addressable_shards[
+      0
+    ].data.shape == (64, 64)
 
 
 def test_restore_on_one_device(saved):
@@ -119,7 +131,9 @@ def test_corrupt_latest_falls_back(saved, tmp_path, capsys):
   assert_same_values(state, saved[1][1])
   assert f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be read" in capsys.readouterr().out
   # The unreadable step is kept aside (never deleted), so training can write step 2 again.
-  assert [p.name.split(".")[:2] for p in (model_dir / "checkpoints").glob("unreadable.*")] == [["unreadable", "2"]]
+  assert [p.name.split(".")[:2] for p in (model_dir / "checkpoints").glob("unreadable.*")] == [
+    ["unreadable", "2"]
+  ]
   assert checkpoints.Checkpointer(str(model_dir)).all_steps() == [1]
 
 
@@ -128,7 +142,9 @@ def test_params_restore_skips_corrupt_latest(saved, tmp_path, capsys):
   corrupt_state(model_dir, 2)
   restored = hf_files.restore_params(str(model_dir))
   assert restored.step == 1
-  assert f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be restored" in capsys.readouterr().out
+  assert (
+    f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be restored" in capsys.readouterr().out
+  )
 
 
 def test_only_corrupt_checkpoint_is_a_user_error(saved, tmp_path):
@@ -147,8 +163,9 @@ def test_only_corrupt_checkpoint_is_a_user_error(saved, tmp_path):
 
 
 def listing(model_dir: pathlib.Path) -> dict[str, int]:
-  return {str(p.relative_to(model_dir)): p.stat().st_size for p in model_dir.rglob("*")
-          if p.is_file()}
+  return {
+    str(p.relative_to(model_dir)): p.stat().st_size for p in model_dir.rglob("*") if p.is_file()
+  }
 
 
 def test_at_most_one_unreadable_step_is_moved_per_start(saved, tmp_path, capsys):
@@ -157,13 +174,18 @@ def test_at_most_one_unreadable_step_is_moved_per_start(saved, tmp_path, capsys)
   corrupt_state(model_dir, 2)
   trainer = make_trainer(1)
   ckpt = checkpoints.Checkpointer(str(model_dir))
-  with pytest.raises(UserError, match=r"checkpoints/1 cannot be read .*unreadable\.2\.\d+ was moved "
-                     r"aside on this start; nothing else was moved"):
+  with pytest.raises(
+    UserError,
+    match=r"checkpoints/1 cannot be read .*unreadable\.2\.\d+ was moved "
+    r"aside on this start; nothing else was moved",
+  ):
     ckpt.restore(trainer.abstract_state())
   ckpt.close()
   assert "checkpoints/2 cannot be read" in capsys.readouterr().out
   assert sorted(p.name.split(".")[0] for p in (model_dir / "checkpoints").iterdir()) == [
-      "1", "unreadable"]
+    "1",
+    "unreadable",
+  ]
 
 
 def test_other_shapes_are_refused_and_nothing_moves(saved, tmp_path):
@@ -172,15 +194,24 @@ def test_other_shapes_are_refused_and_nothing_moves(saved, tmp_path):
   model_dir = copy_run(saved[0], tmp_path / "run")
   before = listing(model_dir)
   other = dataclasses.replace(CFG, d_ff=256)
-  trainer = Trainer(EncoderDecoderModel(other), partitioning.make_mesh(1),
-                    partitioning.logical_axis_rules(), LENGTHS)
+  trainer = Trainer(
+    EncoderDecoderModel(other),
+    partitioning.make_mesh(1),
+    partitioning.logical_axis_rules(),
+    LENGTHS,
+  )
   ckpt = checkpoints.Checkpointer(str(model_dir))
-  with pytest.raises(UserError, match=r"checkpoints/2 holds a state of another shape than this run "
-                     r"builds \(.*mlp.*: checkpoint \(.*128.*\), this run \(.*256.*\)\)"):
+  with pytest.raises(
+    UserError,
+    match=r"checkpoints/2 holds a state of another shape than this run "
+    r"builds \(.*mlp.*: checkpoint \(.*128.*\), this run \(.*256.*\)\)",
+  ):
     ckpt.restore(trainer.abstract_state())
+
   # A refusal from the settings check comes before any array is read, with the same guarantee.
   def refuse(step, meta):
     raise UserError(f"refused step {step} ({meta['step']})")
+
   with pytest.raises(UserError, match=r"refused step 2 \(2\)"):
     ckpt.restore(make_trainer(1).abstract_state(), check_meta=refuse)
   ckpt.close()
@@ -202,8 +233,14 @@ KILL_MID_SAVE = textwrap.dedent("""
 def test_sigkill_during_save_leaves_no_complete_step(saved, tmp_path):
   model_dir = copy_run(saved[0], tmp_path / "run")
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  done = subprocess.run([sys.executable, "-c", KILL_MID_SAVE, str(model_dir)], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+  done = subprocess.run(
+    [sys.executable, "-c", KILL_MID_SAVE, str(model_dir)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert done.returncode == -9 and "saving" in done.stdout, done.stderr
   leftovers = [p for p in os.listdir(model_dir / "checkpoints") if p not in ("1", "2")]
   assert leftovers and all("tmp" in p for p in leftovers), leftovers  # killed mid-write

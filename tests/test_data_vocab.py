@@ -5,21 +5,28 @@ import pathlib
 
 import gin
 import pytest
-import seqio
 import sentencepiece as spm
+import seqio
 
-import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 from t5x_lite import train_vocab
 from t5x_lite.data import pipeline, quickstart_corpus, testing
 from t5x_lite.errors import UserError
+import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 
 
 def test_train_vocab_has_t5_special_ids_and_sentinels(tmp_path):
   pattern = testing.write_jsonl_shards(tmp_path, "docs", testing.make_documents(100), field="body")
-  path = train_vocab.train_vocab(pattern, str(tmp_path / "v"), 80, input_format="jsonl",
-                                 json_field="body")
+  path = train_vocab.train_vocab(
+    pattern, str(tmp_path / "v"), 80, input_format="jsonl", json_field="body"
+  )
   sp = spm.SentencePieceProcessor(model_file=path)
-  assert (sp.get_piece_size(), sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (80, 0, 1, 2, -1)
+  assert (sp.get_piece_size(), sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (
+    80,
+    0,
+    1,
+    2,
+    -1,
+  )
   vocab = seqio.SentencePieceVocabulary(path, extra_ids=100)
   assert vocab.vocab_size == 180 and vocab.eos_id == 1 and vocab.pad_id == 0
   ids = vocab.encode("the model <extra_id_0>")
@@ -47,7 +54,8 @@ def test_clean_paragraphs_keeps_prose_and_drops_code():
   Short line.
   """
   assert quickstart_corpus._clean_paragraphs(doc) == [
-      "Return the number of items in the container, counting duplicates once."]
+    "Return the number of items in the container, counting duplicates once."
+  ]
 
 
 @pytest.fixture
@@ -68,7 +76,10 @@ def test_quickstart_assets_are_built_once_and_atomically(small_build, tmp_path):
   train = sorted(cache.glob("train-*.jsonl"))
   assert len(train) == quickstart_corpus.NUM_TRAIN_SHARDS
   lines = [json.loads(l)["text"] for p in train for l in p.read_text().splitlines()]
-  val = [json.loads(l)["text"] for l in (cache / "validation-00000-of-00001.jsonl").read_text().splitlines()]
+  val = [
+    json.loads(l)["text"]
+    for l in (cache / "validation-00000-of-00001.jsonl").read_text().splitlines()
+  ]
   assert sorted(lines + val) == sorted(t for _, t in small_build) and val
   stamp = (cache / "COMPLETE").stat().st_mtime_ns
   assert quickstart_corpus.ensure_quickstart_assets(cache) == (patterns, vocab)
@@ -80,7 +91,9 @@ def test_quickstart_task_builds_assets_on_first_use(small_build, tmp_path):
   gin.clear_config()
   gin.parse_config([f"quickstart_corpus.cache_dir = '{tmp_path / 'qs'}'"])
   try:
-    ds = pipeline.get_dataset("quickstart_span_corruption", {"inputs": 32, "targets": 8}, "train", 2)
+    ds = pipeline.get_dataset(
+      "quickstart_span_corruption", {"inputs": 32, "targets": 8}, "train", 2
+    )
     batch = next(iter(ds))
     assert batch["encoder_input_tokens"].shape == (2, 32)
     assert pipeline.get_vocabulary("quickstart_span_corruption").vocab_size == 160

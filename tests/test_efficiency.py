@@ -11,7 +11,10 @@ from t5x_lite import config, efficiency, model_info, models
 from t5x_lite.errors import UserError
 
 # Two names of the tiny family, shrunk so that both compile in seconds.
-NAMES = ["t5-efficient-tiny-dm64-ff128-nh4-kv16-nl2", "t5-efficient-tiny-dm64-ff128-nh4-kv16-nl2-sh-skv"]
+NAMES = [
+  "t5-efficient-tiny-dm64-ff128-nh4-kv16-nl2",
+  "t5-efficient-tiny-dm64-ff128-nh4-kv16-nl2-sh-skv",
+]
 
 
 def test_model_info_reports_the_three_numbers(capsys):
@@ -19,25 +22,36 @@ def test_model_info_reports_the_three_numbers(capsys):
   info = json.loads(capsys.readouterr().out)
   tiny_sh = config.resolve_model_name("t5-efficient-tiny-sh")
   assert info["num_params"] == 14_391_040 == config.params_by_formula(tiny_sh)
-  assert info["weight_memory"] == {"float32_bytes": 4 * 14_391_040, "bfloat16_bytes": 2 * 14_391_040,
-                                   "float32_MB": 57.56, "bfloat16_MB": 28.78}
+  assert info["weight_memory"] == {
+    "float32_bytes": 4 * 14_391_040,
+    "bfloat16_bytes": 2 * 14_391_040,
+    "float32_MB": 57.56,
+    "bfloat16_MB": 28.78,
+  }
   assert info["inference_flops_per_token"] * 3 == pytest.approx(info["flops_per_token"])
   assert info["flops_per_token"] == config.flops_per_token(tiny_sh, 128, 32)
   # 4 decoder layers x (key + value) x one shared head of 64.
-  assert info["kv_cache_bytes_per_decoded_token"] == {"float32": 4 * 2 * 64 * 4,
-                                                      "bfloat16": 4 * 2 * 64 * 2}
+  assert info["kv_cache_bytes_per_decoded_token"] == {
+    "float32": 4 * 2 * 64 * 4,
+    "bfloat16": 4 * 2 * 64 * 2,
+  }
   assert info["attention"] == {"num_heads": 4, "num_kv_heads": 1, "tied_key_value": False}
 
 
 def test_model_cards_megabytes():
   info = model_info.describe(config.resolve_model_name("t5-efficient-tiny"))
   # The card's "62.32 MB / 31.16 MB" is its rounded 15.58M parameters x 4 and x 2 bytes, in 10^6 bytes.
-  assert (info["weight_memory"]["float32_MB"], info["weight_memory"]["bfloat16_MB"]) == (62.28, 31.14)
+  assert (info["weight_memory"]["float32_MB"], info["weight_memory"]["bfloat16_MB"]) == (
+    62.28,
+    31.14,
+  )
 
 
 def test_fewer_flops_with_shared_or_tied_key_values():
-  flops = {s: config.flops_per_token(config.resolve_model_name("t5-efficient-tiny" + s))
-           for s in ("", "-skv", "-sh", "-sh-skv")}
+  flops = {
+    s: config.flops_per_token(config.resolve_model_name("t5-efficient-tiny" + s))
+    for s in ("", "-skv", "-sh", "-sh-skv")
+  }
   assert flops[""] > flops["-skv"] > flops["-sh"] > flops["-sh-skv"]
   # -skv saves one d_model x inner_dim projection per attention over every token it sees:
   # per example 3 x 2 x 256 x 256 x (4 x 512 encoder + 4 x 114 self + 4 x 512 cross) FLOPs.
@@ -66,10 +80,25 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
 def test_command_end_to_end_writes_csv_and_png(tmp_path):
   csv_path, png_path = tmp_path / "eff.csv", tmp_path / "eff.png"
   done = subprocess.run(
-      [sys.executable, "-m", "t5x_lite.efficiency", *NAMES, "--input_length=16",
-       "--target_length=4", "--batch_size=8", "--decode_length=3", "--steps=1",
-       "--decode_repeats=1", "--markdown", f"--csv={csv_path}", f"--plot={png_path}"],
-      capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "t5x_lite.efficiency",
+      *NAMES,
+      "--input_length=16",
+      "--target_length=4",
+      "--batch_size=8",
+      "--decode_length=3",
+      "--steps=1",
+      "--decode_repeats=1",
+      "--markdown",
+      f"--csv={csv_path}",
+      f"--plot={png_path}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   table = [line for line in done.stdout.splitlines() if line.startswith("|")]
   assert table[0].startswith("| model | params |") and len(table) == 2 + len(NAMES)

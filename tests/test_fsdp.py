@@ -2,13 +2,13 @@
 
 import gin
 import jax
-import numpy as np
 from jax.sharding import PartitionSpec as P
+import numpy as np
+from test_trainer_sharding import LENGTHS, VOCAB, random_batches, tiny_config
 
 from t5x_lite import gin_utils, partitioning
 from t5x_lite.models import EncoderDecoderModel
 from t5x_lite.trainer import Trainer
-from test_trainer_sharding import LENGTHS, VOCAB, random_batches, tiny_config
 
 
 def fsdp_rules():

@@ -22,29 +22,33 @@ def test_fresh_config_gives_the_callers_config_back():
 
 
 def test_names_of_earlier_versions_are_rewritten():
-  old = "\n".join([
+  old = "\n".join(
+    [
       "from tasks import quickstart",
       "import tasks.c4",
       "tasks.quickstart.quickstart_corpus.cache_dir = None",
       "partitioning.make_mesh.devices = None",
       "make_mesh.devices = None",
       "my_tasks.c4.x = 1",  # another project's module of the same name stays as it is
-  ])
+    ]
+  )
   assert gin_utils.upgrade_old_names(old).splitlines() == [
-      "from t5x_lite.tasks import quickstart",
-      "import t5x_lite.tasks.c4",
-      "t5x_lite.tasks.quickstart.quickstart_corpus.cache_dir = None",
-      "# no longer configurable: partitioning.make_mesh.devices = None",
-      "# no longer configurable: make_mesh.devices = None",
-      "my_tasks.c4.x = 1",
+    "from t5x_lite.tasks import quickstart",
+    "import t5x_lite.tasks.c4",
+    "t5x_lite.tasks.quickstart.quickstart_corpus.cache_dir = None",
+    "# no longer configurable: partitioning.make_mesh.devices = None",
+    "# no longer configurable: make_mesh.devices = None",
+    "my_tasks.c4.x = 1",
   ]
 
 
 def test_an_earlier_config_file_parses(tmp_path):
   path = tmp_path / "config.gin"
-  path.write_text("from tasks import quickstart\n"
-                  "tasks.quickstart.quickstart_corpus.cache_dir = '/tmp/q'\n"
-                  "partitioning.make_mesh.devices = None\n")
+  path.write_text(
+    "from tasks import quickstart\n"
+    "tasks.quickstart.quickstart_corpus.cache_dir = '/tmp/q'\n"
+    "partitioning.make_mesh.devices = None\n"
+  )
   with gin_utils.fresh_config():
     gin_utils.parse_gin([str(path)], [], finalize=False)
     assert gin.query_parameter("quickstart_corpus.cache_dir") == "/tmp/q"

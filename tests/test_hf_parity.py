@@ -14,26 +14,59 @@ from t5x_lite.config import T5Config  # noqa: E402
 from t5x_lite.errors import UserError  # noqa: E402
 
 # Few buckets and a short max distance so that short sequences reach the logarithmic buckets.
-BASE = dict(vocab_size=160, d_model=32, d_ff=64, num_heads=4, d_kv=8,
-            relative_attention_num_buckets=8, relative_attention_max_distance=12)
+BASE = dict(
+  vocab_size=160,
+  d_model=32,
+  d_ff=64,
+  num_heads=4,
+  d_kv=8,
+  relative_attention_num_buckets=8,
+  relative_attention_max_distance=12,
+)
 CONFIGS = {
-    "v1_0": T5Config(name="tiny-v1_0", num_encoder_layers=2, num_decoder_layers=2,
-                     feed_forward_proj="relu", tie_word_embeddings=True, **BASE),
-    "v1_0_el3_dl5": T5Config(name="v1_0-el3-dl5", num_encoder_layers=3, num_decoder_layers=5,
-                             feed_forward_proj="relu", tie_word_embeddings=True, **BASE),
-    "v1_1": T5Config(name="tiny-v1_1", num_encoder_layers=2, num_decoder_layers=3,
-                     feed_forward_proj="gated-gelu", tie_word_embeddings=False, **BASE),
+  "v1_0": T5Config(
+    name="tiny-v1_0",
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    feed_forward_proj="relu",
+    tie_word_embeddings=True,
+    **BASE,
+  ),
+  "v1_0_el3_dl5": T5Config(
+    name="v1_0-el3-dl5",
+    num_encoder_layers=3,
+    num_decoder_layers=5,
+    feed_forward_proj="relu",
+    tie_word_embeddings=True,
+    **BASE,
+  ),
+  "v1_1": T5Config(
+    name="tiny-v1_1",
+    num_encoder_layers=2,
+    num_decoder_layers=3,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    **BASE,
+  ),
 }
 
 
 def random_hf_model(cfg: T5Config, seed: int = 0):
   torch.manual_seed(seed)
   hf_cfg = transformers.T5Config(
-      vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
-      num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
-      num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-      relative_attention_max_distance=cfg.relative_attention_max_distance, dropout_rate=0.0,
-      feed_forward_proj=cfg.feed_forward_proj, tie_word_embeddings=cfg.tie_word_embeddings)
+    vocab_size=cfg.vocab_size,
+    d_model=cfg.d_model,
+    d_kv=cfg.d_kv,
+    d_ff=cfg.d_ff,
+    num_layers=cfg.num_encoder_layers,
+    num_decoder_layers=cfg.num_decoder_layers,
+    num_heads=cfg.num_heads,
+    relative_attention_num_buckets=cfg.relative_attention_num_buckets,
+    relative_attention_max_distance=cfg.relative_attention_max_distance,
+    dropout_rate=0.0,
+    feed_forward_proj=cfg.feed_forward_proj,
+    tie_word_embeddings=cfg.tie_word_embeddings,
+  )
   model = transformers.T5ForConditionalGeneration(hf_cfg).eval()
   if not cfg.tie_word_embeddings:
     # Recent transformers tie lm_head to shared unless a checkpoint holds both: untie by hand.
@@ -68,13 +101,22 @@ def test_logits_match_hf(kind, scan_layers):
   inputs, decoder_inputs, targets = padded_batch(cfg)
 
   with torch.no_grad():
-    expected = hf_model(input_ids=torch.from_numpy(inputs).long(),
-                        attention_mask=torch.from_numpy(inputs > 0).long(),
-                        decoder_input_ids=torch.from_numpy(decoder_inputs).long()).logits.numpy()
+    expected = hf_model(
+      input_ids=torch.from_numpy(inputs).long(),
+      attention_mask=torch.from_numpy(inputs > 0).long(),
+      decoder_input_ids=torch.from_numpy(decoder_inputs).long(),
+    ).logits.numpy()
   model = models.EncoderDecoderModel(cfg)
-  got = np.asarray(jax.jit(model.logits)(params, {
-      "encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
-      "decoder_target_tokens": targets}))
+  got = np.asarray(
+    jax.jit(model.logits)(
+      params,
+      {
+        "encoder_input_tokens": inputs,
+        "decoder_input_tokens": decoder_inputs,
+        "decoder_target_tokens": targets,
+      },
+    )
+  )
   assert got.dtype == np.float32 and got.shape == expected.shape
   real = targets > 0  # Padded target positions are masked differently and never scored.
   np.testing.assert_allclose(got[real], expected[real], atol=1e-4, rtol=0)
@@ -110,8 +152,10 @@ def test_unscanned_and_scanned_layouts_give_the_same_hf_weights():
   state = hf_state(random_hf_model(cfg))
   scanned = hf_mapping.from_hf_state_dict(state, dataclasses.replace(cfg, scan_layers=True))
   flat = hf_mapping.from_hf_state_dict(state, dataclasses.replace(cfg, scan_layers=False))
-  np.testing.assert_array_equal(scanned["decoder"]["layers"]["mlp"]["wo"]["kernel"][4],
-                                flat["decoder"]["layers_4"]["mlp"]["wo"]["kernel"])
+  np.testing.assert_array_equal(
+    scanned["decoder"]["layers"]["mlp"]["wo"]["kernel"][4],
+    flat["decoder"]["layers_4"]["mlp"]["wo"]["kernel"],
+  )
   assert "layers_3" not in flat["encoder"] and "layers_4" in flat["decoder"]
 
 
@@ -124,7 +168,8 @@ def test_bad_state_dicts_name_the_key():
     hf_mapping.from_hf_state_dict(missing, cfg)
   with pytest.raises(UserError, match="unexpected key 'encoder.block.3"):
     hf_mapping.from_hf_state_dict(
-        {**state, "encoder.block.3.layer.0.layer_norm.weight": np.ones(32, np.float32)}, cfg)
+      {**state, "encoder.block.3.layer.0.layer_norm.weight": np.ones(32, np.float32)}, cfg
+    )
   bad = {**state, "encoder.block.1.layer.0.SelfAttention.q.weight": np.zeros((32, 16), np.float32)}
   with pytest.raises(UserError, match=r"SelfAttention.q.weight.*\(32, 16\).*\(32, 32\)"):
     hf_mapping.from_hf_state_dict(bad, cfg)

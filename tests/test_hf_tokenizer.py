@@ -14,15 +14,15 @@ from t5x_lite import hf_files, tokens, train_vocab
 from t5x_lite.data import testing
 
 SAMPLES = [
-    "The <extra_id_0> walks in <extra_id_1> park",
-    "<extra_id_99> at the start and at the end <extra_id_2>",
-    "glued<extra_id_3>to words, x <extra_id_4>y",
-    "  leading, trailing   and  repeated   spaces  ",
-    "tabs\tand\nnewlines",
-    "ﬁne Ｆｕｌｌ-width ½ café naïve",          # NFKC changes these
-    "unknown ☃ and 😀 characters",
-    "numbers 12345 and 3.14159",
-    "",
+  "The <extra_id_0> walks in <extra_id_1> park",
+  "<extra_id_99> at the start and at the end <extra_id_2>",
+  "glued<extra_id_3>to words, x <extra_id_4>y",
+  "  leading, trailing   and  repeated   spaces  ",
+  "tabs\tand\nnewlines",
+  "ﬁne Ｆｕｌｌ-width ½ café naïve",  # NFKC changes these
+  "unknown ☃ and 😀 characters",
+  "numbers 12345 and 3.14159",
+  "",
 ]
 
 
@@ -82,8 +82,12 @@ def test_transformers_loads_it_without_protobuf(export_dir, vocab_path):
   expected, vocab = seqio_ids(vocab_path)
   samples = SAMPLES + ["the model <extra_id_0> reads a text"]
   expected.append(list(vocab.encode(samples[-1])))
-  done = subprocess.run([sys.executable, "-c", BLOCKED_LOAD, str(export_dir), json.dumps(samples)],
-                        capture_output=True, text=True, timeout=120)
+  done = subprocess.run(
+    [sys.executable, "-c", BLOCKED_LOAD, str(export_dir), json.dumps(samples)],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads(done.stdout.strip().splitlines()[-1])
   assert result["ids"] == [ids + [1] for ids in expected]

@@ -62,7 +62,9 @@ def test_no_import_cycle():
 
   def visit(module):
     if module in on_path:
-      raise AssertionError("import cycle: " + " -> ".join(on_path[on_path.index(module):] + [module]))
+      raise AssertionError(
+        "import cycle: " + " -> ".join(on_path[on_path.index(module) :] + [module])
+      )
     if module in done:
       return
     on_path.append(module)
@@ -78,8 +80,11 @@ def test_no_import_cycle():
 def test_the_check_sees_a_back_edge(tmp_path):
   # The walk itself: a data module importing the trainer is found, through either import form.
   modules = {"t5x_lite.data.vocab", "t5x_lite.trainer", "t5x_lite.data"}
-  for source in ("from t5x_lite import trainer\n", "import t5x_lite.trainer as t\n",
-                 "def f():\n  from t5x_lite.trainer import Trainer\n"):
+  for source in (
+    "from t5x_lite import trainer\n",
+    "import t5x_lite.trainer as t\n",
+    "def f():\n  from t5x_lite.trainer import Trainer\n",
+  ):
     path = tmp_path / "t5x_lite" / "data" / "vocab.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)

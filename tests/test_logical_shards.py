@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 from t5x_lite import partitioning, resume_check
 from t5x_lite.data import logical_shards, pipeline, testing
 from t5x_lite.errors import UserError
+import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 
 LENGTHS = {"inputs": 32, "targets": 8}
 BATCH, COUNT, STEPS = 8, 4, 3
@@ -24,26 +24,35 @@ BATCH, COUNT, STEPS = 8, 4, 3
 def corpus(tmp_path_factory):
   root = tmp_path_factory.mktemp("corpus")
   docs = testing.make_documents(160, seed=1, max_words=60)
-  return {"train": testing.write_text_shards(root, "train", docs[:140], num_shards=4),
-          "validation": testing.write_text_shards(root, "validation", docs[140:], num_shards=1),
-          "vocab": testing.train_tiny_vocab(root)}
+  return {
+    "train": testing.write_text_shards(root, "train", docs[:140], num_shards=4),
+    "validation": testing.write_text_shards(root, "validation", docs[140:], num_shards=1),
+    "vocab": testing.train_tiny_vocab(root),
+  }
 
 
 @pytest.fixture
 def configured(corpus):
   gin.clear_config()
-  gin.parse_config([f"text_corpus.train_files = '{corpus['train']}'",
-                    f"text_corpus.validation_files = '{corpus['validation']}'",
-                    f"task_vocabulary.path = '{corpus['vocab']}'",
-                    f"logical_shards.count = {COUNT}"])
+  gin.parse_config(
+    [
+      f"text_corpus.train_files = '{corpus['train']}'",
+      f"text_corpus.validation_files = '{corpus['validation']}'",
+      f"task_vocabulary.path = '{corpus['vocab']}'",
+      f"logical_shards.count = {COUNT}",
+    ]
+  )
   yield corpus
   gin.clear_config()
 
 
 def iterators(processes: int, seed: int = 3) -> list[pipeline.DataIterator]:
-  return [pipeline.train_iterator("text_span_corruption", LENGTHS, BATCH, seed=seed,
-                                  process_index=p, process_count=processes)
-          for p in range(processes)]
+  return [
+    pipeline.train_iterator(
+      "text_span_corruption", LENGTHS, BATCH, seed=seed, process_index=p, process_count=processes
+    )
+    for p in range(processes)
+  ]
 
 
 def global_batch(its) -> dict[str, np.ndarray]:
@@ -71,8 +80,14 @@ def test_global_batches_equal_on_1_2_4_processes(configured):
 
 def test_eval_batches_equal_on_1_and_4_processes(configured):
   one = next(pipeline.eval_dataset("text_span_corruption", LENGTHS, BATCH).as_numpy_iterator())
-  parts = [next(pipeline.eval_dataset("text_span_corruption", LENGTHS, BATCH, process_index=p,
-                                      process_count=4).as_numpy_iterator()) for p in range(4)]
+  parts = [
+    next(
+      pipeline.eval_dataset(
+        "text_span_corruption", LENGTHS, BATCH, process_index=p, process_count=4
+      ).as_numpy_iterator()
+    )
+    for p in range(4)
+  ]
   assert_same(one, {k: np.concatenate([p[k] for p in parts]) for k in one})
 
 
@@ -95,15 +110,21 @@ def test_position_saved_on_2_processes_restores_on_1_and_4(configured, tmp_path)
 
 
 def test_a_process_count_not_dividing_the_shards_names_the_allowed_ones(configured):
-  with pytest.raises(UserError, match=r"3 processes cannot share the 4 logical data shards .*"
-                                      r"divides 4 \(1, 2, 4\)"):
+  with pytest.raises(
+    UserError,
+    match=r"3 processes cannot share the 4 logical data shards .*"
+    r"divides 4 \(1, 2, 4\)",
+  ):
     iterators(3)
 
 
 def test_a_count_not_dividing_the_batch_is_named(configured):
   gin.bind_parameter("logical_shards.count", 3)
-  with pytest.raises(UserError, match=r"BATCH_SIZE=8 is not divisible by logical_shards.count=3.*"
-                                      r"\(1, 2, 4, 8\)"):
+  with pytest.raises(
+    UserError,
+    match=r"BATCH_SIZE=8 is not divisible by logical_shards.count=3.*"
+    r"\(1, 2, 4, 8\)",
+  ):
     iterators(1)
 
 
@@ -121,8 +142,9 @@ def test_rows_match_where_the_batch_sharding_puts_them():
   # A process that claims a block its devices do not hold is refused (here: all of them hold
   # every row, so "process 0 of 2" would read half the batch its devices expect).
   with pytest.raises(UserError, match=r"reads rows \[0, 8\) of the global batch"):
-    logical_shards.check_process_rows(logical_shards.make_plan(16, 0, 2, count=8),
-                                      partitioning.data_sharding(mesh))
+    logical_shards.check_process_rows(
+      logical_shards.make_plan(16, 0, 2, count=8), partitioning.data_sharding(mesh)
+    )
   assert jax.process_count() == 1
 
 
@@ -138,25 +160,36 @@ def test_process_count_is_no_data_change_but_the_old_layout_is():
   new = {"mixture_or_task_name": "t", "batch_size": 8, "logical_shards": 4}
   assert resume_check.data_changes({"data": dict(new)}, new, None) == []
   assert resume_check.data_changes({"data": dict(new, logical_shards=8)}, new, None) == [
-      "logical_shards 8 -> 4"]
+    "logical_shards 8 -> 4"
+  ]
   older = {"mixture_or_task_name": "t", "batch_size": 8, "process_count": 2}
   assert resume_check.data_changes({"data": older}, new, None) == [
-      resume_check.PER_PROCESS_POSITION]
+    resume_check.PER_PROCESS_POSITION
+  ]
   oldest = {"mixture_or_task_name": "t", "task_feature_lengths": {"inputs": 32, "targets": 8}}
-  assert resume_check.data_changes(oldest, dict(new, task_feature_lengths=oldest[
-      "task_feature_lengths"]), saved_process_count=2) == [resume_check.PER_PROCESS_POSITION]
+  assert resume_check.data_changes(
+    oldest, dict(new, task_feature_lengths=oldest["task_feature_lengths"]), saved_process_count=2
+  ) == [resume_check.PER_PROCESS_POSITION]
 
 
 def test_a_shard_without_documents_is_named(corpus, tmp_path):
   few = testing.write_text_shards(tmp_path, "few", testing.make_documents(3, seed=2), 1)
   gin.clear_config()
-  gin.parse_config([f"text_corpus.train_files = '{few}'",
-                    f"text_corpus.validation_files = '{corpus['validation']}'",
-                    f"task_vocabulary.path = '{corpus['vocab']}'", "logical_shards.count = 4"])
+  gin.parse_config(
+    [
+      f"text_corpus.train_files = '{few}'",
+      f"text_corpus.validation_files = '{corpus['validation']}'",
+      f"task_vocabulary.path = '{corpus['vocab']}'",
+      "logical_shards.count = 4",
+    ]
+  )
   try:
     it = pipeline.train_iterator("text_span_corruption", LENGTHS, 4)
-    with pytest.raises(UserError, match=r"logical data shards \[3\] give no batch.*lower "
-                                        r"logical_shards.count"):
+    with pytest.raises(
+      UserError,
+      match=r"logical data shards \[3\] give no batch.*lower "
+      r"logical_shards.count",
+    ):
       next(it)
   finally:
     gin.clear_config()

@@ -3,25 +3,30 @@
 import os
 import re
 
+import conftest
 import jax
 import pytest
+from test_trainer_sharding import LENGTHS, tiny_config
 
-import conftest
-import t5x_lite.tasks  # noqa: F401
 from t5x_lite import memory_fit, partitioning
 from t5x_lite.errors import UserError
 from t5x_lite.models import EncoderDecoderModel
+import t5x_lite.tasks  # noqa: F401
 from t5x_lite.trainer import Trainer
-from test_trainer_sharding import LENGTHS, tiny_config
 
 BATCH = 32  # 4 examples per data shard on 8 CPU devices: 1, 2 or 4 microbatches
 
 
 def test_candidates_are_ordered_by_recomputation_then_microbatches():
-  assert memory_fit.candidates("none", 1, 4)[:4] == [("none", 1), ("none", 2), ("none", 4),
-                                                     ("save_dots", 1)]
+  assert memory_fit.candidates("none", 1, 4)[:4] == [
+    ("none", 1),
+    ("none", 2),
+    ("none", 4),
+    ("save_dots", 1),
+  ]
   assert memory_fit.candidates("minimal", 2, 6) == [
-      (p, 2) for p in ("minimal", "save_attention_out", "full")]
+    (p, 2) for p in ("minimal", "save_attention_out", "full")
+  ]
   assert memory_fit.candidates("full", 1, 1) == [("full", 1)]
 
 
@@ -34,8 +39,9 @@ def totals():
 def measured_totals(candidate_list):
   mesh = partitioning.make_mesh(1, devices=jax.devices()[:8])
   trainer = Trainer(EncoderDecoderModel(tiny_config()), mesh, partitioning.DEFAULT_RULES, LENGTHS)
-  return {c: memory_fit.measure(memory_fit.rebuild(trainer, *c), BATCH).total
-          for c in candidate_list}
+  return {
+    c: memory_fit.measure(memory_fit.rebuild(trainer, *c), BATCH).total for c in candidate_list
+  }
 
 
 def test_choose_takes_the_first_candidate_that_fits(totals):
@@ -46,8 +52,7 @@ def test_choose_takes_the_first_candidate_that_fits(totals):
 
   def measure_one(*candidate, state=1000):
     measured.append(candidate)
-    return memory_fit.Footprint(params=state, opt_state=0, batch=0, temp=0,
-                                total=totals[candidate])
+    return memory_fit.Footprint(params=state, opt_state=0, batch=0, temp=0, total=totals[candidate])
 
   limit = totals[("none", 1)] - 1
   (choice, found) = memory_fit.choose(candidate_list, measure_one, limit)
@@ -74,13 +79,16 @@ def test_choose_stops_once_state_and_gradients_exceed_the_limit():
 
 
 TINY = [
-    "model_config.name = 't5-efficient-tiny-dm64-ff256-nh4-kv16-nl2'",
-    "model_config.vocab_size = 256",
-    "MIXTURE_OR_TASK_NAME = 'text_span_corruption'",
-    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 16}",
-    f"BATCH_SIZE = {BATCH}",
-    "TRAIN_STEPS = 1", "CHECKPOINT_PERIOD = 1", "EVAL_PERIOD = 1",
-    "train.eval_steps = 1", "train.log_period = 1",
+  "model_config.name = 't5-efficient-tiny-dm64-ff256-nh4-kv16-nl2'",
+  "model_config.vocab_size = 256",
+  "MIXTURE_OR_TASK_NAME = 'text_span_corruption'",
+  "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 16}",
+  f"BATCH_SIZE = {BATCH}",
+  "TRAIN_STEPS = 1",
+  "CHECKPOINT_PERIOD = 1",
+  "EVAL_PERIOD = 1",
+  "train.eval_steps = 1",
+  "train.log_period = 1",
 ]
 
 
@@ -90,8 +98,9 @@ def corpus(tiny_corpus):
 
 
 def train_with(corpus, model_dir, extra):
-  return conftest.train_in_process(["runs/quickstart.gin"],
-                                   [*TINY, *corpus, f"MODEL_DIR = '{model_dir}'", *extra])
+  return conftest.train_in_process(
+    ["runs/quickstart.gin"], [*TINY, *corpus, f"MODEL_DIR = '{model_dir}'", *extra]
+  )
 
 
 def test_auto_switches_to_what_fits_and_records_it(corpus, tmp_path, capsys, totals):
@@ -99,8 +108,14 @@ def test_auto_switches_to_what_fits_and_records_it(corpus, tmp_path, capsys, tot
   # 2 microbatches (no extra FLOPs) fits: auto must pick exactly that.
   limit = totals[("none", 2)]
   assert limit < totals[("none", 1)]
-  result = train_with(corpus, tmp_path, ["model_config.remat_policy = 'none'",
-                                         f"memory_fit.device_memory_limit.override_bytes = {limit}"])
+  result = train_with(
+    corpus,
+    tmp_path,
+    [
+      "model_config.remat_policy = 'none'",
+      f"memory_fit.device_memory_limit.override_bytes = {limit}",
+    ],
+  )
   assert result["step"] == 1 and result["loss"] > 0
   out = capsys.readouterr().out
   line = next(l for l in out.splitlines() if "memory_fit:" in l)
@@ -112,29 +127,41 @@ def test_auto_switches_to_what_fits_and_records_it(corpus, tmp_path, capsys, tot
 
 def test_off_fails_with_the_bytes_needed(corpus, tmp_path):
   with pytest.raises(UserError) as e:
-    train_with(corpus, tmp_path, ["train.memory_fit = 'off'",
-                                  "memory_fit.device_memory_limit.override_bytes = 1000"])
+    train_with(
+      corpus,
+      tmp_path,
+      ["train.memory_fit = 'off'", "memory_fit.device_memory_limit.override_bytes = 1000"],
+    )
   # The CLI prints the first line (gin appends the configurable's name below it).
-  assert re.search(r"needs \d+\.\d+ GiB per device but the limit is 0\.00 GiB.*plan --sweep",
-                   str(e.value).splitlines()[0])
+  assert re.search(
+    r"needs \d+\.\d+ GiB per device but the limit is 0\.00 GiB.*plan --sweep",
+    str(e.value).splitlines()[0],
+  )
   with pytest.raises(UserError, match="memory_fit must be one of"):
-    train_with(corpus, tmp_path, ["train.memory_fit = 'sometimes'",
-                                  "memory_fit.device_memory_limit.override_bytes = 1000"])
+    train_with(
+      corpus,
+      tmp_path,
+      ["train.memory_fit = 'sometimes'", "memory_fit.device_memory_limit.override_bytes = 1000"],
+    )
 
 
 def test_lean_remat_keeps_loss_and_gradients():
   """The recipe's remat policy recomputes, it does not approximate (scanned, as the recipe runs)."""
   import numpy as np
   from test_trainer_sharding import random_batches
+
   batch = random_batches(1, 4)[0]
   results = []
   for policy in ("none", "lean"):
     model = EncoderDecoderModel(tiny_config(remat_policy=policy))
     params = model.init_params(jax.random.key(0), LENGTHS["inputs"], LENGTHS["targets"])
-    results.append(jax.jit(jax.value_and_grad(lambda p, model=model: model.loss_fn(p, batch)[0]))(params))
+    results.append(
+      jax.jit(jax.value_and_grad(lambda p, model=model: model.loss_fn(p, batch)[0]))(params)
+    )
   np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), results[1][1],
-               results[0][1])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), results[1][1], results[0][1]
+  )
 
 
 def test_measure_answers_a_state_over_the_limit_without_compiling(monkeypatch):

@@ -5,20 +5,31 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 import pytest
-from jax.sharding import Mesh, PartitionSpec
 
 from t5x_lite import hf_mapping, models
 from t5x_lite.config import REMAT_POLICIES, T5Config
 from t5x_lite.errors import UserError
 
-CFG = T5Config(name="test-tiny", vocab_size=128, d_model=32, d_ff=64, num_heads=4, d_kv=8,
-               num_encoder_layers=2, num_decoder_layers=3, feed_forward_proj="relu",
-               tie_word_embeddings=True, relative_attention_num_buckets=8,
-               relative_attention_max_distance=16)
-V1_1 = dataclasses.replace(CFG, name="test-v1_1", feed_forward_proj="gated-gelu",
-                           tie_word_embeddings=False)
+CFG = T5Config(
+  name="test-tiny",
+  vocab_size=128,
+  d_model=32,
+  d_ff=64,
+  num_heads=4,
+  d_kv=8,
+  num_encoder_layers=2,
+  num_decoder_layers=3,
+  feed_forward_proj="relu",
+  tie_word_embeddings=True,
+  relative_attention_num_buckets=8,
+  relative_attention_max_distance=16,
+)
+V1_1 = dataclasses.replace(
+  CFG, name="test-v1_1", feed_forward_proj="gated-gelu", tie_word_embeddings=False
+)
 LOGICAL_NAMES = {"vocab", "embed", "joined_kv", "heads", "kv", "mlp", "relpos_buckets", "layers"}
 
 
@@ -26,16 +37,21 @@ def make_batch(rng=0, batch=2, input_length=10, target_length=7, vocab=128):
   r = np.random.RandomState(rng)
   inputs = r.randint(2, vocab, (batch, input_length)).astype(np.int32)
   targets = r.randint(2, vocab, (batch, target_length)).astype(np.int32)
-  inputs[-1, input_length // 2:] = 0
-  targets[-1, target_length // 2:] = 0
+  inputs[-1, input_length // 2 :] = 0
+  targets[-1, target_length // 2 :] = 0
   decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], 1)
-  return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
-          "decoder_target_tokens": targets, "decoder_loss_weights": (targets > 0).astype(np.float32)}
+  return {
+    "encoder_input_tokens": inputs,
+    "decoder_input_tokens": decoder_inputs,
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": (targets > 0).astype(np.float32),
+  }
 
 
 def init(model, seed=0, input_length=10, target_length=7):
-  return jax.jit(model.init_params, static_argnums=(1, 2))(jax.random.key(seed), input_length,
-                                                          target_length)
+  return jax.jit(model.init_params, static_argnums=(1, 2))(
+    jax.random.key(seed), input_length, target_length
+  )
 
 
 def random_params(model, seed=0):
@@ -43,9 +59,16 @@ def random_params(model, seed=0):
   r = np.random.RandomState(seed)
   abstract = model.abstract_params()
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: (r.standard_normal(x.shape) * (
-          1.0 if "embedding" in jax.tree_util.keystr(path) else x.shape[-2 if x.ndim > 1 else -1]**-0.5
-      )).astype(np.float32), abstract)
+    lambda path, x: (
+      r.standard_normal(x.shape)
+      * (
+        1.0
+        if "embedding" in jax.tree_util.keystr(path)
+        else x.shape[-2 if x.ndim > 1 else -1] ** -0.5
+      )
+    ).astype(np.float32),
+    abstract,
+  )
 
 
 def logits_fn(model):
@@ -58,8 +81,9 @@ def tiny():
   return model, init(model)
 
 
-@pytest.mark.parametrize("cfg", [CFG, V1_1, dataclasses.replace(CFG, dtype="bfloat16")],
-                         ids=["v1_0", "v1_1", "bf16"])
+@pytest.mark.parametrize(
+  "cfg", [CFG, V1_1, dataclasses.replace(CFG, dtype="bfloat16")], ids=["v1_0", "v1_1", "bf16"]
+)
 def test_shapes_and_dtypes(cfg):
   model = models.EncoderDecoderModel(cfg)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(model.abstract_params()))
@@ -92,7 +116,7 @@ def test_init_statistics():
   assert abs(std(p["token_embedder"]["embedding"]) - 1.0) < 0.05
   attn = p["encoder"]["layers"]["attention"]
   assert abs(std(attn["key"]["kernel"]) - 256**-0.5) < 0.01
-  assert abs(std(attn["query"]["kernel"]) - (256 * 64)**-0.5) < 0.002  # q also / sqrt(d_kv)
+  assert abs(std(attn["query"]["kernel"]) - (256 * 64) ** -0.5) < 0.002  # q also / sqrt(d_kv)
   assert np.all(np.asarray(p["encoder"]["encoder_norm"]["scale"]) == 1.0)
 
 
@@ -115,22 +139,34 @@ def test_packed_examples_match_each_alone(tiny):
   model, params = tiny
   logits = logits_fn(model)
   r = np.random.RandomState(3)
-  examples = [(r.randint(2, 128, 6), r.randint(2, 128, 4)), (r.randint(2, 128, 4), r.randint(2, 128, 3))]
+  examples = [
+    (r.randint(2, 128, 6), r.randint(2, 128, 4)),
+    (r.randint(2, 128, 4), r.randint(2, 128, 3)),
+  ]
   alone = []
   for inputs, targets in examples:
     inputs, targets = np.append(inputs, 1)[None], np.append(targets, 1)[None]
     decoder_inputs = np.concatenate([[[0]], targets[:, :-1]], 1)
-    alone.append(np.asarray(logits(params, {
-        "encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
-        "decoder_target_tokens": targets})[0]))
+    alone.append(
+      np.asarray(
+        logits(
+          params,
+          {
+            "encoder_input_tokens": inputs,
+            "decoder_input_tokens": decoder_inputs,
+            "decoder_target_tokens": targets,
+          },
+        )[0]
+      )
+    )
 
   def pack(parts, length):  # -> tokens, segment ids, positions; each [1, length]
     tokens = np.zeros(length, np.int32)
     segments, positions = np.zeros_like(tokens), np.zeros_like(tokens)
     start = 0
     for seg, part in enumerate(parts, 1):
-      tokens[start:start + len(part)], segments[start:start + len(part)] = part, seg
-      positions[start:start + len(part)] = np.arange(len(part))
+      tokens[start : start + len(part)], segments[start : start + len(part)] = part, seg
+      positions[start : start + len(part)] = np.arange(len(part))
       start += len(part)
     return tokens[None], segments[None], positions[None]
 
@@ -139,10 +175,20 @@ def test_packed_examples_match_each_alone(tiny):
   enc, enc_seg, enc_pos = pack(inputs, 16)
   dec_tgt, dec_seg, dec_pos = pack(targets, 12)
   dec_in, _, _ = pack([np.concatenate([[0], t[:-1]]) for t in targets], 12)
-  packed = np.asarray(logits(params, {
-      "encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": dec_tgt,
-      "encoder_segment_ids": enc_seg, "decoder_segment_ids": dec_seg,
-      "encoder_positions": enc_pos, "decoder_positions": dec_pos})[0])
+  packed = np.asarray(
+    logits(
+      params,
+      {
+        "encoder_input_tokens": enc,
+        "decoder_input_tokens": dec_in,
+        "decoder_target_tokens": dec_tgt,
+        "encoder_segment_ids": enc_seg,
+        "decoder_segment_ids": dec_seg,
+        "encoder_positions": enc_pos,
+        "decoder_positions": dec_pos,
+      },
+    )[0]
+  )
   np.testing.assert_allclose(packed[:5], alone[0], atol=1e-5, rtol=0)
   np.testing.assert_allclose(packed[5:9], alone[1], atol=1e-5, rtol=0)
 
@@ -153,34 +199,54 @@ def test_padding_does_not_change_real_positions(tiny):
   longer = {k: np.pad(v, ((0, 0), (0, 5))) for k, v in batch.items()}
   real = batch["decoder_target_tokens"] > 0
   logits = logits_fn(model)
-  np.testing.assert_allclose(np.asarray(logits(params, longer))[:, :7][real],
-                             np.asarray(logits(params, batch))[real], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(
+    np.asarray(logits(params, longer))[:, :7][real],
+    np.asarray(logits(params, batch))[real],
+    atol=1e-5,
+    rtol=0,
+  )
 
 
-@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(V1_1, scan_layers=False)],
-                         ids=["scanned", "unscanned_v1_1"])
+@pytest.mark.parametrize(
+  "cfg", [CFG, dataclasses.replace(V1_1, scan_layers=False)], ids=["scanned", "unscanned_v1_1"]
+)
 def test_cached_decoding_equals_full_forward(cfg):
   model = models.EncoderDecoderModel(cfg)
   params = random_params(model, 4)
   batch = make_batch()
-  batch["decoder_target_tokens"] = np.where(batch["decoder_target_tokens"] > 0,
-                                            batch["decoder_target_tokens"], 5)  # No padding.
+  batch["decoder_target_tokens"] = np.where(
+    batch["decoder_target_tokens"] > 0, batch["decoder_target_tokens"], 5
+  )  # No padding.
   full = logits_fn(model)(params, batch)
   enc, module = batch["encoder_input_tokens"], model.module
 
   @jax.jit
   def run(params):
     encoded = module.apply({"params": params}, enc, method=module.encode)
-    _, state = module.apply({"params": params}, encoded, enc, batch["decoder_input_tokens"],
-                            decode=True, mutable=["cache"], method=module.decode)
+    _, state = module.apply(
+      {"params": params},
+      encoded,
+      enc,
+      batch["decoder_input_tokens"],
+      decode=True,
+      mutable=["cache"],
+      method=module.decode,
+    )
     cache, steps = state["cache"], []
     for t in range(7):
-      logits, state = module.apply({"params": params, "cache": cache}, encoded, enc,
-                                   batch["decoder_input_tokens"][:, t:t + 1], decode=True,
-                                   mutable=["cache"], method=module.decode)
+      logits, state = module.apply(
+        {"params": params, "cache": cache},
+        encoded,
+        enc,
+        batch["decoder_input_tokens"][:, t : t + 1],
+        decode=True,
+        mutable=["cache"],
+        method=module.decode,
+      )
       cache = state["cache"]
       steps.append(logits[:, 0])
     return steps
+
   steps = run(params)
   np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=1e-4, rtol=0)
 
@@ -222,8 +288,9 @@ def test_loss_fn_sums_and_normalisations(tiny):
   with_z, aux_z = loss_fn(params, batch, None, z_loss=1e-4)
   assert float(aux_z["z_loss"]) > 0 and np.isclose(with_z, loss + aux_z["z_loss"], rtol=1e-6)
   weights = jnp.asarray(w)
-  per_token, _ = loss_fn(params, batch, None, z_loss=1e-4,
-                         loss_normalizing_factor=models.NUM_REAL_TARGET_TOKENS)
+  per_token, _ = loss_fn(
+    params, batch, None, z_loss=1e-4, loss_normalizing_factor=models.NUM_REAL_TARGET_TOKENS
+  )
   np.testing.assert_allclose(per_token, aux_z["loss"] / w.sum(), rtol=1e-6)
   # The earlier lower-case names mean the same.
   for old in ("num_real_target_tokens", "num_target_tokens"):
@@ -232,8 +299,9 @@ def test_loss_fn_sums_and_normalisations(tiny):
   assert float(models.loss_normalizer("num_total_target_tokens", weights)) == w.size
   assert float(models.loss_normalizer(14.0, weights)) == 14.0
   assert float(models.loss_normalizer(None, weights)) == 1.0
-  with pytest.raises(UserError, match="unknown loss_normalizing_factor 'tokens'; use "
-                                      "'NUM_REAL_TARGET_TOKENS'"):
+  with pytest.raises(
+    UserError, match="unknown loss_normalizing_factor 'tokens'; use 'NUM_REAL_TARGET_TOKENS'"
+  ):
     models.loss_normalizer("tokens", weights)
   scores = jax.jit(model.score_batch)(params, batch)
   np.testing.assert_allclose(scores, -(nll * w).sum(-1), rtol=1e-5)
@@ -251,10 +319,14 @@ def test_dropout_only_when_enabled():
   assert a != b and b != c
 
 
-@pytest.mark.parametrize("policies", [
+@pytest.mark.parametrize(
+  "policies",
+  [
     ("none", "save_attention_out"),
     pytest.param(REMAT_POLICIES, marks=pytest.mark.slow),
-], ids=["named", "all"])
+  ],
+  ids=["named", "all"],
+)
 def test_remat_policies_keep_loss_and_gradients(policies):
   cfg = dataclasses.replace(CFG, num_encoder_layers=1, num_decoder_layers=1)
   params = random_params(models.EncoderDecoderModel(cfg))
@@ -266,8 +338,9 @@ def test_remat_policies_keep_loss_and_gradients(policies):
     results.append(grad_fn(params))
   for loss, grads in results[1:]:
     np.testing.assert_allclose(loss, results[0][0], rtol=1e-6)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads,
-                           results[0][1])
+    jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads, results[0][1]
+    )
 
 
 def test_runs_sharded_with_logical_rules(tiny):
@@ -276,9 +349,18 @@ def test_runs_sharded_with_logical_rules(tiny):
   if devices.size < 8:
     pytest.skip("needs 8 devices")
   mesh = Mesh(devices.reshape(2, 4), ("data", "model"))
-  rules = (("batch", "data"), ("vocab", "model"), ("joined_kv", "model"), ("heads", "model"),
-           ("mlp", "model"), ("embed", None), ("kv", None), ("length", None),
-           ("relpos_buckets", None), ("layers", None))
+  rules = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("joined_kv", "model"),
+    ("heads", "model"),
+    ("mlp", "model"),
+    ("embed", None),
+    ("kv", None),
+    ("length", None),
+    ("relpos_buckets", None),
+    ("layers", None),
+  )
   shardings = nn.logical_to_mesh_sharding(model.param_logical_axes(), mesh, rules)
   batch = make_batch(batch=4)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -42,25 +42,31 @@ def corpus(tmp_path_factory):
   root = tmp_path_factory.mktemp("mp_corpus")
   docs = testing.make_documents(160, seed=1, max_words=60)
   return {
-      "train": testing.write_text_shards(root, "train", docs[:140], num_shards=4),
-      "validation": testing.write_text_shards(root, "validation", docs[140:], num_shards=1),
-      "vocab": testing.train_tiny_vocab(root),
+    "train": testing.write_text_shards(root, "train", docs[:140], num_shards=4),
+    "validation": testing.write_text_shards(root, "validation", docs[140:], num_shards=1),
+    "vocab": testing.train_tiny_vocab(root),
   }
 
 
 def train_flags(corpus, model_dir, *extra) -> list[str]:
   return [
-      "--gin_file=models/quickstart_tiny.gin", "--gin_file=runs/quickstart.gin",
-      f"--gin.MODEL_DIR='{model_dir}'",
-      "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
-      f"--gin.text_corpus.train_files='{corpus['train']}'",
-      f"--gin.text_corpus.validation_files='{corpus['validation']}'",
-      f"--gin.task_vocabulary.path='{corpus['vocab']}'",
-      "--gin.model_config.name='t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
-      "--gin.model_config.vocab_size=256",
-      "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
-      "--gin.BATCH_SIZE=8", f"--gin.TRAIN_STEPS={STEPS}", f"--gin.CHECKPOINT_PERIOD={STOP}",
-      "--gin.EVAL_PERIOD=1000", "--gin.train.eval_steps=1", *extra]
+    "--gin_file=models/quickstart_tiny.gin",
+    "--gin_file=runs/quickstart.gin",
+    f"--gin.MODEL_DIR='{model_dir}'",
+    "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
+    f"--gin.text_corpus.train_files='{corpus['train']}'",
+    f"--gin.text_corpus.validation_files='{corpus['validation']}'",
+    f"--gin.task_vocabulary.path='{corpus['vocab']}'",
+    "--gin.model_config.name='t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
+    "--gin.model_config.vocab_size=256",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+    "--gin.BATCH_SIZE=8",
+    f"--gin.TRAIN_STEPS={STEPS}",
+    f"--gin.CHECKPOINT_PERIOD={STOP}",
+    "--gin.EVAL_PERIOD=1000",
+    "--gin.train.eval_steps=1",
+    *extra,
+  ]
 
 
 # Compile time dominates these runs: skip LLVM's optimisations (a tiny model runs fast anyway).
@@ -69,21 +75,33 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 
 def child_env(tmp_path, **extra) -> dict:
   env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=FAST_COMPILE,  # local.sh appends the device count
-             PYTHON=sys.executable, KILL_GRACE_S="5",
-             # The resume compiles the same programs again: share them through jax's disk cache.
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  env.update(
+    JAX_PLATFORMS="cpu",
+    CUDA_VISIBLE_DEVICES="",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    XLA_FLAGS=FAST_COMPILE,  # local.sh appends the device count
+    PYTHON=sys.executable,
+    KILL_GRACE_S="5",
+    # The resume compiles the same programs again: share them through jax's disk cache.
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+  )
   env.update(extra)
   return env
 
 
 def run(cmd, env, timeout=TIMEOUT_S) -> subprocess.CompletedProcess:
   """Runs in its own session so that a timeout can stop everything it started."""
-  proc = subprocess.Popen([str(c) for c in cmd], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+  proc = subprocess.Popen(
+    [str(c) for c in cmd],
+    env=env,
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
   try:
     out, err = proc.communicate(timeout=timeout)
   except subprocess.TimeoutExpired:
@@ -101,14 +119,17 @@ def closed_port() -> int:
 
 # -- (a) the data order and the resume position do not depend on the process count -------------
 
+
 def run_training(corpus, tmp_path, model_dir, processes: int, *extra):
   """`launch/local.sh 2` (2 processes x 2 devices), or one process with 4 devices."""
   flags = train_flags(corpus, model_dir, f"--gin.row_digests.directory='{model_dir}/rows'", *extra)
   if processes == 2:
     done = run([LOCAL_SH, 2, *flags], child_env(tmp_path, DEVICES_PER_PROCESS="2"))
   else:
-    done = run([sys.executable, "-m", "t5x_lite.train", *flags], child_env(
-        tmp_path, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count=4"))
+    done = run(
+      [sys.executable, "-m", "t5x_lite.train", *flags],
+      child_env(tmp_path, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count=4"),
+    )
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   return done
 
@@ -125,8 +146,10 @@ def global_rows(model_dir) -> dict[int, list[str]]:
 
 
 def assert_params_close(a_dir, b_dir) -> float:
-  from t5x_lite import hf_files
   import jax
+
+  from t5x_lite import hf_files
+
   a, b = hf_files.restore_params(str(a_dir)), hf_files.restore_params(str(b_dir))
   assert a.step == b.step == STEPS
   flat_a = jax.tree_util.tree_leaves_with_path(a.params)
@@ -165,12 +188,14 @@ def test_two_processes_train_on_the_same_rows_as_one(uninterrupted):
 
 @pytest.mark.slow  # two real trainings each (stop, resume on the other count): about 3-5 minutes
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
-def test_resume_on_another_process_count_continues_exactly(corpus, tmp_path, uninterrupted,
-                                                           first, then):
+def test_resume_on_another_process_count_continues_exactly(
+  corpus, tmp_path, uninterrupted, first, then
+):
   model_dir = tmp_path / "run"
   run_training(corpus, tmp_path, model_dir, first, f"--stop_at_step={STOP}")
   assert sorted(os.listdir(model_dir / "data_state" / str(STOP))) == [
-      f"shard_{j}" for j in range(8)]  # logical_shards.count: gcd(BATCH_SIZE=8, 64)
+    f"shard_{j}" for j in range(8)
+  ]  # logical_shards.count: gcd(BATCH_SIZE=8, 64)
   resumed = run_training(corpus, tmp_path, model_dir, then)
   assert f"resumed from step {STOP}" in resumed.stdout
   assert global_rows(model_dir) == global_rows(uninterrupted[then])
@@ -178,23 +203,38 @@ def test_resume_on_another_process_count_continues_exactly(corpus, tmp_path, uni
 
 
 def test_a_process_count_the_shards_cannot_serve_is_one_line(corpus, tmp_path):
-  done = run([LOCAL_SH, 2, *train_flags(corpus, tmp_path / "run"),
-              "--gin.logical_shards.count=1"],
-             child_env(tmp_path, DEVICES_PER_PROCESS="1", LOG_DIR=str(tmp_path / "logs")))
+  done = run(
+    [LOCAL_SH, 2, *train_flags(corpus, tmp_path / "run"), "--gin.logical_shards.count=1"],
+    child_env(tmp_path, DEVICES_PER_PROCESS="1", LOG_DIR=str(tmp_path / "logs")),
+  )
   assert done.returncode == 2
-  assert ("2 processes cannot share the 1 logical data shards (logical_shards.count): run on a "
-          "process count that divides 1 (1)") in done.stdout + done.stderr
+  assert (
+    "2 processes cannot share the 1 logical data shards (logical_shards.count): run on a "
+    "process count that divides 1 (1)"
+  ) in done.stdout + done.stderr
 
 
 # -- (b) an unreachable coordinator ----------------------------------------------------------------
 
+
 def test_unreachable_coordinator_fails_in_time_naming_it(tmp_path):
   address = f"127.0.0.1:{closed_port()}"
   started = time.monotonic()
-  done = run([sys.executable, "-m", "t5x_lite.train", "--gin_file=models/quickstart_tiny.gin",
-              "--gin_file=runs/quickstart.gin", f"--coordinator_address={address}",
-              "--num_processes=2", "--process_id=1", "--distributed_timeout_s=10"],
-             child_env(tmp_path), timeout=180)
+  done = run(
+    [
+      sys.executable,
+      "-m",
+      "t5x_lite.train",
+      "--gin_file=models/quickstart_tiny.gin",
+      "--gin_file=runs/quickstart.gin",
+      f"--coordinator_address={address}",
+      "--num_processes=2",
+      "--process_id=1",
+      "--distributed_timeout_s=10",
+    ],
+    child_env(tmp_path),
+    timeout=180,
+  )
   elapsed = time.monotonic() - started
   assert done.returncode == 2, done.stderr[-3000:]
   assert f"coordinator {address} is not reachable after 10s" in done.stderr
@@ -209,10 +249,13 @@ def test_coordinator_wait_is_bounded_and_named():
   assert time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize("kwargs,message", [
+@pytest.mark.parametrize(
+  "kwargs,message",
+  [
     (dict(num_processes=2, process_id=2), r"process_id 2 is outside \[0, 2\)"),
     (dict(num_processes=None, process_id=0), "needs --num_processes and --process_id"),
-])
+  ],
+)
 def test_bad_process_numbers_are_named(kwargs, message, monkeypatch):
   for name in ("NUM_PROCESSES", "PROCESS_ID"):
     monkeypatch.delenv(f"T5X_LITE_{name}", raising=False)
@@ -228,9 +271,12 @@ def test_bad_local_device_ids_are_named(monkeypatch):
 
 # -- (c) processes x devices that the mesh cannot use ---------------------------------------------
 
+
 def test_partitions_not_dividing_all_processes_devices(corpus, tmp_path):
-  done = run([LOCAL_SH, 2, *train_flags(corpus, tmp_path / "run"), "--gin.NUM_PARTITIONS=3"],
-             child_env(tmp_path, DEVICES_PER_PROCESS="2", LOG_DIR=str(tmp_path / "logs")))
+  done = run(
+    [LOCAL_SH, 2, *train_flags(corpus, tmp_path / "run"), "--gin.NUM_PARTITIONS=3"],
+    child_env(tmp_path, DEVICES_PER_PROCESS="2", LOG_DIR=str(tmp_path / "logs")),
+  )
   assert done.returncode == 2
   # Both processes see the global device count (2 x 2), not their local one.
   assert "NUM_PARTITIONS=3 does not divide the 4 devices" in done.stdout + done.stderr
@@ -261,9 +307,15 @@ def fake_python(tmp_path):
 
 
 def fake_env(tmp_path, fake_python, **extra):
-  settings = dict(PYTHON=str(fake_python), PIDS=str(tmp_path / "pids"), FAIL="none",
-                  ON_TERM="echo got TERM >\"$PIDS/term_$T5X_LITE_PROCESS_ID\"; exit 0",
-                  COORDINATOR_PORT="12345", LOG_DIR=str(tmp_path / "logs"), KILL_GRACE_S="1")
+  settings = dict(
+    PYTHON=str(fake_python),
+    PIDS=str(tmp_path / "pids"),
+    FAIL="none",
+    ON_TERM='echo got TERM >"$PIDS/term_$T5X_LITE_PROCESS_ID"; exit 0',
+    COORDINATOR_PORT="12345",
+    LOG_DIR=str(tmp_path / "logs"),
+    KILL_GRACE_S="1",
+  )
   return child_env(tmp_path, **{**settings, **extra})
 
 
@@ -288,8 +340,10 @@ def test_one_failure_stops_all_processes(tmp_path, fake_python):
   assert "process 1 failed" in done.stderr  # the failed process's log tail
   logs = tmp_path / "logs"
   # The caller's XLA_FLAGS are kept; the device count comes last, so it wins.
-  assert f"127.0.0.1:12345 3 {FAST_COMPILE} --xla_force_host_platform_device_count=2" in (
-      logs / "process_2.log").read_text()
+  assert (
+    f"127.0.0.1:12345 3 {FAST_COMPILE} --xla_force_host_platform_device_count=2"
+    in (logs / "process_2.log").read_text()
+  )
   pids = [int((tmp_path / "pids" / str(i)).read_text()) for i in range(3)]
   deadline = time.monotonic() + 5
   while any(alive(p) for p in pids) and time.monotonic() < deadline:
@@ -299,8 +353,15 @@ def test_one_failure_stops_all_processes(tmp_path, fake_python):
 
 def test_sigterm_is_forwarded(tmp_path, fake_python):
   env = fake_env(tmp_path, fake_python)
-  proc = subprocess.Popen(["bash", str(LOCAL_SH), "2"], env=env, cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+  proc = subprocess.Popen(
+    ["bash", str(LOCAL_SH), "2"],
+    env=env,
+    cwd=REPO,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    start_new_session=True,
+  )
   try:
     deadline = time.monotonic() + 20
     while len(os.listdir(tmp_path / "pids")) < 2 and time.monotonic() < deadline:
@@ -320,18 +381,25 @@ def test_sigterm_is_forwarded(tmp_path, fake_python):
 
 # -- (d) the launch scripts parse and are shellcheck-clean -----------------------------------------
 
+
 def test_launch_scripts_exist_and_run_the_train_command():
   """Every script the READMEs point to is there, executable, and starts `python -m t5x_lite.train`
   with no distributed flag the CLI lacks; every script in launch/ is documented."""
   readme = (REPO / "README.md").read_text() + (REPO / "launch" / "README.md").read_text()
   named = set(re.findall(r"launch/([\w.]+\.(?:sh|sbatch))", readme))
-  assert named == {p.name for p in LAUNCH_SCRIPTS} >= {"local.sh", "tpu_vm_pod.sh", "slurm_gpu.sbatch"}
-  cli_flags = set(re.findall(r'add_argument\("(--\w+)"', (REPO / "t5x_lite" / "train.py").read_text()))
+  assert (
+    named == {p.name for p in LAUNCH_SCRIPTS} >= {"local.sh", "tpu_vm_pod.sh", "slurm_gpu.sbatch"}
+  )
+  cli_flags = set(
+    re.findall(r'add_argument\("(--\w+)"', (REPO / "t5x_lite" / "train.py").read_text())
+  )
   for script in LAUNCH_SCRIPTS:
     assert os.access(script, os.X_OK), f"{script.name} is not executable"
     text = script.read_text()
     assert "t5x_lite.train" in text, script.name
-    used = set(re.findall(r"(--(?:coordinator_address|num_processes|process_id|multi_host)\b)", text))
+    used = set(
+      re.findall(r"(--(?:coordinator_address|num_processes|process_id|multi_host)\b)", text)
+    )
     assert used <= cli_flags, (script.name, used - cli_flags)
 
 

@@ -28,13 +28,15 @@ def crowded_cwd(tmp_path, monkeypatch):
 
 
 def test_gin_files_and_includes_resolve_past_local_directories(crowded_cwd):
-  import t5x_lite.tasks  # noqa: F401
   from t5x_lite import training  # noqa: F401  (registers the configurables)
+  import t5x_lite.tasks  # noqa: F401
+
   gin.clear_config()
   try:
     # quickstart.gin includes runs/pretrain.gin, which includes runs/c4.gin.
-    gin_utils.parse_gin(["models/quickstart_tiny.gin", "runs/quickstart.gin"],
-                        ["MODEL_DIR = 'x'"], finalize=False)
+    gin_utils.parse_gin(
+      ["models/quickstart_tiny.gin", "runs/quickstart.gin"], ["MODEL_DIR = 'x'"], finalize=False
+    )
     assert gin.query_parameter("%BATCH_SIZE") == 16
     assert gin.query_parameter("%C4_TFDS_VERSION") == "3.1.0"
   finally:
@@ -43,8 +45,9 @@ def test_gin_files_and_includes_resolve_past_local_directories(crowded_cwd):
 
 def test_a_local_gin_file_still_comes_first(crowded_cwd):
   (crowded_cwd / "runs" / "mine.gin").write_text("include 'runs/quickstart.gin'\nBATCH_SIZE = 4\n")
-  import t5x_lite.tasks  # noqa: F401
   from t5x_lite import training  # noqa: F401
+  import t5x_lite.tasks  # noqa: F401
+
   gin.clear_config()
   try:
     gin_utils.parse_gin(["models/quickstart_tiny.gin", "runs/mine.gin"], [], finalize=False)
@@ -55,7 +58,9 @@ def test_a_local_gin_file_still_comes_first(crowded_cwd):
 
 def test_missing_and_cyclic_includes_are_one_line(crowded_cwd):
   (crowded_cwd / "a.gin").write_text("include 'runs/nowhere.gin'\n")
-  with pytest.raises(UserError, match=r"gin include 'runs/nowhere.gin' in .*a.gin not found; searched"):
+  with pytest.raises(
+    UserError, match=r"gin include 'runs/nowhere.gin' in .*a.gin not found; searched"
+  ):
     gin_utils.parse_gin(["a.gin"], [])
   (crowded_cwd / "b.gin").write_text("include 'c.gin'\n")
   (crowded_cwd / "c.gin").write_text("include 'b.gin'\n")
@@ -76,10 +81,21 @@ def test_quickstart_next_commands_run_as_printed(crowded_cwd):
   """The quickstart (a few steps here) from a directory with runs/ and models/, then every
   command of its "next:" block, pasted into a shell as printed."""
   env = fresh_shell_env()
-  quick = ["--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=2",
-           "--gin.CHECKPOINT_PERIOD=2", "--gin.train.eval_steps=1", "--gin.train.log_period=2"]
-  done = subprocess.run([sys.executable, "-m", "t5x_lite.quickstart", "--model_dir=runs/qs", *quick],
-                        capture_output=True, text=True, env=env, timeout=600)
+  quick = [
+    "--gin.TRAIN_STEPS=4",
+    "--gin.BATCH_SIZE=8",
+    "--gin.EVAL_PERIOD=2",
+    "--gin.CHECKPOINT_PERIOD=2",
+    "--gin.train.eval_steps=1",
+    "--gin.train.log_period=2",
+  ]
+  done = subprocess.run(
+    [sys.executable, "-m", "t5x_lite.quickstart", "--model_dir=runs/qs", *quick],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
   out = done.stdout
   assert re.search(r"^compiled the train step in \d+\.\d s", out, re.MULTILINE), out
@@ -90,16 +106,19 @@ def test_quickstart_next_commands_run_as_printed(crowded_cwd):
   assert set(commands) == {"resume/extend", "generate", "in HF"}, out
   assert all(c.startswith(sys.executable) for c in commands.values())  # not a bare `python`
 
-  resumed = subprocess.run(commands["resume/extend"], shell=True, capture_output=True, text=True,
-                           env=env, timeout=600)
+  resumed = subprocess.run(
+    commands["resume/extend"], shell=True, capture_output=True, text=True, env=env, timeout=600
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from step 4" in resumed.stdout and re.search(r"step\s+8/8", resumed.stdout)
-  generated = subprocess.run(commands["generate"], shell=True, capture_output=True, text=True,
-                             env=env, timeout=300)
+  generated = subprocess.run(
+    commands["generate"], shell=True, capture_output=True, text=True, env=env, timeout=300
+  )
   assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr[-3000:]
   pytest.importorskip("transformers")
-  in_hf = subprocess.run(commands["in HF"], shell=True, capture_output=True, text=True, env=env,
-                         timeout=300)
+  in_hf = subprocess.run(
+    commands["in HF"], shell=True, capture_output=True, text=True, env=env, timeout=300
+  )
   assert in_hf.returncode == 0 and in_hf.stdout.strip(), in_hf.stderr[-3000:]
 
 
@@ -109,15 +128,22 @@ def test_local_sh_finds_the_checkout_interpreter(crowded_cwd):
   checkout_python = REPO / ".venv" / "bin" / "python"
   if pathlib.Path(sys.executable) != checkout_python:
     pytest.skip("the tests do not run from the checkout's .venv")
-  done = subprocess.run([str(REPO / "launch" / "local.sh"), "1", "--gin_file=runs/none.gin"],
-                        capture_output=True, text=True, env=fresh_shell_env(), timeout=120)
+  done = subprocess.run(
+    [str(REPO / "launch" / "local.sh"), "1", "--gin_file=runs/none.gin"],
+    capture_output=True,
+    text=True,
+    env=fresh_shell_env(),
+    timeout=120,
+  )
   assert done.returncode == 2
   assert "gin file 'runs/none.gin' not found" in done.stdout + done.stderr
 
 
 def test_printed_commands_name_the_interpreter(monkeypatch, tmp_path):
   import shlex
+
   from t5x_lite import commands, import_hf, quickstart
+
   venv_bin = os.path.dirname(sys.executable)
   monkeypatch.setenv("PATH", fresh_shell_env()["PATH"])
   monkeypatch.chdir(tmp_path)
@@ -127,11 +153,19 @@ def test_printed_commands_name_the_interpreter(monkeypatch, tmp_path):
 
   printed = dict(quickstart.next_commands("/r/q s", "/r/q s/hf", 300, ["--gin.BATCH_SIZE=8"]))
   assert shlex.split(printed["resume/extend"]) == [
-      "python", "-m", "t5x_lite.train", "--gin_file=models/quickstart_tiny.gin",
-      "--gin_file=runs/quickstart.gin", "--gin.BATCH_SIZE=8", "--gin.MODEL_DIR='/r/q s'",
-      "--gin.TRAIN_STEPS=600"]
-  assert shlex.split(printed["generate"])[3:] == ["--model_dir=/r/q s",
-                                                  "--input=The <extra_id_0> of the module."]
+    "python",
+    "-m",
+    "t5x_lite.train",
+    "--gin_file=models/quickstart_tiny.gin",
+    "--gin_file=runs/quickstart.gin",
+    "--gin.BATCH_SIZE=8",
+    "--gin.MODEL_DIR='/r/q s'",
+    "--gin.TRAIN_STEPS=600",
+  ]
+  assert shlex.split(printed["generate"])[3:] == [
+    "--model_dir=/r/q s",
+    "--input=The <extra_id_0> of the module.",
+  ]
   c4, offline = import_hf.continue_commands("/m", "runs/pretrain.gin", has_vocab=True)
   assert "--gin_file=runs/pretrain.gin" in shlex.split(c4[1])
   assert "quickstart" in offline[0] and "--gin_file=runs/quickstart.gin" in shlex.split(offline[1])

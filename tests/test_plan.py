@@ -10,21 +10,32 @@ import pytest
 from t5x_lite import plan
 
 TPU_DEPS = os.path.join(plan.deps_dir("tpu"), ".installed")
-SMALL = ["--gin_file=models/t5_efficient_tiny.gin", "--gin_file=runs/pretrain.gin",
-         "--gin.model_config.name='t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
-         "--gin.model_config.vocab_size=256", "--gin.BATCH_SIZE=16",
-         "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
+SMALL = [
+  "--gin_file=models/t5_efficient_tiny.gin",
+  "--gin_file=runs/pretrain.gin",
+  "--gin.model_config.name='t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
+  "--gin.model_config.vocab_size=256",
+  "--gin.BATCH_SIZE=16",
+  "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+]
 
 
 def run_plan(*args, env_extra=None):
   env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
   env.update(env_extra or {})
-  return subprocess.run([sys.executable, "-m", "t5x_lite.plan", *args], capture_output=True,
-                        text=True, env=env, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "t5x_lite.plan", *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
 
 
-@pytest.mark.skipif(not os.path.exists(TPU_DEPS),
-                    reason="the TPU compiler is not installed (`make plan-deps-tpu`; `make test` does it)")
+@pytest.mark.skipif(
+  not os.path.exists(TPU_DEPS),
+  reason="the TPU compiler is not installed (`make plan-deps-tpu`; `make test` does it)",
+)
 def test_plan_and_sweep_for_tpu_v4():
   proc = run_plan(*SMALL, "--target=v4-8", "--sweep", "--remat_policies=none,full")
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -67,7 +78,10 @@ def test_missing_compiler_names_make_plan_deps(tmp_path):
 
 def _num_params():
   import dataclasses
+
   from t5x_lite import config, models
+
   cfg = dataclasses.replace(
-      config.resolve_model_name("t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2"), vocab_size=256)
+    config.resolve_model_name("t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2"), vocab_size=256
+  )
   return models.num_params(cfg)

@@ -11,22 +11,22 @@ import subprocess
 import sys
 import time
 
+import conftest
+from conftest import TINY_MODEL
 import pytest
 
-import conftest
-import t5x_lite.tasks  # noqa: F401
-from conftest import TINY_MODEL
 from t5x_lite import resume_check, run_lock
 from t5x_lite.data import testing
 from t5x_lite.errors import UserError
+import t5x_lite.tasks  # noqa: F401
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = [
-    *TINY_MODEL,
-    "train.eval_steps = 1",
-    "train.log_period = 1",
-    "CHECKPOINT_PERIOD = 2",
-    "EVAL_PERIOD = 2",
+  *TINY_MODEL,
+  "train.eval_steps = 1",
+  "train.log_period = 1",
+  "CHECKPOINT_PERIOD = 2",
+  "EVAL_PERIOD = 2",
 ]
 
 
@@ -36,8 +36,10 @@ def corpus(tiny_corpus):
 
 
 def train(corpus, model_dir, steps, *extra):
-  return conftest.train_in_process(["runs/quickstart.gin"], [
-      *TINY, *corpus.bindings(), f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", *extra])
+  return conftest.train_in_process(
+    ["runs/quickstart.gin"],
+    [*TINY, *corpus.bindings(), f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", *extra],
+  )
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +55,12 @@ def copy_of(base_run, tmp_path) -> pathlib.Path:
 
 
 def checkpoint_files(model_dir: pathlib.Path) -> dict[str, int]:
-  return {str(p.relative_to(model_dir)): p.stat().st_size
-          for sub in ("checkpoints", "data_state") for p in (model_dir / sub).rglob("*")
-          if p.is_file()}
+  return {
+    str(p.relative_to(model_dir)): p.stat().st_size
+    for sub in ("checkpoints", "data_state")
+    for p in (model_dir / sub).rglob("*")
+    if p.is_file()
+  }
 
 
 def metrics_steps(model_dir) -> tuple[list[int], list[int]]:
@@ -66,21 +71,27 @@ def metrics_steps(model_dir) -> tuple[list[int], list[int]]:
 def test_changed_model_is_refused_and_nothing_moves(base_run, corpus, tmp_path):
   model_dir = copy_of(base_run, tmp_path)
   before = checkpoint_files(model_dir)
-  with pytest.raises(UserError, match=r"checkpoints/4 was trained with "
-                     r"model_config.num_encoder_layers=2, this run has 3; .*another MODEL_DIR"):
+  with pytest.raises(
+    UserError,
+    match=r"checkpoints/4 was trained with "
+    r"model_config.num_encoder_layers=2, this run has 3; .*another MODEL_DIR",
+  ):
     train(corpus, model_dir, 6, "model_config.num_encoder_layers = 3")
   assert checkpoint_files(model_dir) == before
   assert not (model_dir / run_lock.LOCK_NAME).exists()  # released on the error
 
 
-@pytest.mark.parametrize("binding, change", [
+@pytest.mark.parametrize(
+  "binding, change",
+  [
     ("span_corruption_config.noise_density = 0.3", "noise_density 0.15 -> 0.3"),
     ("BATCH_SIZE = 16", "batch_size 8 -> 16"),
     ("TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 8}", "task_feature_lengths.inputs 32 -> 16"),
     ("train.use_packing = True", "use_packing False -> True"),
     ("OTHER_VOCAB", "vocabulary"),
     ("OTHER_FILES", "locations.text_corpus.train_files"),
-])
+  ],
+)
 def test_changed_data_is_refused_and_nothing_moves(base_run, corpus, tmp_path, binding, change):
   model_dir = copy_of(base_run, tmp_path)
   if binding == "OTHER_VOCAB":
@@ -89,19 +100,29 @@ def test_changed_data_is_refused_and_nothing_moves(base_run, corpus, tmp_path, b
     other = testing.write_text_shards(tmp_path, "other", testing.make_documents(50, seed=9), 1)
     binding = f"text_corpus.train_files = '{other}'"
   before = checkpoint_files(model_dir)
-  with pytest.raises(UserError, match=rf"checkpoints/4 was trained on other data settings "
-                     rf"\(.*{change}.*\);.*--gin.train.allow_data_change=True"):
+  with pytest.raises(
+    UserError,
+    match=rf"checkpoints/4 was trained on other data settings "
+    rf"\(.*{change}.*\);.*--gin.train.allow_data_change=True",
+  ):
     train(corpus, model_dir, 6, binding)
   assert checkpoint_files(model_dir) == before
 
 
 def test_allowed_data_change_resets_the_position_and_says_so(base_run, corpus, tmp_path, capsys):
   model_dir = copy_of(base_run, tmp_path)
-  result = train(corpus, model_dir, 6, "span_corruption_config.noise_density = 0.3",
-                 "train.allow_data_change = True")
+  result = train(
+    corpus,
+    model_dir,
+    6,
+    "span_corruption_config.noise_density = 0.3",
+    "train.allow_data_change = True",
+  )
   out = capsys.readouterr().out
-  assert ("data changed (noise_density 0.15 -> 0.3): the data position is reset; training "
-          "continues from step 4 on the new data") in out
+  assert (
+    "data changed (noise_density 0.15 -> 0.3): the data position is reset; training "
+    "continues from step 4 on the new data"
+  ) in out
   assert result["step"] == 6
   meta = json.loads((model_dir / "checkpoints" / "6" / "meta" / "metadata").read_text())
   assert meta["data"]["noise_density"] == 0.3 and meta["batches_consumed"] == 2
@@ -125,32 +146,45 @@ def test_replayed_steps_appear_once_in_metrics(base_run, corpus, tmp_path):
   them again, and metrics.jsonl keeps only the new rows (and drops a line cut short)."""
   model_dir = copy_of(base_run, tmp_path)
   with open(model_dir / "metrics.jsonl", "a") as f:
-    f.write('{"step": 5, "loss": 9.0, "accuracy": 0}\n{"step": 6, "loss": 9.0, "accuracy": 0}\n'
-            '{"step": 6, "eval_loss": 9.0, "eval_acc')
+    f.write(
+      '{"step": 5, "loss": 9.0, "accuracy": 0}\n{"step": 6, "loss": 9.0, "accuracy": 0}\n'
+      '{"step": 6, "eval_loss": 9.0, "eval_acc'
+    )
   train(corpus, model_dir, 6)
   train_steps, eval_steps = metrics_steps(model_dir)
   assert train_steps == [1, 2, 3, 4, 5, 6] and eval_steps == [0, 2, 4, 6]
-  assert all(json.loads(line)["loss"] != 9.0 for line in open(model_dir / "metrics.jsonl")
-             if '"loss"' in line)
+  assert all(
+    json.loads(line)["loss"] != 9.0
+    for line in open(model_dir / "metrics.jsonl")
+    if '"loss"' in line
+  )
 
 
 # -- the MODEL_DIR lock ----------------------------------------------------------------------------
 
+
 def write_lock(model_dir, host, pid):
-  (model_dir / run_lock.LOCK_NAME).write_text(json.dumps(
-      {"host": host, "pid": pid, "started": "2026-01-01T00:00:00+00:00"}))
+  (model_dir / run_lock.LOCK_NAME).write_text(
+    json.dumps({"host": host, "pid": pid, "started": "2026-01-01T00:00:00+00:00"})
+  )
 
 
 def test_a_running_run_locks_its_model_dir(base_run, corpus, tmp_path):
   model_dir = copy_of(base_run, tmp_path)
   write_lock(model_dir, socket.gethostname(), os.getpid())  # this test process: alive
   before = checkpoint_files(model_dir)
-  with pytest.raises(UserError, match=rf"another training run \(pid {os.getpid()} on host "
-                     rf".*\) is using {model_dir}; stop it first"):
+  with pytest.raises(
+    UserError,
+    match=rf"another training run \(pid {os.getpid()} on host "
+    rf".*\) is using {model_dir}; stop it first",
+  ):
     train(corpus, model_dir, 6)
   write_lock(model_dir, "another-host", 1)
-  with pytest.raises(UserError, match=rf"locked by another training run \(pid 1 on host "
-                     rf"another-host.*remove the lock with `rm {model_dir}/RUN_LOCK`"):
+  with pytest.raises(
+    UserError,
+    match=rf"locked by another training run \(pid 1 on host "
+    rf"another-host.*remove the lock with `rm {model_dir}/RUN_LOCK`",
+  ):
     train(corpus, model_dir, 6)
   assert checkpoint_files(model_dir) == before
 
@@ -174,15 +208,34 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
   """Two real processes: SIGTERM to the launcher reaches both, they save one step, exit 0."""
   model_dir = tmp_path / "run"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", XLA_FLAGS=FAST_COMPILE,
-             PYTHON=sys.executable, KILL_GRACE_S="60", DEVICES_PER_PROCESS="2")
-  flags = ["--gin_file=runs/quickstart.gin", *[f"--gin_bindings={b}" for b in TINY],
-           f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=100000",
-           "--gin.CHECKPOINT_PERIOD=100000", "--gin.EVAL_PERIOD=100000",
-           "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'", *corpus.flags()]
-  proc = subprocess.Popen(["bash", str(REPO / "launch" / "local.sh"), "2", *flags], cwd=REPO,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    CUDA_VISIBLE_DEVICES="",
+    XLA_FLAGS=FAST_COMPILE,
+    PYTHON=sys.executable,
+    KILL_GRACE_S="60",
+    DEVICES_PER_PROCESS="2",
+  )
+  flags = [
+    "--gin_file=runs/quickstart.gin",
+    *[f"--gin_bindings={b}" for b in TINY],
+    f"--gin.MODEL_DIR='{model_dir}'",
+    "--gin.TRAIN_STEPS=100000",
+    "--gin.CHECKPOINT_PERIOD=100000",
+    "--gin.EVAL_PERIOD=100000",
+    "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
+    *corpus.flags(),
+  ]
+  proc = subprocess.Popen(
+    ["bash", str(REPO / "launch" / "local.sh"), "2", *flags],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
   try:
     deadline = time.monotonic() + 400
     metrics = model_dir / "metrics.jsonl"
@@ -205,28 +258,36 @@ def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
 
 def test_a_per_process_data_position_of_an_old_checkpoint_is_a_data_change():
   """Old metas lack the layout; per-process data positions on disk show it (not resumable)."""
-  new = {"mixture_or_task_name": "t", "task_feature_lengths": {"inputs": 32, "targets": 8},
-         "logical_shards": 8, "batch_size": 8, "noise_density": 0.15}
+  new = {
+    "mixture_or_task_name": "t",
+    "task_feature_lengths": {"inputs": 32, "targets": 8},
+    "logical_shards": 8,
+    "batch_size": 8,
+    "noise_density": 0.15,
+  }
   old_meta = {"mixture_or_task_name": "t", "task_feature_lengths": {"inputs": 32, "targets": 8}}
   assert resume_check.data_changes(old_meta, new, saved_process_count=2) == [
-      resume_check.PER_PROCESS_POSITION]
+    resume_check.PER_PROCESS_POSITION
+  ]
   assert resume_check.data_changes(old_meta, new, saved_process_count=None) == []
   assert resume_check.data_changes({"data": dict(new, logical_shards=4)}, new, None) == [
-      "logical_shards 4 -> 8"]
+    "logical_shards 4 -> 8"
+  ]
 
 
 # What configs written before the seqio tasks moved into the package (and before the loss
 # normaliser took T5X's names and make_mesh stopped being configurable) may hold.
 EARLIER_VERSION_LINES = [
-    "from tasks import quickstart",
-    "tasks.quickstart.quickstart_corpus.cache_dir = None",
-    "partitioning.make_mesh.devices = None",
-    "LossConfig.loss_normalizing_factor = 'num_real_target_tokens'",
+  "from tasks import quickstart",
+  "tasks.quickstart.quickstart_corpus.cache_dir = None",
+  "partitioning.make_mesh.devices = None",
+  "LossConfig.loss_normalizing_factor = 'num_real_target_tokens'",
 ]
 
 
 def test_a_run_of_an_earlier_version_exports_and_resumes(corpus, base_run, tmp_path):
   from t5x_lite import export_hf
+
   model_dir = copy_of(base_run, tmp_path)
   meta_file = model_dir / "checkpoints" / "4" / "meta" / "metadata"
   meta = json.loads(meta_file.read_text())
@@ -239,7 +300,8 @@ def test_a_run_of_an_earlier_version_exports_and_resumes(corpus, base_run, tmp_p
   exported = export_hf.export(str(model_dir), str(tmp_path / "hf"), log=lambda line: None)
   assert exported["step"] == 4 and exported["tokenizer"]
   # The run's config.gin, given back to training, resumes it.
-  result = conftest.train_in_process([str(config_gin)],
-                                    [f"MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = 6"])
+  result = conftest.train_in_process(
+    [str(config_gin)], [f"MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = 6"]
+  )
   assert result["step"] == 6
   assert metrics_steps(model_dir)[0][-1] == 6

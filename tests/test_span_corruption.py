@@ -31,8 +31,9 @@ def reconstruct(inputs, targets, vocab_size=C4_VOCAB_SIZE):
 
 
 def corrupt(tokens, seed):
-  inputs, targets = sc.span_corrupt_fn(tf.constant(tokens, tf.int32), tf.constant([[seed, 1], [seed, 2]]),
-                                       C4_VOCAB_SIZE, 0.15, 3.0)
+  inputs, targets = sc.span_corrupt_fn(
+    tf.constant(tokens, tf.int32), tf.constant([[seed, 1], [seed, 2]]), C4_VOCAB_SIZE, 0.15, 3.0
+  )
   return inputs.numpy(), targets.numpy()
 
 
@@ -69,8 +70,10 @@ def test_noise_mask_alternates_starting_with_non_noise():
 
 
 def _pipeline(docs, inputs_length=512, targets_length=114, seed=0):
-  ds = tf.data.Dataset.from_generator(lambda: ({"targets": np.asarray(d, np.int32)} for d in docs),
-                                      output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+  ds = tf.data.Dataset.from_generator(
+    lambda: ({"targets": np.asarray(d, np.int32)} for d in docs),
+    output_signature={"targets": tf.TensorSpec([None], tf.int32)},
+  )
   with seqio.utils.map_seed_manager(seed):
     ds = sc.span_corruption(ds, {"inputs": inputs_length, "targets": targets_length}, FEATURES)
   return list(ds.as_numpy_iterator())
@@ -120,9 +123,14 @@ def test_very_long_document_gives_one_random_chunk():
 
 def test_gin_configures_density_and_span_length():
   import gin
+
   gin.clear_config()
-  gin.parse_config(["span_corruption_config.noise_density = 0.5",
-                    "span_corruption_config.mean_noise_span_length = 1.0"])
+  gin.parse_config(
+    [
+      "span_corruption_config.noise_density = 0.5",
+      "span_corruption_config.mean_noise_span_length = 1.0",
+    ]
+  )
   try:
     examples = _pipeline([np.arange(3, 500)], 64, 64)
     e = examples[0]
@@ -135,8 +143,9 @@ def test_batched_corruption_of_mixed_lengths_matches_per_row_counts():
   rng = np.random.RandomState(3)
   lengths = [568, 1, 2, 3, 17, 568, 100, 567, 5, 568]
   rows = [rng.randint(3, 32000, size=n) for n in lengths]
-  inputs, targets = sc.span_corrupt_batch(tf.ragged.constant(rows, tf.int32),
-                                          tf.constant([[4, 1], [4, 2]]), C4_VOCAB_SIZE, 0.15, 3.0)
+  inputs, targets = sc.span_corrupt_batch(
+    tf.ragged.constant(rows, tf.int32), tf.constant([[4, 1], [4, 2]]), C4_VOCAB_SIZE, 0.15, 3.0
+  )
   for n, tokens, i, t in zip(lengths, rows, inputs.to_list(), targets.to_list()):
     i, t = np.asarray(i), np.asarray(t)
     num_noise, num_spans = sc._num_noise(n, 0.15, 3.0)

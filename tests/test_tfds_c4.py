@@ -10,9 +10,9 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-import t5x_lite.tasks  # noqa: E402,F401
 from t5x_lite import gin_utils, training  # noqa: E402
 from t5x_lite.data import pipeline, testing  # noqa: E402
+import t5x_lite.tasks  # noqa: E402,F401
 
 VERSION = "3.1.0"
 
@@ -22,10 +22,14 @@ def prepared_metadata(data_dir, num_examples: int) -> None:
   builder = tfds.builder(f"c4/en:{VERSION}", data_dir=str(data_dir))
   splits = []
   for name in ("train", "validation"):
-    template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name="c4",
-                                             split=name, filetype_suffix="tfrecord")
-    splits.append(tfds.core.SplitInfo(name=name, shard_lengths=[num_examples], num_bytes=0,
-                                      filename_template=template))
+    template = tfds.core.ShardedFileTemplate(
+      data_dir=builder.data_dir, dataset_name="c4", split=name, filetype_suffix="tfrecord"
+    )
+    splits.append(
+      tfds.core.SplitInfo(
+        name=name, shard_lengths=[num_examples], num_bytes=0, filename_template=template
+      )
+    )
   builder.info.set_splits(tfds.core.SplitDict(splits))
   pathlib.Path(builder.data_dir).mkdir(parents=True)
   builder.info.write_to_directory(builder.data_dir)
@@ -40,21 +44,36 @@ def c4_data_dir(tmp_path):
 
 def bindings(tmp_path, data_dir):
   vocab = testing.train_tiny_vocab(tmp_path, vocab_size=60)
-  return [f"C4_TFDS_DATA_DIR = '{data_dir}'", f"C4_TFDS_VERSION = '{VERSION}'",
-          f"C4_VOCABULARY = '{vocab}'", f"MODEL_DIR = '{tmp_path / 'run'}'",
-          "model_config.name = 't5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
-          "model_config.vocab_size = 256", "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
-          "BATCH_SIZE = 8", "TRAIN_STEPS = 3", "CHECKPOINT_PERIOD = 3", "EVAL_PERIOD = 3",
-          "train.eval_steps = 1", "train.log_period = 1", "model_config.dtype = 'float32'",
-          "train.num_microbatches = 1"]
+  return [
+    f"C4_TFDS_DATA_DIR = '{data_dir}'",
+    f"C4_TFDS_VERSION = '{VERSION}'",
+    f"C4_VOCABULARY = '{vocab}'",
+    f"MODEL_DIR = '{tmp_path / 'run'}'",
+    "model_config.name = 't5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
+    "model_config.vocab_size = 256",
+    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
+    "BATCH_SIZE = 8",
+    "TRAIN_STEPS = 3",
+    "CHECKPOINT_PERIOD = 3",
+    "EVAL_PERIOD = 3",
+    "train.eval_steps = 1",
+    "train.log_period = 1",
+    "model_config.dtype = 'float32'",
+    "train.num_microbatches = 1",
+  ]
 
 
 def test_c4_tfds_trains_a_few_steps(tmp_path, c4_data_dir, capsys):
   gin.clear_config()
   try:
     gin_utils.parse_gin(["runs/pretrain.gin"], bindings(tmp_path, c4_data_dir))
-    batch = next(iter(pipeline.get_dataset("c4_span_corruption", {"inputs": 32, "targets": 8},
-                                           "validation", 8, shuffle=False)))
+    batch = next(
+      iter(
+        pipeline.get_dataset(
+          "c4_span_corruption", {"inputs": 32, "targets": 8}, "validation", 8, shuffle=False
+        )
+      )
+    )
     result = training.train()
   finally:
     gin.clear_config()

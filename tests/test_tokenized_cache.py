@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import seqio
 
-import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 from t5x_lite.data import pipeline, registry, testing, tokenized_cache
 from t5x_lite.errors import UserError
+import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 
 LENGTHS = {"inputs": 32, "targets": 8}
 TASK = "jsonl_span_corruption"
@@ -22,20 +22,26 @@ TASK = "jsonl_span_corruption"
 def corpus(tmp_path_factory):
   root = tmp_path_factory.mktemp("corpus")
   docs = testing.make_documents(120, seed=3, max_words=60)
-  return {"train": testing.write_jsonl_shards(root, "train", docs[:100], num_shards=3,
-                                              field="body"),
-          "validation": testing.write_jsonl_shards(root, "validation", docs[100:], num_shards=1,
-                                                   field="body"),
-          "vocab": testing.train_tiny_vocab(root)}
+  return {
+    "train": testing.write_jsonl_shards(root, "train", docs[:100], num_shards=3, field="body"),
+    "validation": testing.write_jsonl_shards(
+      root, "validation", docs[100:], num_shards=1, field="body"
+    ),
+    "vocab": testing.train_tiny_vocab(root),
+  }
 
 
 @pytest.fixture
 def configured(corpus):
   gin.clear_config()
-  gin.parse_config([f"jsonl_corpus.train_files = '{corpus['train']}'",
-                    f"jsonl_corpus.validation_files = '{corpus['validation']}'",
-                    "jsonl_corpus.text_field = 'body'",
-                    f"task_vocabulary.path = '{corpus['vocab']}'"])
+  gin.parse_config(
+    [
+      f"jsonl_corpus.train_files = '{corpus['train']}'",
+      f"jsonl_corpus.validation_files = '{corpus['validation']}'",
+      "jsonl_corpus.text_field = 'body'",
+      f"task_vocabulary.path = '{corpus['vocab']}'",
+    ]
+  )
   yield corpus
   gin.clear_config()
 
@@ -65,8 +71,7 @@ def test_workers_split_shards_and_the_last_one_completes(configured, tmp_path):
   task = registry.refresh(TASK)
   with pytest.raises(UserError, match="has 3 input files; --num_shards=9"):
     tokenized_cache.write_cache(task, str(tmp_path), ["train"], num_shards=9)
-  assert not tokenized_cache.write_cache(task, str(tmp_path), ["train"], worker_id=0,
-                                         num_workers=2)
+  assert not tokenized_cache.write_cache(task, str(tmp_path), ["train"], worker_id=0, num_workers=2)
   task_dir = tokenized_cache.task_cache_dir(str(tmp_path), TASK)
   assert not os.path.exists(os.path.join(task_dir, "COMPLETED"))
   gin.bind_parameter("tokenized_cache.cache_dir", str(tmp_path))
@@ -91,11 +96,17 @@ def test_cache_of_another_vocabulary_is_refused(configured, tmp_path):
 
 
 def test_cli_writes_a_cache_the_trainer_reads(configured, tmp_path):
-  cmd = [sys.executable, "-m", "t5x_lite.cache_tokenized", "--splits=train",
-         f"--cache_dir={tmp_path}", f"--task={TASK}",
-         f"--gin.jsonl_corpus.train_files='{configured['train']}'",
-         "--gin.jsonl_corpus.text_field='body'",
-         f"--gin.task_vocabulary.path='{configured['vocab']}'"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "t5x_lite.cache_tokenized",
+    "--splits=train",
+    f"--cache_dir={tmp_path}",
+    f"--task={TASK}",
+    f"--gin.jsonl_corpus.train_files='{configured['train']}'",
+    "--gin.jsonl_corpus.text_field='body'",
+    f"--gin.task_vocabulary.path='{configured['vocab']}'",
+  ]
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "complete" in out.stdout

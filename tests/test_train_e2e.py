@@ -7,15 +7,15 @@ import subprocess
 import sys
 import time
 
+import conftest
+from conftest import TINY_MODEL
 import jax
 import numpy as np
 import pytest
 
-import conftest
-import t5x_lite.tasks  # noqa: F401
-from conftest import TINY_MODEL
 from t5x_lite import hf_files
 from t5x_lite.errors import UserError
+import t5x_lite.tasks  # noqa: F401
 
 TINY = [*TINY_MODEL, "train.eval_steps = 2", "train.log_period = 2"]
 GIN_FILES = ["runs/quickstart.gin"]
@@ -27,13 +27,21 @@ def corpus(tiny_corpus):
 
 
 def bindings(corpus, model_dir, steps, period, extra=()):
-  return [*TINY, *corpus, f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}",
-          f"CHECKPOINT_PERIOD = {period}", f"EVAL_PERIOD = {period}", *extra]
+  return [
+    *TINY,
+    *corpus,
+    f"MODEL_DIR = '{model_dir}'",
+    f"TRAIN_STEPS = {steps}",
+    f"CHECKPOINT_PERIOD = {period}",
+    f"EVAL_PERIOD = {period}",
+    *extra,
+  ]
 
 
 def train_in_process(corpus, model_dir, steps, period=2, stop_at_step=None, extra=()):
-  return conftest.train_in_process(GIN_FILES, bindings(corpus, model_dir, steps, period, extra),
-                                   stop_at_step)
+  return conftest.train_in_process(
+    GIN_FILES, bindings(corpus, model_dir, steps, period, extra), stop_at_step
+  )
 
 
 def train_command(corpus, model_dir, steps, period=2, extra=()):
@@ -64,15 +72,24 @@ def test_metrics_config_and_eval(reference_run):
   records = [json.loads(l) for l in open(model_dir / "metrics.jsonl")]
   train_records = [r for r in records if "loss" in r]
   eval_records = [r for r in records if "eval_loss" in r]
-  for key in ("step", "loss", "accuracy", "learning_rate", "tokens_per_second", "step_time_s",
-              "mfu", "grad_norm"):
+  for key in (
+    "step",
+    "loss",
+    "accuracy",
+    "learning_rate",
+    "tokens_per_second",
+    "step_time_s",
+    "mfu",
+    "grad_norm",
+  ):
     assert key in train_records[0], key
   assert [r["step"] for r in eval_records] == [0, 4, 8]
   assert eval_records[-1]["eval_loss"] < eval_records[0]["eval_loss"]  # it learns
   assert all(np.isfinite(r["loss"]) for r in train_records)
   # The rate the optimizer applies (runs/quickstart.gin: rsqrt schedule, 1000 warmup steps).
   assert [r["learning_rate"] for r in train_records] == pytest.approx(
-      [1000 ** -0.5] * len(train_records))
+    [1000**-0.5] * len(train_records)
+  )
   assert result["step"] == 8
   config = (model_dir / "config.gin").read_text()
   assert "BATCH_SIZE = 8" in config and "train.batch_size = %BATCH_SIZE" in config
@@ -113,7 +130,10 @@ def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path, signum, sai
   cmd = train_command(corpus, tmp_path, steps=10_000, period=10_000)
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   deadline = time.time() + 180
-  while not (tmp_path / "metrics.jsonl").exists() or '"accuracy"' not in (tmp_path / "metrics.jsonl").read_text():
+  while (
+    not (tmp_path / "metrics.jsonl").exists()
+    or '"accuracy"' not in (tmp_path / "metrics.jsonl").read_text()
+  ):
     assert proc.poll() is None and time.time() < deadline, "training did not start"
     time.sleep(0.2)
   proc.send_signal(signum)
@@ -125,24 +145,44 @@ def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path, signum, sai
 
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(corpus, tmp_path):
   # A learning rate of 1e30 blows the parameters up within a few steps.
-  with pytest.raises(UserError, match=r"at step \d+; stopping \(the last good checkpoint is step 2"):
-    train_in_process(corpus, tmp_path, steps=40, period=2, extra=[
+  with pytest.raises(
+    UserError, match=r"at step \d+; stopping \(the last good checkpoint is step 2"
+  ):
+    train_in_process(
+      corpus,
+      tmp_path,
+      steps=40,
+      period=2,
+      extra=[
         "optimizers.rsqrt_schedule.base_learning_rate = 1e30",
         "optimizers.adafactor.clipping_threshold = None",
-        "optimizers.adafactor.multiply_by_parameter_scale = False"])
+        "optimizers.adafactor.multiply_by_parameter_scale = False",
+      ],
+    )
 
 
 def run_cli(args):
-  return subprocess.run([sys.executable, "-m", "t5x_lite.train", *args], capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "t5x_lite.train", *args], capture_output=True, text=True, timeout=300
+  )
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--gin_file=runs/nope.gin"], "gin file 'runs/nope.gin' not found; searched"),
     (["--gin_file=runs/quickstart.gin", "--gin.train.no_such_flag=1"], "no_such_flag"),
-    (["--gin_file=runs/quickstart.gin", "--gin.MODEL_DIR='/tmp/x'", "--gin.BATCH_SIZE=7",
-      "--gin.model_config.name='t5-efficient-tiny'"], "BATCH_SIZE=7 is not divisible by the data-parallel size 8"),
-])
+    (
+      [
+        "--gin_file=runs/quickstart.gin",
+        "--gin.MODEL_DIR='/tmp/x'",
+        "--gin.BATCH_SIZE=7",
+        "--gin.model_config.name='t5-efficient-tiny'",
+      ],
+      "BATCH_SIZE=7 is not divisible by the data-parallel size 8",
+    ),
+  ],
+)
 def test_user_errors_are_one_line(args, message):
   out = run_cli(args)
   assert out.returncode != 0

@@ -3,9 +3,9 @@
 import dataclasses
 
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from t5x_lite import config, hf_mapping, partitioning
 from t5x_lite.models import EncoderDecoderModel
@@ -29,17 +29,27 @@ def random_batches(num_batches, batch_size, seed=0):
     inputs[:, -5:] = 0  # some padding
     targets[:, -3:] = 0
     decoder_inputs = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], 1)
-    batches.append({"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
-                    "decoder_target_tokens": targets,
-                    "decoder_loss_weights": (targets > 0).astype(np.int32)})
+    batches.append(
+      {
+        "encoder_input_tokens": inputs,
+        "decoder_input_tokens": decoder_inputs,
+        "decoder_target_tokens": targets,
+        "decoder_loss_weights": (targets > 0).astype(np.int32),
+      }
+    )
   return batches
 
 
 def run(mesh_shape, cfg, steps=3, num_microbatches=1):
-  devices = jax.devices()[:mesh_shape[0] * mesh_shape[1]]
+  devices = jax.devices()[: mesh_shape[0] * mesh_shape[1]]
   mesh = partitioning.make_mesh(mesh_shape[1], devices=devices)
-  trainer = Trainer(EncoderDecoderModel(cfg), mesh, partitioning.DEFAULT_RULES, LENGTHS,
-                    num_microbatches=num_microbatches)
+  trainer = Trainer(
+    EncoderDecoderModel(cfg),
+    mesh,
+    partitioning.DEFAULT_RULES,
+    LENGTHS,
+    num_microbatches=num_microbatches,
+  )
   state = trainer.init_state(seed=0)
   losses = []
   for batch in random_batches(steps, 8):
@@ -77,8 +87,10 @@ def test_mesh_matches_single_device(single_device, mesh_shape):
     if "mlp" in name and "wi" in name:
       assert leaf.sharding.spec[-1] == "model", name
   # Optimizer statistics follow their parameters (factored rows/columns included).
-  opt_specs = {jax.tree_util.keystr(p): l.sharding.spec
-               for p, l in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]}
+  opt_specs = {
+    jax.tree_util.keystr(p): l.sharding.spec
+    for p, l in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+  }
   assert any(spec and "model" in tuple(spec) for spec in opt_specs.values())
 
 
@@ -115,7 +127,10 @@ def test_scan_and_unrolled_layers_train_alike():
     for batch in random_batches(2, 8):
       state, metrics = trainer.train_step(state, batch)
       losses.append(float(metrics["loss"]))
-    runs[cfg.scan_layers] = (np.array(losses), hf_mapping.to_hf_state_dict(jax.device_get(state.params), cfg))
+    runs[cfg.scan_layers] = (
+      np.array(losses),
+      hf_mapping.to_hf_state_dict(jax.device_get(state.params), cfg),
+    )
   np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
   for name, value in runs[True][1].items():
     np.testing.assert_allclose(value, runs[False][1][name], rtol=1e-4, atol=1e-5, err_msg=name)

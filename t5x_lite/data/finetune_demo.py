@@ -53,14 +53,14 @@ def _examples(runs: list[list[str]], count: int, rng: random.Random) -> list[tup
     run = rng.choice(runs)
     size = rng.randint(3, 5)
     start = rng.randrange(0, max(1, len(run) - size + 1))
-    phrase = run[start:start + size]
+    phrase = run[start : start + size]
     if len(phrase) < 3 or " ".join(phrase) in seen:
       continue
     seen.add(" ".join(phrase))
     if any(a == b for a, b in zip(phrase, phrase[1:])):  # a word doubled in the text already
       continue
     i = rng.randrange(len(phrase))
-    corrupted = phrase[:i + 1] + [phrase[i]] + phrase[i + 1:]
+    corrupted = phrase[: i + 1] + [phrase[i]] + phrase[i + 1 :]
     out.append((PREFIX + " ".join(corrupted), phrase[i]))
   return out
 
@@ -70,8 +70,10 @@ def write_demo_files(out_dir: str, cache_dir=None, log=None) -> dict[str, str]:
   OUT_DIR/doubled-word (once)."""
   patterns, _ = quickstart_corpus.ensure_quickstart_assets(cache_dir, log=log)
   out_dir = os.path.join(out_dir, TASK)
-  files = {"train": os.path.join(out_dir, "train.tsv"),
-           "validation": os.path.join(out_dir, "validation.tsv")}
+  files = {
+    "train": os.path.join(out_dir, "train.tsv"),
+    "validation": os.path.join(out_dir, "validation.tsv"),
+  }
   if all(os.path.isfile(p) for p in files.values()):
     return files
   os.makedirs(out_dir, exist_ok=True)

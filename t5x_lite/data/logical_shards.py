@@ -43,6 +43,7 @@ def _allowed(count: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class ShardPlan:
   """Which logical shards one process reads, and how many rows each gives per step."""
+
   count: int
   batch_size: int
   process_index: int = 0
@@ -68,8 +69,9 @@ class ShardPlan:
     return seed * self.count + shard
 
 
-def make_plan(batch_size: int, process_index: int = 0, process_count: int = 1,
-              count: int | None = None) -> ShardPlan:
+def make_plan(
+  batch_size: int, process_index: int = 0, process_count: int = 1, count: int | None = None
+) -> ShardPlan:
   """The plan for this process; one-line errors for a count the batch or processes cannot use."""
   count = logical_shards_config() if count is None else count
   if count is None:
@@ -77,16 +79,20 @@ def make_plan(batch_size: int, process_index: int = 0, process_count: int = 1,
   if isinstance(count, bool) or not isinstance(count, int) or count < 1:
     raise UserError(f"logical_shards.count must be a positive integer, got {count!r}")
   if batch_size % count:
-    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by logical_shards.count={count}: "
-                    f"each logical data shard gives the same number of rows per step; use a "
-                    f"count that divides it ({_allowed(batch_size)})")
+    raise UserError(
+      f"BATCH_SIZE={batch_size} is not divisible by logical_shards.count={count}: "
+      f"each logical data shard gives the same number of rows per step; use a "
+      f"count that divides it ({_allowed(batch_size)})"
+    )
   if process_count < 1 or not 0 <= process_index < process_count:
     raise UserError(f"process {process_index} is not in [0, {process_count})")
   if count % process_count:
-    raise UserError(f"{process_count} processes cannot share the {count} logical data shards "
-                    f"(logical_shards.count): run on a process count that divides {count} "
-                    f"({_allowed(count)}), or set logical_shards.count to a multiple of "
-                    f"{process_count} that divides BATCH_SIZE={batch_size} (a new data order)")
+    raise UserError(
+      f"{process_count} processes cannot share the {count} logical data shards "
+      f"(logical_shards.count): run on a process count that divides {count} "
+      f"({_allowed(count)}), or set logical_shards.count to a multiple of "
+      f"{process_count} that divides BATCH_SIZE={batch_size} (a new data order)"
+    )
   return ShardPlan(count, batch_size, process_index, process_count)
 
 
@@ -98,17 +104,22 @@ def check_process_rows(plan: ShardPlan, batch_sharding, num_rows_axis: int = 0) 
   processes, where every process holds the whole batch) cannot take per-process blocks.
   """
   import jax  # only here: the rest of the data pipeline does not need it
+
   shape = (plan.batch_size, 1)
   held = set()
   for device, index in batch_sharding.devices_indices_map(shape).items():
     if device.process_index == plan.process_index:
       held.update(range(*index[num_rows_axis].indices(plan.batch_size)))
   if held != set(plan.rows):
-    holds = (f"rows [{min(held)}, {max(held) + 1})" if held and len(held) == max(held) + 1 -
-             min(held) else f"{len(held)} scattered rows")
+    holds = (
+      f"rows [{min(held)}, {max(held) + 1})"
+      if held and len(held) == max(held) + 1 - min(held)
+      else f"{len(held)} scattered rows"
+    )
     raise UserError(
-        f"process {plan.process_index} of {plan.process_count} reads rows "
-        f"[{plan.rows.start}, {plan.rows.stop}) of the global batch but its devices hold "
-        f"{holds}: this device layout ({jax.device_count()} devices, mesh "
-        f"{dict(batch_sharding.mesh.shape)}) needs each process's devices to hold one contiguous "
-        f"block of the `data` axis; lower NUM_PARTITIONS to the devices of one process")
+      f"process {plan.process_index} of {plan.process_count} reads rows "
+      f"[{plan.rows.start}, {plan.rows.stop}) of the global batch but its devices hold "
+      f"{holds}: this device layout ({jax.device_count()} devices, mesh "
+      f"{dict(batch_sharding.mesh.shape)}) needs each process's devices to hold one contiguous "
+      f"block of the `data` axis; lower NUM_PARTITIONS to the devices of one process"
+    )

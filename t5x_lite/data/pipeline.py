@@ -9,10 +9,10 @@ The global batch sequence does not depend on the process count (logical_shards.p
 builds one stream (one logical shard, or all the data as one).
 """
 
+from collections.abc import Mapping
 import hashlib
 import json
 import os
-from typing import Mapping, Optional
 
 import gin
 import numpy as np
@@ -38,10 +38,19 @@ def hide_accelerators_from_tf() -> None:
 hide_accelerators_from_tf()
 
 
-def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
-                batch_size: int, *, shard_id: int = 0, num_shards: int = 1, shuffle: bool = True,
-                seed: Optional[int] = None, use_packing: bool = False,
-                repeat: bool = True) -> tf.data.Dataset:
+def get_dataset(
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  split: str,
+  batch_size: int,
+  *,
+  shard_id: int = 0,
+  num_shards: int = 1,
+  shuffle: bool = True,
+  seed: int | None = None,
+  use_packing: bool = False,
+  repeat: bool = True,
+) -> tf.data.Dataset:
   """Batches of EncDecFeatureConverter features for one shard (host) of a task or mixture.
 
   `batch_size` is the global batch: each of `num_shards` shards yields batch_size // num_shards
@@ -57,7 +66,9 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     raise UserError(f"global batch size {batch_size} is not divisible by {num_shards} data shards")
   missing = {"inputs", "targets"} - set(task_feature_lengths)
   if missing:
-    raise UserError(f"TASK_FEATURE_LENGTHS needs 'inputs' and 'targets' lengths, missing {sorted(missing)}")
+    raise UserError(
+      f"TASK_FEATURE_LENGTHS needs 'inputs' and 'targets' lengths, missing {sorted(missing)}"
+    )
   provider = registry.refresh(mixture_or_task_name)
   seed = DEFAULT_SEED if seed is None else seed
   shard_info = seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None
@@ -67,18 +78,27 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     for task in registry.leaf_tasks(provider):
       tokenized_cache.use_cache(task, cache_dir, split)
   buffer = {}
-  if shuffle and num_shards > 1 and isinstance(provider, seqio.Task) and \
-      provider.shuffle_buffer_size:
+  if (
+    shuffle and num_shards > 1 and isinstance(provider, seqio.Task) and provider.shuffle_buffer_size
+  ):
     # The shards of one process shuffle as many examples together as one stream did: a buffer of
     # the task's size in each of 64 shards would tokenize 64 times as much before the first step.
     buffer["shuffle_buffer_size"] = -(-provider.shuffle_buffer_size // num_shards)
-  ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=shuffle, seed=seed,
-                            shard_info=shard_info, num_epochs=None if repeat else 1,
-                            use_cached=bool(cache_dir), **buffer)
+  ds = provider.get_dataset(
+    sequence_length=lengths,
+    split=split,
+    shuffle=shuffle,
+    seed=seed,
+    shard_info=shard_info,
+    num_epochs=None if repeat else 1,
+    use_cached=bool(cache_dir),
+    **buffer,
+  )
   ds = seqio.EncDecFeatureConverter(pack=use_packing)(ds, lengths)
   ds = ds.batch(batch_size // num_shards, drop_remainder=True)
-  ds = ds.map(lambda b: {k: tf.cast(v, tf.int32) for k, v in b.items()},
-              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(
+    lambda b: {k: tf.cast(v, tf.int32) for k, v in b.items()}, num_parallel_calls=tf.data.AUTOTUNE
+  )
   options = tf.data.Options()
   options.deterministic = True  # Parallel maps, but always the same order.
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -90,28 +110,49 @@ def get_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
   return provider.output_features["targets"].vocabulary
 
 
-def _shard_datasets(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
-                    plan: logical_shards.ShardPlan, seed: Optional[int], **kwargs
-                    ) -> dict[int, tf.data.Dataset]:
+def _shard_datasets(
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  split: str,
+  plan: logical_shards.ShardPlan,
+  seed: int | None,
+  **kwargs,
+) -> dict[int, tf.data.Dataset]:
   seed = DEFAULT_SEED if seed is None else seed
-  return {shard: get_dataset(mixture_or_task_name, task_feature_lengths, split, plan.batch_size,
-                             shard_id=shard, num_shards=plan.count,
-                             seed=plan.shard_seed(seed, shard), **kwargs)
-          for shard in plan.shards}
+  return {
+    shard: get_dataset(
+      mixture_or_task_name,
+      task_feature_lengths,
+      split,
+      plan.batch_size,
+      shard_id=shard,
+      num_shards=plan.count,
+      seed=plan.shard_seed(seed, shard),
+      **kwargs,
+    )
+    for shard in plan.shards
+  }
 
 
 @gin.configurable("row_digests")
-def row_digests_dir(directory: Optional[str] = None) -> Optional[str]:
+def row_digests_dir(directory: str | None = None) -> str | None:
   """When set, each process appends the sha256 of every training row it reads to
   DIRECTORY/process_<i>.jsonl, one line per batch with the rows' place in the global batch: a
   check that runs on different process counts trained on the same rows."""
   return directory
 
 
-def train_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                   batch_size: int, *, process_index: int = 0, process_count: int = 1,
-                   seed: Optional[int] = None, use_packing: bool = False,
-                   batch_sharding=None) -> "DataIterator":
+def train_iterator(
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+  seed: int | None = None,
+  use_packing: bool = False,
+  batch_sharding=None,
+) -> "DataIterator":
   """This process's rows of the training batches: its logical shards, repeated and shuffled.
 
   With `batch_sharding` (the sharding the trainer assembles batches with), checks that these rows
@@ -120,26 +161,53 @@ def train_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   plan = logical_shards.make_plan(batch_size, process_index, process_count)
   if batch_sharding is not None:
     logical_shards.check_process_rows(plan, batch_sharding)
-  it = DataIterator(_shard_datasets(mixture_or_task_name, task_feature_lengths, "train", plan,
-                                    seed, shuffle=True, use_packing=use_packing))
+  it = DataIterator(
+    _shard_datasets(
+      mixture_or_task_name,
+      task_feature_lengths,
+      "train",
+      plan,
+      seed,
+      shuffle=True,
+      use_packing=use_packing,
+    )
+  )
   if row_digests_dir():
-    it.record_rows(os.path.join(row_digests_dir(), f"process_{process_index}.jsonl"),
-                   plan.rows.start)
+    it.record_rows(
+      os.path.join(row_digests_dir(), f"process_{process_index}.jsonl"), plan.rows.start
+    )
   return it
 
 
-def eval_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                 batch_size: int, *, process_index: int = 0, process_count: int = 1,
-                 seed: Optional[int] = None, use_packing: bool = False,
-                 split: str = "validation") -> tf.data.Dataset:
+def eval_dataset(
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+  seed: int | None = None,
+  use_packing: bool = False,
+  split: str = "validation",
+) -> tf.data.Dataset:
   """This process's rows of the (repeated, unshuffled) evaluation batches, as one dataset."""
   plan = logical_shards.make_plan(batch_size, process_index, process_count)
-  parts = tuple(_shard_datasets(mixture_or_task_name, task_feature_lengths, split, plan, seed,
-                                shuffle=False, use_packing=use_packing).values())
+  parts = tuple(
+    _shard_datasets(
+      mixture_or_task_name,
+      task_feature_lengths,
+      split,
+      plan,
+      seed,
+      shuffle=False,
+      use_packing=use_packing,
+    ).values()
+  )
   if len(parts) == 1:
     return parts[0]
-  return tf.data.Dataset.zip(parts).map(lambda *bs: {k: tf.concat([b[k] for b in bs], 0)
-                                                     for k in bs[0]})
+  return tf.data.Dataset.zip(parts).map(
+    lambda *bs: {k: tf.concat([b[k] for b in bs], 0) for k in bs[0]}
+  )
 
 
 class DataIterator:
@@ -158,10 +226,11 @@ class DataIterator:
     if isinstance(datasets, tf.data.Dataset):
       datasets = {0: datasets}
     self._iterators = {shard: iter(ds) for shard, ds in sorted(datasets.items())}
-    self._checkpoints = {shard: tf.train.Checkpoint(iterator=it)
-                         for shard, it in self._iterators.items()}
+    self._checkpoints = {
+      shard: tf.train.Checkpoint(iterator=it) for shard, it in self._iterators.items()
+    }
     self._batches = 0
-    self._digests: Optional[tuple[str, int]] = None
+    self._digests: tuple[str, int] | None = None
 
   def record_rows(self, path: str, first_row: int) -> None:
     """Appends {"batch", "first_row", "sha256"} per batch to `path` (see row_digests_dir)."""
@@ -171,11 +240,14 @@ class DataIterator:
   def _record(self, batch: dict[str, np.ndarray]) -> None:
     path, first_row = self._digests
     rows = len(next(iter(batch.values())))
-    digests = [hashlib.sha256(b"".join(batch[k][i].tobytes() for k in sorted(batch))
-                              ).hexdigest()[:16] for i in range(rows)]
+    digests = [
+      hashlib.sha256(b"".join(batch[k][i].tobytes() for k in sorted(batch))).hexdigest()[:16]
+      for i in range(rows)
+    ]
     with open(path, "a") as f:
-      f.write(json.dumps({"batch": self._batches, "first_row": first_row,
-                          "sha256": digests}) + "\n")
+      f.write(
+        json.dumps({"batch": self._batches, "first_row": first_row, "sha256": digests}) + "\n"
+      )
 
   @property
   def shards(self) -> list[int]:
@@ -194,9 +266,11 @@ class DataIterator:
     if empty and not parts:
       raise StopIteration  # no data at all (the caller names the corpus)
     if empty:
-      raise UserError(f"logical data shards {empty} give no batch while others do: the data "
-                      f"holds too few documents to fill a batch in every logical shard; lower "
-                      f"logical_shards.count (a divisor of BATCH_SIZE)")
+      raise UserError(
+        f"logical data shards {empty} give no batch while others do: the data "
+        f"holds too few documents to fill a batch in every logical shard; lower "
+        f"logical_shards.count (a divisor of BATCH_SIZE)"
+      )
     if len(parts) == 1:
       batch = {k: v.numpy() for k, v in parts[0].items()}
     else:
@@ -230,30 +304,41 @@ class DataIterator:
       tf.io.gfile.rename(tmp, final)
 
   def restore(self, directory: str) -> None:
-    names = [n.rstrip("/") for n in tf.io.gfile.listdir(directory)] \
-        if tf.io.gfile.isdir(directory) else []
-    if any(n.startswith("process_") for n in names) and not any(n.startswith("shard_")
-                                                                 for n in names):
+    names = (
+      [n.rstrip("/") for n in tf.io.gfile.listdir(directory)]
+      if tf.io.gfile.isdir(directory)
+      else []
+    )
+    if any(n.startswith("process_") for n in names) and not any(
+      n.startswith("shard_") for n in names
+    ):
       raise UserError(
-          f"the data position in {directory} was saved per process by an older version, which "
-          f"no other version can continue; pass --gin.train.allow_data_change=True to keep the "
-          f"model and optimizer state and restart the data stream, or use another MODEL_DIR")
+        f"the data position in {directory} was saved per process by an older version, which "
+        f"no other version can continue; pass --gin.train.allow_data_change=True to keep the "
+        f"model and optimizer state and restart the data stream, or use another MODEL_DIR"
+      )
     batches = set()
     for shard, checkpoint in self._checkpoints.items():
       path = self.shard_directory(directory, shard)
       state_path = os.path.join(path, self._STATE)
       if not tf.io.gfile.exists(state_path):
-        raise UserError(f"no data iterator checkpoint for logical shard {shard} in {directory} "
-                        f"(missing shard_{shard}/{self._STATE}); was logical_shards.count changed?")
+        raise UserError(
+          f"no data iterator checkpoint for logical shard {shard} in {directory} "
+          f"(missing shard_{shard}/{self._STATE}); was logical_shards.count changed?"
+        )
       try:
         checkpoint.read(os.path.join(path, self._PREFIX)).assert_consumed()
       except (tf.errors.OpError, AssertionError, ValueError) as e:
-        raise UserError(f"cannot restore the data iterator from {path}: "
-                        f"{first_line(e, limit=None)} (was the data config changed?)") from None
+        raise UserError(
+          f"cannot restore the data iterator from {path}: "
+          f"{first_line(e, limit=None)} (was the data config changed?)"
+        ) from None
       with tf.io.gfile.GFile(state_path) as f:
         batches.add(int(json.load(f)["batches"]))
     if len(batches) > 1:
-      raise UserError(f"the logical shards in {directory} were saved at different positions "
-                      f"({sorted(batches)} batches); the data state is damaged: use an earlier "
-                      f"checkpoint or --gin.train.allow_data_change=True")
+      raise UserError(
+        f"the logical shards in {directory} were saved at different positions "
+        f"({sorted(batches)} batches); the data state is damaged: use an earlier "
+        f"checkpoint or --gin.train.allow_data_change=True"
+      )
     self._batches = batches.pop()

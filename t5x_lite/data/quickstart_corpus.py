@@ -34,21 +34,34 @@ NUM_TRAIN_SHARDS = 4
 VALIDATION_PERCENT = 2
 VOCAB_SIZE = 4000
 # Parts of the stdlib whose docstrings are mostly test or generated noise.
-_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__",
-              "lib2to3", "ensurepip", "turtledemo"}
+_SKIP_DIRS = {
+  "test",
+  "tests",
+  "idle_test",
+  "site-packages",
+  "dist-packages",
+  "__pycache__",
+  "lib2to3",
+  "ensurepip",
+  "turtledemo",
+}
 _MIN_WORDS = 8
 
 
 def default_cache_dir() -> pathlib.Path:
   """`$T5X_LITE_CACHE/quickstart`, by default `~/.cache/t5x_lite/quickstart`."""
-  root = os.environ.get("T5X_LITE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "t5x_lite")
+  root = os.environ.get("T5X_LITE_CACHE") or os.path.join(
+    os.path.expanduser("~"), ".cache", "t5x_lite"
+  )
   return pathlib.Path(root) / "quickstart"
 
 
 def _is_prose(paragraph: str) -> bool:
   """A paragraph of sentences, not code, a table or a signature."""
   lines = paragraph.splitlines()
-  if any(l.lstrip().startswith((">>>", "...", "$ ", "#", "|", "+-", "==", "--", "..")) for l in lines):
+  if any(
+    l.lstrip().startswith((">>>", "...", "$ ", "#", "|", "+-", "==", "--", "..")) for l in lines
+  ):
     return False
   words = paragraph.split()
   if len(words) < _MIN_WORDS:
@@ -97,16 +110,29 @@ def _module_document(path: str) -> str:
 
 
 # Installed packages (our dependencies and theirs) whose docstrings add prose; absent ones are skipped.
-_PACKAGES = ("tensorflow", "keras", "numpy", "scipy", "jax", "flax", "optax", "orbax",
-             "tensorflow_datasets", "seqio")
+_PACKAGES = (
+  "tensorflow",
+  "keras",
+  "numpy",
+  "scipy",
+  "jax",
+  "flax",
+  "optax",
+  "orbax",
+  "tensorflow_datasets",
+  "seqio",
+)
 
 
 def _python_files(root: str) -> list[str]:
   files = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
-    files.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                 if f.endswith(".py") and not f.startswith("test_") and not f.endswith("_test.py"))
+    files.extend(
+      os.path.join(dirpath, f)
+      for f in sorted(filenames)
+      if f.endswith(".py") and not f.startswith("test_") and not f.endswith("_test.py")
+    )
   return files
 
 
@@ -128,8 +154,10 @@ def _topic_documents() -> list[tuple[str, str]]:
     from pydoc_data import topics
   except ImportError:
     return []
-  return [(f"topic:{name}", "\n".join(_clean_paragraphs(text)))
-          for name, text in sorted(topics.topics.items())]
+  return [
+    (f"topic:{name}", "\n".join(_clean_paragraphs(text)))
+    for name, text in sorted(topics.topics.items())
+  ]
 
 
 def collect_documents(log=None) -> list[tuple[str, str]]:
@@ -137,10 +165,16 @@ def collect_documents(log=None) -> list[tuple[str, str]]:
 
   With `log`, progress lines (modules read, rate, ETA) go there.
   """
-  keyed_files = [(f"{name}/{os.path.relpath(f, root)}", f)
-                 for name, root in _source_roots() for f in _python_files(root)]
-  bar = progress.Progress("reading docstrings", len(keyed_files), "modules", every_s=5,
-                          log=log) if log else None
+  keyed_files = [
+    (f"{name}/{os.path.relpath(f, root)}", f)
+    for name, root in _source_roots()
+    for f in _python_files(root)
+  ]
+  bar = (
+    progress.Progress("reading docstrings", len(keyed_files), "modules", every_s=5, log=log)
+    if log
+    else None
+  )
   texts = []
   with concurrent.futures.ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
     for text in pool.map(_module_document, [f for _, f in keyed_files], chunksize=32):
@@ -167,8 +201,10 @@ def _is_validation(key: str) -> bool:
 
 def corpus_patterns(cache_dir) -> dict[str, str]:
   cache_dir = pathlib.Path(cache_dir)
-  return {"train": str(cache_dir / "train-*.jsonl"),
-          "validation": str(cache_dir / "validation-*.jsonl")}
+  return {
+    "train": str(cache_dir / "train-*.jsonl"),
+    "validation": str(cache_dir / "validation-*.jsonl"),
+  }
 
 
 def vocab_path(cache_dir) -> str:
@@ -179,19 +215,25 @@ def _write_corpus(directory: pathlib.Path, log=None) -> dict[str, int]:
   docs = collect_documents(log)
   train = [t for k, t in docs if not _is_validation(k)]
   validation = [t for k, t in docs if _is_validation(k)]
-  shards = [(f"train-{i:05d}-of-{NUM_TRAIN_SHARDS:05d}.jsonl", train[i::NUM_TRAIN_SHARDS])
-            for i in range(NUM_TRAIN_SHARDS)]
+  shards = [
+    (f"train-{i:05d}-of-{NUM_TRAIN_SHARDS:05d}.jsonl", train[i::NUM_TRAIN_SHARDS])
+    for i in range(NUM_TRAIN_SHARDS)
+  ]
   shards.append(("validation-00000-of-00001.jsonl", validation))
   for name, texts in shards:
     with open(directory / name, "w", encoding="utf-8") as f:
       for t in texts:
         f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
-  return {"train_documents": len(train), "validation_documents": len(validation),
-          "bytes": sum(len(t.encode()) for _, t in docs)}
+  return {
+    "train_documents": len(train),
+    "validation_documents": len(validation),
+    "bytes": sum(len(t.encode()) for _, t in docs),
+  }
 
 
-def ensure_quickstart_assets(cache_dir=None, force: bool = False,
-                             log=None) -> tuple[dict[str, str], str]:
+def ensure_quickstart_assets(
+  cache_dir=None, force: bool = False, log=None
+) -> tuple[dict[str, str], str]:
   """Builds the corpus and its vocabulary once; returns (split -> file pattern, vocab path).
 
   With `log`, what is being built and its progress are reported there.
@@ -208,13 +250,16 @@ def ensure_quickstart_assets(cache_dir=None, force: bool = False,
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=cache_dir.name + ".tmp-", dir=cache_dir.parent))
     if log:
-      log(f"building the quickstart corpus and its vocabulary in {cache_dir} (once; about half a "
-          "minute)")
+      log(
+        f"building the quickstart corpus and its vocabulary in {cache_dir} (once; about half a "
+        "minute)"
+      )
     try:
       stats = _write_corpus(tmp, log)
       started = time.monotonic()
-      vocab_training.train_vocab(str(tmp / "train-*.jsonl"), str(tmp / "vocab"), VOCAB_SIZE,
-                                 input_format="jsonl", log=log)
+      vocab_training.train_vocab(
+        str(tmp / "train-*.jsonl"), str(tmp / "vocab"), VOCAB_SIZE, input_format="jsonl", log=log
+      )
       if log:
         log(f"trained the {VOCAB_SIZE}-piece vocabulary in {time.monotonic() - started:.0f}s")
       (tmp / "COMPLETE").write_text(json.dumps(stats) + "\n")
@@ -236,8 +281,9 @@ def main(argv=None) -> int:
   parser.add_argument("--force", action="store_true", help="rebuild even if complete")
   args = parser.parse_args(argv)
   try:
-    patterns, vocab = ensure_quickstart_assets(args.cache_dir, force=args.force,
-                                               log=progress.log_to_stderr)
+    patterns, vocab = ensure_quickstart_assets(
+      args.cache_dir, force=args.force, log=progress.log_to_stderr
+    )
   except OSError as e:
     raise UserError(f"cannot build the quickstart corpus: {e}") from None
   stats = json.loads((pathlib.Path(vocab).parent / "COMPLETE").read_text())

@@ -7,7 +7,7 @@ gin-configurable settings it calls) and `refresh()` rebuilds them all from the c
 are left untouched.
 """
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import seqio
 
@@ -15,7 +15,7 @@ from t5x_lite.errors import UserError
 
 # name -> (builder, prepare): `prepare` runs before reading (e.g. build the quickstart corpus,
 # check that a TFDS dataset exists) and raises UserError when the data cannot be found.
-_BUILDERS: dict[str, tuple[Callable[[], seqio.Task], Optional[Callable[[], None]]]] = {}
+_BUILDERS: dict[str, tuple[Callable[[], seqio.Task], Callable[[], None] | None]] = {}
 
 
 def _register(name: str) -> None:
@@ -25,12 +25,14 @@ def _register(name: str) -> None:
   seqio.TaskRegistry.add_provider(name, task)
 
 
-def task_builder(name: str, prepare: Optional[Callable[[], None]] = None):
+def task_builder(name: str, prepare: Callable[[], None] | None = None):
   """Decorator: registers `name` now (with gin defaults) and again at every `refresh()`."""
+
   def decorate(builder):
     _BUILDERS[name] = (builder, prepare)
     _register(name)
     return builder
+
   return decorate
 
 
@@ -42,8 +44,10 @@ def refresh(mixture_or_task_name: str):
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
   except ValueError:
     known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
-    raise UserError(f"unknown task or mixture {mixture_or_task_name!r}; registered: "
-                    f"{', '.join(known) or 'none (was `t5x_lite.tasks` imported?)'}") from None
+    raise UserError(
+      f"unknown task or mixture {mixture_or_task_name!r}; registered: "
+      f"{', '.join(known) or 'none (was `t5x_lite.tasks` imported?)'}"
+    ) from None
   for task in leaf_tasks(provider):
     prepare = _BUILDERS.get(task.name, (None, None))[1]
     if prepare:
@@ -54,4 +58,3 @@ def refresh(mixture_or_task_name: str):
 def leaf_tasks(provider) -> list[seqio.Task]:
   """The tasks a task or mixture reads."""
   return provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-

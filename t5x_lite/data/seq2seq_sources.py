@@ -8,9 +8,9 @@ py_function), so the data position is checkpointable; `row_stats` counts what wa
 (`inspect_data --stats`). An empty or unreadable file is a one-line error before training starts.
 """
 
+from collections.abc import Mapping
 import gzip
 import os
-from typing import Mapping, Optional
 
 import gin
 import seqio
@@ -25,8 +25,11 @@ _READ_BATCH = 256
 
 
 @gin.configurable("seq2seq_files")
-def seq2seq_files_config(train_files: Optional[str] = None, eval_files: Optional[str] = None,
-                         vocabulary: Optional[str] = None) -> dict:
+def seq2seq_files_config(
+  train_files: str | None = None,
+  eval_files: str | None = None,
+  vocabulary: str | None = None,
+) -> dict:
   """File patterns (comma-separated globs) of the train and eval splits, and the SentencePiece
   model to tokenize with (None: the initial checkpoint's, see t5x_lite/finetune_init.py)."""
   return {"train": train_files, "validation": eval_files, "vocabulary": vocabulary}
@@ -63,9 +66,11 @@ def _lines(path: str) -> tf.data.Dataset:
 
 def read_examples(path: str, fmt: str) -> tf.data.Dataset:
   """The valid rows of one file as {"inputs": str, "targets": str}."""
+
   def parse(lines):
     inputs, targets, valid, _ = _parse(lines, fmt)
     return {"inputs": tf.boolean_mask(inputs, valid), "targets": tf.boolean_mask(targets, valid)}
+
   return _lines(path).batch(_READ_BATCH).map(parse).unbatch()
 
 
@@ -85,7 +90,7 @@ def _check_readable(path: str) -> None:
 class Seq2SeqFiles(seqio.DataSource):
   """Train and validation file patterns of one seq2seq task (see the module docstring)."""
 
-  def __init__(self, split_to_pattern: Mapping[str, Optional[str]]):
+  def __init__(self, split_to_pattern: Mapping[str, str | None]):
     self._patterns = dict(split_to_pattern)
     super().__init__(splits=SPLITS, num_input_examples=None)
 
@@ -113,8 +118,15 @@ class Seq2SeqFiles(seqio.DataSource):
           file_format(path)
           _check_readable(path)
 
-  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
-                  shard_info: Optional[seqio.ShardInfo] = None, *args, **kwargs) -> tf.data.Dataset:
+  def get_dataset(
+    self,
+    split: str = "train",
+    shuffle: bool = True,
+    seed: int | None = None,
+    shard_info: seqio.ShardInfo | None = None,
+    *args,
+    **kwargs,
+  ) -> tf.data.Dataset:
     files = self.list_shards(split)
     datasets = [read_examples(path, file_format(path)) for path in files]
     ds = datasets[0]

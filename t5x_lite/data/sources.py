@@ -5,8 +5,8 @@ documents removed. Reading is pure TF (no py_function), so iterator checkpoints 
 The gin-configurable `*_config` functions hold the locations; tasks call them when (re)built.
 """
 
+from collections.abc import Callable, Mapping
 import os
-from typing import Callable, Mapping, Optional
 
 import gin
 import numpy as np
@@ -20,26 +20,29 @@ SPLITS = ("train", "validation")
 
 
 @gin.configurable("c4_tfds")
-def c4_tfds_config(data_dir: Optional[str] = None, version: str = "3.1.0"):
+def c4_tfds_config(data_dir: str | None = None, version: str = "3.1.0"):
   """TFDS `c4/en` prepared under `data_dir` (local or gs://); None means TFDS's default dir."""
   return data_dir, version
 
 
 @gin.configurable("c4_json")
-def c4_json_config(data_dir: Optional[str] = None):
+def c4_json_config(data_dir: str | None = None):
   """Directory holding `c4-train.*-of-*.json.gz` and `c4-validation.*-of-*.json.gz`."""
   return data_dir
 
 
 @gin.configurable("text_corpus")
-def text_corpus_config(train_files: Optional[str] = None, validation_files: Optional[str] = None):
+def text_corpus_config(train_files: str | None = None, validation_files: str | None = None):
   """File patterns of plain-text corpora: one document per line (.gz files are decompressed)."""
   return {"train": train_files, "validation": validation_files}
 
 
 @gin.configurable("jsonl_corpus")
-def jsonl_corpus_config(train_files: Optional[str] = None, validation_files: Optional[str] = None,
-                        text_field: str = "text"):
+def jsonl_corpus_config(
+  train_files: str | None = None,
+  validation_files: str | None = None,
+  text_field: str = "text",
+):
   """File patterns of JSON-lines corpora, the document text in `text_field`."""
   return {"train": train_files, "validation": validation_files}, text_field
 
@@ -60,7 +63,7 @@ def _lines(path):
   return tf.data.TextLineDataset(path, compression_type=compression)
 
 
-def _read_batched(path, decode, shard_info: Optional[seqio.ShardInfo] = None) -> tf.data.Dataset:
+def _read_batched(path, decode, shard_info: seqio.ShardInfo | None = None) -> tf.data.Dataset:
   """Documents of one file: `decode` maps a batch of lines to a batch of valid UTF-8 texts.
 
   With `shard_info`, only every num_shards-th line (from the index-th) is decoded.
@@ -68,9 +71,11 @@ def _read_batched(path, decode, shard_info: Optional[seqio.ShardInfo] = None) ->
   lines = _lines(path)
   if shard_info is not None:
     lines = lines.shard(shard_info.num_shards, shard_info.index)
-  return (lines.batch(READ_BATCH)
-          .map(lambda lines: clean_texts(decode(lines)), num_parallel_calls=tf.data.AUTOTUNE)
-          .unbatch())
+  return (
+    lines.batch(READ_BATCH)
+    .map(lambda lines: clean_texts(decode(lines)), num_parallel_calls=tf.data.AUTOTUNE)
+    .unbatch()
+  )
 
 
 def text_lines_reader(path, shard_info=None) -> tf.data.Dataset:
@@ -79,29 +84,40 @@ def text_lines_reader(path, shard_info=None) -> tf.data.Dataset:
 
 def jsonl_reader(text_field: str) -> Callable[..., tf.data.Dataset]:
   def read(path, shard_info=None):
-    return _read_batched(path, lambda lines: text_decoding.json_string_fields(lines, text_field),
-                         shard_info)
+    return _read_batched(
+      path, lambda lines: text_decoding.json_string_fields(lines, text_field), shard_info
+    )
+
   return read
 
 
 class CorpusFiles(seqio.FileDataSource):
   """A FileDataSource whose missing or unconfigured file patterns are one-line user errors."""
 
-  def __init__(self, split_to_pattern: Mapping[str, Optional[str]], json_field: Optional[str],
-               setting: str):
+  def __init__(
+    self, split_to_pattern: Mapping[str, str | None], json_field: str | None, setting: str
+  ):
     self.json_field = json_field  # None: plain text, one document per line.
     self._setting = setting  # The gin binding to suggest when a split has no pattern.
     self._patterns = dict(split_to_pattern)
     self._read = jsonl_reader(json_field) if json_field else text_lines_reader
-    super().__init__(read_file_fn=self._read,
-                     split_to_filepattern={s: p or "" for s, p in split_to_pattern.items()})
+    super().__init__(
+      read_file_fn=self._read,
+      split_to_filepattern={s: p or "" for s, p in split_to_pattern.items()},
+    )
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
     return True  # more shards than files: each file is split by lines (get_dataset)
 
-  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
-                  shard_info: Optional[seqio.ShardInfo] = None, **kwargs) -> tf.data.Dataset:
+  def get_dataset(
+    self,
+    split: str = "train",
+    shuffle: bool = True,
+    seed: int | None = None,
+    shard_info: seqio.ShardInfo | None = None,
+    **kwargs,
+  ) -> tf.data.Dataset:
     files = self.list_shards(split)
     if shard_info is None or len(files) >= shard_info.num_shards:
       return super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
@@ -111,9 +127,12 @@ class CorpusFiles(seqio.FileDataSource):
     files_ds = tf.data.Dataset.from_tensor_slices(np.array(files, dtype=str))
     if shuffle:
       files_ds = files_ds.shuffle(len(files), seed=seed)
-    return files_ds.interleave(lambda path: self._read(path, shard_info),
-                               cycle_length=self._cycle_length, block_length=self._block_length,
-                               num_parallel_calls=tf.data.AUTOTUNE)
+    return files_ds.interleave(
+      lambda path: self._read(path, shard_info),
+      cycle_length=self._cycle_length,
+      block_length=self._block_length,
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
   def list_shards(self, split: str):
     pattern = self._patterns.get(split)
@@ -127,26 +146,26 @@ class CorpusFiles(seqio.FileDataSource):
 
 def c4_json_source() -> CorpusFiles:
   data_dir = c4_json_config()
-  patterns = {s: os.path.join(data_dir, f"c4-{s}.*-of-*.json.gz") if data_dir else None
-              for s in SPLITS}
+  patterns = {
+    s: os.path.join(data_dir, f"c4-{s}.*-of-*.json.gz") if data_dir else None for s in SPLITS
+  }
   return CorpusFiles(patterns, "text", "c4_json.data_dir")
 
 
 def text_source() -> CorpusFiles:
-  return CorpusFiles(text_corpus_config(), None,
-                     "text_corpus.train_files / text_corpus.validation_files")
+  return CorpusFiles(
+    text_corpus_config(), None, "text_corpus.train_files / text_corpus.validation_files"
+  )
 
 
 def jsonl_source() -> CorpusFiles:
   patterns, field = jsonl_corpus_config()
-  return CorpusFiles(patterns, field,
-                     "jsonl_corpus.train_files / jsonl_corpus.validation_files")
+  return CorpusFiles(patterns, field, "jsonl_corpus.train_files / jsonl_corpus.validation_files")
 
 
 def c4_tfds_source() -> seqio.TfdsDataSource:
   data_dir, version = c4_tfds_config()
-  return seqio.TfdsDataSource(tfds_name=f"c4/en:{version}", tfds_data_dir=data_dir,
-                              splits=SPLITS)
+  return seqio.TfdsDataSource(tfds_name=f"c4/en:{version}", tfds_data_dir=data_dir, splits=SPLITS)
 
 
 def check_c4_tfds() -> None:
@@ -154,18 +173,20 @@ def check_c4_tfds() -> None:
   data_dir, version = c4_tfds_config()
   if data_dir is None:
     import tensorflow_datasets as tfds
+
     data_dir = tfds.core.constants.DATA_DIR
   base = os.path.join(os.path.expanduser(data_dir), "c4", "en")
   if not tf.io.gfile.exists(os.path.join(base, version, "dataset_info.json")):
     found = sorted(tf.io.gfile.listdir(base)) if tf.io.gfile.isdir(base) else []
     found = [v.rstrip("/") for v in found if v[:1].isdigit()]
     raise UserError(
-        f"TFDS dataset c4/en:{version} not found in {data_dir} (no {base}/{version}/dataset_info.json; "
-        f"versions there: {', '.join(found) or 'none'}); bind c4_tfds.data_dir / c4_tfds.version "
-        "or prepare it with `tfds build c4/en`")
+      f"TFDS dataset c4/en:{version} not found in {data_dir} (no {base}/{version}/dataset_info.json; "
+      f"versions there: {', '.join(found) or 'none'}); bind c4_tfds.data_dir / c4_tfds.version "
+      "or prepare it with `tfds build c4/en`"
+    )
 
 
-def document_stats(source: "CorpusFiles", split: str, max_documents: Optional[int] = None):
+def document_stats(source: "CorpusFiles", split: str, max_documents: int | None = None):
   """Counts over the raw lines of a file source: documents kept, empty ones skipped, bad bytes.
 
   The training path repairs and skips silently (counters would make it stateful); this scan
@@ -174,15 +195,21 @@ def document_stats(source: "CorpusFiles", split: str, max_documents: Optional[in
   field = source.json_field
 
   def line_stats(line):
-    text = text_decoding.json_string_field(line, field) if field else text_decoding.repair_utf8(line)
+    text = (
+      text_decoding.json_string_field(line, field) if field else text_decoding.repair_utf8(line)
+    )
     return text_decoding.count_invalid_utf8(line), tf.strings.length(tf.strings.strip(text))
 
   files = source.list_shards(split)
   ds = tf.data.Dataset.from_tensor_slices(files).flat_map(_lines).map(line_stats)
   if max_documents:
     ds = ds.take(max_documents)
-  stats = {"documents": 0, "empty_skipped": 0, "documents_with_invalid_utf8": 0,
-           "invalid_utf8_sequences_replaced": 0}
+  stats = {
+    "documents": 0,
+    "empty_skipped": 0,
+    "documents_with_invalid_utf8": 0,
+    "invalid_utf8_sequences_replaced": 0,
+  }
   for bad, length in ds.batch(1024).as_numpy_iterator():
     stats["documents"] += int((length > 0).sum())
     stats["empty_skipped"] += int((length == 0).sum())

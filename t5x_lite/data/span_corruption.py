@@ -28,8 +28,9 @@ def span_corruption_config(noise_density: float = 0.15, mean_noise_span_length: 
   if not 0.0 < noise_density < 1.0:
     raise UserError(f"span_corruption_config.noise_density must be in (0, 1), got {noise_density}")
   if mean_noise_span_length < 1.0:
-    raise UserError(f"span_corruption_config.mean_noise_span_length must be >= 1, "
-                    f"got {mean_noise_span_length}")
+    raise UserError(
+      f"span_corruption_config.mean_noise_span_length must be >= 1, got {mean_noise_span_length}"
+    )
   return noise_density, mean_noise_span_length
 
 
@@ -41,27 +42,35 @@ def _num_noise(length: int, noise_density: float, mean_noise_span_length: float)
   return num_noise, min(max(num_spans, 1), num_noise, length - num_noise)
 
 
-def corrupted_lengths(raw_length: int, noise_density: float = 0.15,
-                      mean_noise_span_length: float = 3.0) -> tuple[int, int]:
+def corrupted_lengths(
+  raw_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
   """(inputs, targets) lengths, EOS included, that a raw segment of `raw_length` tokens becomes."""
   num_noise, num_spans = _num_noise(raw_length, noise_density, mean_noise_span_length)
   # Inputs: kept tokens + one sentinel per noise span + EOS; targets: noise + sentinels + EOS.
   return raw_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
 
-def raw_length_for(inputs_length: int, targets_length: int, noise_density: float = 0.15,
-                   mean_noise_span_length: float = 3.0) -> int:
+def raw_length_for(
+  inputs_length: int,
+  targets_length: int,
+  noise_density: float = 0.15,
+  mean_noise_span_length: float = 3.0,
+) -> int:
   """The longest raw segment whose corrupted inputs and targets fit the feature lengths.
 
   For inputs 512 / targets 114 at density 0.15 and mean span 3.0 this is 568.
   """
+
   def fits(n):
     i, t = corrupted_lengths(n, noise_density, mean_noise_span_length)
     return i <= inputs_length and t <= targets_length
 
   if not fits(1):
-    raise ValueError(f"feature lengths inputs={inputs_length}, targets={targets_length} are too short "
-                     "for span corruption")
+    raise ValueError(
+      f"feature lengths inputs={inputs_length}, targets={targets_length} are too short "
+      "for span corruption"
+    )
   n = 1
   while fits(n + 1):
     n += 1
@@ -89,21 +98,25 @@ def _random_cuts(num_items, num_segments, width, seed):
   width = tf.maximum(width, 1)
   cols = tf.range(width)[tf.newaxis, :]
   # Random keys made distinct by the column, so the top num_segments-1 are exactly that many.
-  keys = tf.random.stateless_uniform([rows, width], seed, minval=0,
-                                     maxval=tf.maximum((2**31 - 1) // width, 1),
-                                     dtype=tf.int32) * width + cols
+  keys = (
+    tf.random.stateless_uniform(
+      [rows, width], seed, minval=0, maxval=tf.maximum((2**31 - 1) // width, 1), dtype=tf.int32
+    )
+    * width
+    + cols
+  )
   valid = tf.logical_and(cols >= 1, cols < num_items[:, tf.newaxis])
   keys = tf.where(valid, keys, -1)
   need = num_segments - 1
   # top_k with the largest count needed (a partial sort) is much cheaper than a full sort.
   ranked = tf.math.top_k(keys, k=tf.maximum(tf.reduce_max(need), 1), sorted=True).values
   threshold = tf.gather(ranked, tf.maximum(need - 1, 0), axis=1, batch_dims=1)
-  return tf.logical_and(tf.logical_and(valid, keys >= threshold[:, tf.newaxis]),
-                        (need > 0)[:, tf.newaxis])
+  return tf.logical_and(
+    tf.logical_and(valid, keys >= threshold[:, tf.newaxis]), (need > 0)[:, tf.newaxis]
+  )
 
 
-def batched_noise_mask(lengths, width, noise_density: float, mean_noise_span_length: float,
-                       seeds):
+def batched_noise_mask(lengths, width, noise_density: float, mean_noise_span_length: float, seeds):
   """Bool [rows, width] noise masks, one per row of `lengths` (False past a row's length).
 
   Each row alternates non-noise / noise spans, starting with non-noise, with the counts of
@@ -118,8 +131,9 @@ def batched_noise_mask(lengths, width, noise_density: float, mean_noise_span_len
   rows = tf.shape(lengths)[0]
   # Gaps only exist below the item counts, so the cut matrices need only that many columns.
   noise_cuts = tf.where(_random_cuts(num_noise, num_spans, tf.reduce_max(num_noise), seeds[0]))
-  nonnoise_cuts = tf.where(_random_cuts(num_nonnoise, num_spans, tf.reduce_max(num_nonnoise),
-                                        seeds[1]))
+  nonnoise_cuts = tf.where(
+    _random_cuts(num_nonnoise, num_spans, tf.reduce_max(num_nonnoise), seeds[1])
+  )
   # Both have num_spans-1 cuts per row, listed in row-major order, so they pair up: the s-th
   # pair is where non-noise span s ends (E[s], counted in non-noise tokens) and where noise
   # span s+1 starts (B[s+1], counted in noise tokens). With E[S-1] = num_nonnoise and B[0] = 0,
@@ -129,16 +143,21 @@ def batched_noise_mask(lengths, width, noise_density: float, mean_noise_span_len
   starts = tf.cast(noise_cuts[:, 1], tf.int32)
   # E[s+1] for each pair: the next pair's end in the same row, else num_nonnoise.
   next_same_row = tf.concat([tf.equal(row_ids[1:], row_ids[:-1]), [False]], axis=0)
-  next_ends = tf.where(next_same_row, tf.concat([ends[1:], [0]], axis=0),
-                       tf.gather(num_nonnoise, row_ids))
+  next_ends = tf.where(
+    next_same_row, tf.concat([ends[1:], [0]], axis=0), tf.gather(num_nonnoise, row_ids)
+  )
   # E[0] per row: the first non-noise cut, or num_nonnoise when there is a single span.
   # (Rows without cuts get the dtype's maximum from the segment min.)
   first_ends = tf.minimum(tf.math.unsorted_segment_min(ends, row_ids, rows), num_nonnoise)
   row_range = tf.range(rows)
-  indices = tf.concat([tf.stack([row_range, first_ends], axis=1),       # noise span 0 begins
-                       tf.stack([row_ids, next_ends + starts], axis=1),  # noise span s+1 begins
-                       tf.stack([row_ids, ends + starts], axis=1)],      # noise span s ends
-                      axis=0)
+  indices = tf.concat(
+    [
+      tf.stack([row_range, first_ends], axis=1),  # noise span 0 begins
+      tf.stack([row_ids, next_ends + starts], axis=1),  # noise span s+1 begins
+      tf.stack([row_ids, ends + starts], axis=1),
+    ],  # noise span s ends
+    axis=0,
+  )
   updates = tf.concat([tf.ones_like(row_range), tf.ones_like(ends), -tf.ones_like(ends)], axis=0)
   deltas = tf.scatter_nd(indices, updates, tf.stack([rows, width]))
   inside = tf.range(width)[tf.newaxis, :] < orig_lengths[:, tf.newaxis]
@@ -151,8 +170,9 @@ def noise_mask(length, noise_density: float, mean_noise_span_length: float, seed
   Counts follow `_num_noise`: round(length*density) noise tokens in round(noise/mean) spans.
   """
   length = tf.cast(length, tf.int32)
-  mask = batched_noise_mask(length[tf.newaxis], tf.maximum(length, 2), noise_density,
-                            mean_noise_span_length, seeds)
+  mask = batched_noise_mask(
+    length[tf.newaxis], tf.maximum(length, 2), noise_density, mean_noise_span_length, seeds
+  )
   return mask[0, :length]
 
 
@@ -167,8 +187,13 @@ def _replace_spans_with_sentinels(tokens, mask, inside, first_sentinel):
   return tf.ragged.boolean_mask(tokens, keep)
 
 
-def span_corrupt_batch(tokens: tf.RaggedTensor, seeds, vocab_size: int, noise_density: float,
-                       mean_noise_span_length: float):
+def span_corrupt_batch(
+  tokens: tf.RaggedTensor,
+  seeds,
+  vocab_size: int,
+  noise_density: float,
+  mean_noise_span_length: float,
+):
   """Ragged (inputs, targets) for a ragged [rows, None] batch of segments, all at once."""
   lengths = tf.cast(tokens.row_lengths(), tf.int32)
   dense = tokens.to_tensor()
@@ -179,16 +204,23 @@ def span_corrupt_batch(tokens: tf.RaggedTensor, seeds, vocab_size: int, noise_de
   inside = tf.range(mask_width)[tf.newaxis, :] < lengths[:, tf.newaxis]
   first_sentinel = tf.cast(vocab_size - 1, dense.dtype)
   inputs = _replace_spans_with_sentinels(dense, mask, inside, first_sentinel)
-  targets = _replace_spans_with_sentinels(dense, tf.logical_and(inside, tf.logical_not(mask)),
-                                          inside, first_sentinel)
+  targets = _replace_spans_with_sentinels(
+    dense, tf.logical_and(inside, tf.logical_not(mask)), inside, first_sentinel
+  )
   return inputs, targets
 
 
-def span_corrupt_fn(tokens, seeds, vocab_size: int, noise_density: float,
-                    mean_noise_span_length: float):
+def span_corrupt_fn(
+  tokens, seeds, vocab_size: int, noise_density: float, mean_noise_span_length: float
+):
   """(inputs, targets) for one segment; extra_id_0 is `vocab_size - 1`."""
-  inputs, targets = span_corrupt_batch(tf.RaggedTensor.from_tensor(tokens[tf.newaxis]), seeds,
-                                       vocab_size, noise_density, mean_noise_span_length)
+  inputs, targets = span_corrupt_batch(
+    tf.RaggedTensor.from_tensor(tokens[tf.newaxis]),
+    seeds,
+    vocab_size,
+    noise_density,
+    mean_noise_span_length,
+  )
   return inputs[0], targets[0]
 
 
@@ -199,8 +231,9 @@ def span_corrupt(ds, output_features, noise_density, mean_noise_span_length):
 
   @seqio.map_over_dataset(num_seeds=2)
   def corrupt(segments, seeds):
-    inputs, targets = span_corrupt_batch(segments, seeds, vocab_size, noise_density,
-                                         mean_noise_span_length)
+    inputs, targets = span_corrupt_batch(
+      segments, seeds, vocab_size, noise_density, mean_noise_span_length
+    )
     return {"inputs": inputs, "targets": targets}
 
   return corrupt(ds).unbatch()
@@ -213,8 +246,9 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length, output_features) 
   configurable `span_corruption_config` when the dataset is built.
   """
   noise_density, mean_span = span_corruption_config()
-  raw_length = raw_length_for(sequence_length["inputs"], sequence_length["targets"],
-                              noise_density, mean_span)
+  raw_length = raw_length_for(
+    sequence_length["inputs"], sequence_length["targets"], noise_density, mean_span
+  )
   # Chunk selection, concatenation and splitting run once per group of documents, and each
   # group's segments are corrupted as one ragged batch: per-op overhead is paid per group.
   ds = dataset.map(lambda x: x["targets"]).ragged_batch(CONCAT_GROUP_SIZE)
@@ -229,8 +263,9 @@ def _chunk_and_split_groups(docs, seed, raw_length: int, max_length: int = MAX_C
   n = docs.row_lengths()
   num_chunks = tf.maximum((n + max_length - 1) // max_length, 1)
   u = tf.random.stateless_uniform(tf.shape(n), seed, dtype=tf.float64)
-  chunk = tf.minimum(tf.cast(tf.floor(u * tf.cast(num_chunks, tf.float64)), tf.int64),
-                     num_chunks - 1)
+  chunk = tf.minimum(
+    tf.cast(tf.floor(u * tf.cast(num_chunks, tf.float64)), tf.int64), num_chunks - 1
+  )
   begin = docs.row_starts() + max_length * chunk
   end = docs.row_starts() + tf.minimum(n, max_length * (chunk + 1))
   tokens = tf.gather(docs.flat_values, tf.ragged.range(begin, end).flat_values)
@@ -240,22 +275,24 @@ def _chunk_and_split_groups(docs, seed, raw_length: int, max_length: int = MAX_C
   return tf.RaggedTensor.from_row_splits(tokens, splits)
 
 
-def span_corruption_task(name: str, source: seqio.DataSource,
-                         vocabulary: seqio.Vocabulary) -> seqio.Task:
+def span_corruption_task(
+  name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary
+) -> seqio.Task:
   """A T5-style span-corruption Task over a source of {"text": ...} documents."""
   return seqio.Task(
-      name,
-      source=source,
-      preprocessors=[
-          functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-          seqio.preprocessors.tokenize,
-          # Everything after this is redone each epoch (new chunks and masks).
-          seqio.CacheDatasetPlaceholder(),
-          span_corruption,
-          seqio.preprocessors.append_eos_after_trim,
-      ],
-      output_features={
-          "inputs": seqio.Feature(vocabulary, add_eos=True, required=False),
-          "targets": seqio.Feature(vocabulary, add_eos=True),
-      },
-      metric_fns=[])
+    name,
+    source=source,
+    preprocessors=[
+      functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+      seqio.preprocessors.tokenize,
+      # Everything after this is redone each epoch (new chunks and masks).
+      seqio.CacheDatasetPlaceholder(),
+      span_corruption,
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    output_features={
+      "inputs": seqio.Feature(vocabulary, add_eos=True, required=False),
+      "targets": seqio.Feature(vocabulary, add_eos=True),
+    },
+    metric_fns=[],
+  )

@@ -18,14 +18,16 @@ _SIMPLE_ESCAPES = {'"': '"', "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r
 
 def repair_utf8(text):
   """Replaces every invalid UTF-8 sequence by U+FFFD (never fails)."""
-  return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace",
-                                      replacement_char=REPLACEMENT_CHAR)
+  return tf.strings.unicode_transcode(
+    text, "UTF-8", "UTF-8", errors="replace", replacement_char=REPLACEMENT_CHAR
+  )
 
 
 def count_invalid_utf8(text):
   """Number of invalid UTF-8 sequences in a scalar string (what `repair_utf8` replaces)."""
-  cps = tf.strings.unicode_decode(text, "UTF-8", errors="replace",
-                                  replacement_char=REPLACEMENT_CHAR)
+  cps = tf.strings.unicode_decode(
+    text, "UTF-8", errors="replace", replacement_char=REPLACEMENT_CHAR
+  )
   replaced = tf.reduce_sum(tf.cast(tf.equal(cps, REPLACEMENT_CHAR), tf.int32))
   # U+FFFD characters that were already in the text are not repairs.
   literal = tf.size(tf.strings.split(text, sep="\ufffd")) - 1
@@ -39,9 +41,11 @@ def _shift(x, k, fill=0):
 
 def _hex_value(c):
   """Value of a hex-digit code point, -1 if it is not one."""
-  return tf.where((c >= 48) & (c <= 57), c - 48,
-                  tf.where((c >= 97) & (c <= 102), c - 87,
-                           tf.where((c >= 65) & (c <= 70), c - 55, -1)))
+  return tf.where(
+    (c >= 48) & (c <= 57),
+    c - 48,
+    tf.where((c >= 97) & (c <= 102), c - 87, tf.where((c >= 65) & (c <= 70), c - 55, -1)),
+  )
 
 
 def _unescape_codepoints(cps, row_ids):
@@ -70,16 +74,25 @@ def _unescape_codepoints(cps, row_ids):
   def unicode_escape(k):
     """(is a \\u escape with four hex digits at i+k, its value)."""
     digits = [_hex_value(at(k + 2 + j)) for j in range(4)]
-    valid = (tf.equal(at(k), _BACKSLASH) & tf.equal(at(k + 1), ord("u"))
-             & tf.reduce_all(tf.stack([d >= 0 for d in digits]), axis=0))
+    valid = (
+      tf.equal(at(k), _BACKSLASH)
+      & tf.equal(at(k + 1), ord("u"))
+      & tf.reduce_all(tf.stack([d >= 0 for d in digits]), axis=0)
+    )
     val = digits[0] * 4096 + digits[1] * 256 + digits[2] * 16 + digits[3]
     return valid, val
 
   is_u, u_val = unicode_escape(0)
   is_u &= is_escape
   low_ok, low_val = unicode_escape(6)
-  is_pair = is_u & (u_val >= 0xD800) & (u_val <= 0xDBFF) & low_ok & (low_val >= 0xDC00) & (
-      low_val <= 0xDFFF)
+  is_pair = (
+    is_u
+    & (u_val >= 0xD800)
+    & (u_val <= 0xDBFF)
+    & low_ok
+    & (low_val >= 0xDC00)
+    & (low_val <= 0xDFFF)
+  )
   pair_val = 0x10000 + (u_val - 0xD800) * 1024 + (low_val - 0xDC00)
   value = tf.where(is_pair, pair_val, tf.where(is_u, u_val, value))
   length = tf.where(is_pair, 12, tf.where(is_u, 6, length))
@@ -126,8 +139,7 @@ def _unescape_json_bodies(bodies):
   code points, the rest through string replacements (an order of magnitude cheaper)."""
   has_u = tf.where(tf.strings.regex_full_match(bodies, r"(?s).*\\u.*"))
   decoded = _unescape_simple(bodies)
-  return tf.tensor_scatter_nd_update(decoded, has_u,
-                                     _unescape_bodies(tf.gather_nd(bodies, has_u)))
+  return tf.tensor_scatter_nd_update(decoded, has_u, _unescape_bodies(tf.gather_nd(bodies, has_u)))
 
 
 def json_string_fields(lines, field: str):
@@ -150,11 +162,9 @@ def json_string_fields(lines, field: str):
   row_length = tf.gather(tf.cast(parts.row_lengths(), tf.int32), rows)
   colon_next = tf.strings.regex_full_match(_shift(flat, 1, ""), r"\s*:\s*")
   # The value literal at position+2 must be closed, i.e. followed by one more part.
-  is_key = ((position % 2 == 1) & tf.equal(flat, field) & colon_next
-            & (position + 3 < row_length))
+  is_key = (position % 2 == 1) & tf.equal(flat, field) & colon_next & (position + 3 < row_length)
   big = tf.size(flat) + 2
-  first_key = tf.math.unsorted_segment_min(tf.where(is_key, index, big), rows,
-                                           tf.size(lines))
+  first_key = tf.math.unsorted_segment_min(tf.where(is_key, index, big), rows, tf.size(lines))
   found = first_key < big
   bodies = tf.where(found, tf.gather(flat, tf.where(found, first_key + 2, 0)), "")
   return _unescape_json_bodies(bodies)

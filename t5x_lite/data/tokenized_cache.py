@@ -15,10 +15,10 @@ file), each written to a temporary name and renamed, so a killed writer loses no
 rerun (or other workers, `--worker_id/--num_workers`) skips the shards that exist.
 """
 
+from collections.abc import Sequence
 import hashlib
 import json
 import os
-from typing import Optional, Sequence
 
 import gin
 import numpy as np
@@ -36,7 +36,7 @@ _COMPLETED = "COMPLETED"
 
 
 @gin.configurable("tokenized_cache")
-def tokenized_cache_config(cache_dir: Optional[str] = None) -> Optional[str]:
+def tokenized_cache_config(cache_dir: str | None = None) -> str | None:
   """Directory of pre-tokenized caches; when set, training reads tasks from it."""
   return cache_dir
 
@@ -55,8 +55,9 @@ def vocabulary_digest(task: seqio.Task) -> str:
 
 def _example(tokens) -> bytes:
   feature = tf.train.Feature(int64_list=tf.train.Int64List(value=tokens))
-  return tf.train.Example(features=tf.train.Features(feature={"targets": feature})
-                          ).SerializeToString()
+  return tf.train.Example(
+    features=tf.train.Features(feature={"targets": feature})
+  ).SerializeToString()
 
 
 def _num_source_shards(task: seqio.Task, split: str) -> int:
@@ -69,8 +70,9 @@ def _num_source_shards(task: seqio.Task, split: str) -> int:
 def _shard_paths(out_dir: str, split: str, index: int, num_shards: int) -> tuple[str, str]:
   """(cache file, its stats file) of one output shard."""
   names = (_SHARD, _SHARD_STATS)
-  return tuple(os.path.join(out_dir, n.format(split=split, index=index, num_shards=num_shards))
-               for n in names)
+  return tuple(
+    os.path.join(out_dir, n.format(split=split, index=index, num_shards=num_shards)) for n in names
+  )
 
 
 def _read_json(path: str) -> dict:
@@ -88,9 +90,11 @@ _NO_STATS = {"examples": 0, "targets_tokens": 0, "targets_max_tokens": 0}
 
 def _merged(a: dict, b: dict) -> dict:
   """Stats of two disjoint sets of documents together (seqio's cache stats keys)."""
-  return {"examples": a["examples"] + b["examples"],
-          "targets_tokens": a["targets_tokens"] + b["targets_tokens"],
-          "targets_max_tokens": max(a["targets_max_tokens"], b["targets_max_tokens"])}
+  return {
+    "examples": a["examples"] + b["examples"],
+    "targets_tokens": a["targets_tokens"] + b["targets_tokens"],
+    "targets_max_tokens": max(a["targets_max_tokens"], b["targets_max_tokens"]),
+  }
 
 
 def write_shard(task: seqio.Task, split: str, index: int, num_shards: int, out_dir: str) -> dict:
@@ -98,8 +102,9 @@ def write_shard(task: seqio.Task, split: str, index: int, num_shards: int, out_d
   path, stats_path = _shard_paths(out_dir, split, index, num_shards)
   if tf.io.gfile.exists(stats_path):  # Written last: the shard is complete.
     return _read_json(stats_path)
-  ds = task.source.get_dataset(split=split, shuffle=False,
-                               shard_info=seqio.ShardInfo(index=index, num_shards=num_shards))
+  ds = task.source.get_dataset(
+    split=split, shuffle=False, shard_info=seqio.ShardInfo(index=index, num_shards=num_shards)
+  )
   ds = task.preprocess_precache(ds, seed=None)
   # Batched, so Python handles one ragged batch per step rather than one tensor per document.
   ds = ds.map(lambda ex: ex["targets"], num_parallel_calls=tf.data.AUTOTUNE).ragged_batch(256)
@@ -111,8 +116,14 @@ def write_shard(task: seqio.Task, split: str, index: int, num_shards: int, out_d
       for begin, end in zip(splits[:-1], splits[1:]):
         writer.write(_example(values[begin:end]))
       lengths = np.diff(splits)
-      stats = _merged(stats, {"examples": int(lengths.size), "targets_tokens": int(lengths.sum()),
-                              "targets_max_tokens": int(lengths.max())})
+      stats = _merged(
+        stats,
+        {
+          "examples": int(lengths.size),
+          "targets_tokens": int(lengths.sum()),
+          "targets_max_tokens": int(lengths.max()),
+        },
+      )
   tf.io.gfile.rename(tmp, path, overwrite=True)
   _write_json(stats_path, stats)
   return stats
@@ -130,9 +141,15 @@ def _shard_ranges(indices: Sequence[int]) -> str:
   return ", ".join(ranges)
 
 
-def write_cache(task: seqio.Task, cache_dir: str, splits: Sequence[str],
-                num_shards: Optional[int] = None, worker_id: int = 0,
-                num_workers: int = 1, log=print) -> bool:
+def write_cache(
+  task: seqio.Task,
+  cache_dir: str,
+  splits: Sequence[str],
+  num_shards: int | None = None,
+  worker_id: int = 0,
+  num_workers: int = 1,
+  log=print,
+) -> bool:
   """Writes this worker's shards of each split; finishes the cache when all shards exist.
 
   Returns True when the cache is complete.
@@ -146,24 +163,32 @@ def write_cache(task: seqio.Task, cache_dir: str, splits: Sequence[str],
     available = _num_source_shards(task, split)
     n = num_shards or available or 64
     if available and n > available:
-      raise UserError(f"task {task.name!r} split {split!r} has {available} input files; "
-                      f"--num_shards={n} would leave shards empty (use at most {available})")
+      raise UserError(
+        f"task {task.name!r} split {split!r} has {available} input files; "
+        f"--num_shards={n} would leave shards empty (use at most {available})"
+      )
     totals, done = _NO_STATS, 0
     mine = [i for i in range(n) if i % num_workers == worker_id]
     skipped = [i for i in mine if tf.io.gfile.exists(_shard_paths(out_dir, split, i, n)[1])]
     if skipped:
-      log(f"{task.name} {split}: {len(skipped)} of this worker's {len(mine)} shards are already "
-          f"written, skipping {_shard_ranges(skipped)} (of {n})")
-    bar = progress.Progress(f"{task.name} {split}", len(mine) - len(skipped), "shards", every_s=0,
-                            log=log)
+      log(
+        f"{task.name} {split}: {len(skipped)} of this worker's {len(mine)} shards are already "
+        f"written, skipping {_shard_ranges(skipped)} (of {n})"
+      )
+    bar = progress.Progress(
+      f"{task.name} {split}", len(mine) - len(skipped), "shards", every_s=0, log=log
+    )
     for index in range(n):
       stats_path = _shard_paths(out_dir, split, index, n)[1]
       if index % num_workers == worker_id:
         fresh = index not in skipped
         stats = write_shard(task, split, index, n, out_dir)
         if fresh:
-          bar.advance(1, f"shard {index + 1}/{n}: {stats['examples']} documents, "
-                         f"{stats['targets_tokens']} tokens")
+          bar.advance(
+            1,
+            f"shard {index + 1}/{n}: {stats['examples']} documents, "
+            f"{stats['targets_tokens']} tokens",
+          )
       elif tf.io.gfile.exists(stats_path):
         stats = _read_json(stats_path)
       else:
@@ -173,9 +198,15 @@ def write_cache(task: seqio.Task, cache_dir: str, splits: Sequence[str],
     if done < n:
       complete = False
       continue
-    _write_json(os.path.join(out_dir, _INFO.format(split=split)), {
-        "features": {"targets": {"shape": [None], "dtype": "int32"}}, "num_shards": n,
-        "seqio_version": seqio.__version__, "vocabulary_digest": vocabulary_digest(task)})
+    _write_json(
+      os.path.join(out_dir, _INFO.format(split=split)),
+      {
+        "features": {"targets": {"shape": [None], "dtype": "int32"}},
+        "num_shards": n,
+        "seqio_version": seqio.__version__,
+        "vocabulary_digest": vocabulary_digest(task),
+      },
+    )
     _write_json(os.path.join(out_dir, _STATS.format(split=split)), totals)
   if complete:
     _write_json(os.path.join(out_dir, _COMPLETED), {"splits": list(splits)})
@@ -185,15 +216,19 @@ def write_cache(task: seqio.Task, cache_dir: str, splits: Sequence[str],
 def use_cache(task: seqio.Task, cache_dir: str, split: str) -> None:
   """Points seqio at `cache_dir` for `task`, failing in one line if that cache cannot serve."""
   out_dir = task_cache_dir(cache_dir, task.name)
-  hint = (f"write it with `{commands.python()} -m t5x_lite.cache_tokenized --task={task.name} "
-          f"--cache_dir={cache_dir}` (same gin files), or unset tokenized_cache.cache_dir")
+  hint = (
+    f"write it with `{commands.python()} -m t5x_lite.cache_tokenized --task={task.name} "
+    f"--cache_dir={cache_dir}` (same gin files), or unset tokenized_cache.cache_dir"
+  )
   if not tf.io.gfile.exists(os.path.join(out_dir, _COMPLETED)):
     raise UserError(f"no completed tokenized cache of task {task.name!r} in {out_dir}; {hint}")
   info_path = os.path.join(out_dir, _INFO.format(split=split))
   if not tf.io.gfile.exists(info_path):
     raise UserError(f"the tokenized cache in {out_dir} has no split {split!r}; {hint}")
   if _read_json(info_path).get("vocabulary_digest") != vocabulary_digest(task):
-    raise UserError(f"the tokenized cache in {out_dir} was written with another vocabulary "
-                    f"than task {task.name!r} now uses; {hint}")
+    raise UserError(
+      f"the tokenized cache in {out_dir} was written with another vocabulary "
+      f"than task {task.name!r} now uses; {hint}"
+    )
   if cache_dir not in seqio.utils.get_global_cache_dirs():
     seqio.add_global_cache_dirs([cache_dir])

@@ -11,15 +11,18 @@ from t5x_lite.tokens import EXTRA_IDS
 C4_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 
 
-@functools.lru_cache(maxsize=None)
-def sentencepiece_vocabulary(path: str, extra_ids: int = EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+@functools.cache
+def sentencepiece_vocabulary(
+  path: str, extra_ids: int = EXTRA_IDS
+) -> seqio.SentencePieceVocabulary:
   """One shared instance per (path, extra_ids); the model file is read lazily on first use."""
   return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
 @gin.configurable
-def task_vocabulary(default_path: str, path: str | None = None,
-                    extra_ids: int = EXTRA_IDS) -> seqio.Vocabulary:
+def task_vocabulary(
+  default_path: str, path: str | None = None, extra_ids: int = EXTRA_IDS
+) -> seqio.Vocabulary:
   """The vocabulary of a task; tasks call it inside a gin scope named after their family.
 
   gin: `task_vocabulary.path = '...'` sets every task's vocabulary; a scoped binding such as
@@ -31,4 +34,3 @@ def task_vocabulary(default_path: str, path: str | None = None,
 def scoped_vocabulary(scope: str, default_path: str) -> seqio.Vocabulary:
   with gin.config_scope(scope):
     return task_vocabulary(default_path)
-

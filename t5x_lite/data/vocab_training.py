@@ -1,12 +1,12 @@
 """Training a SentencePiece unigram vocabulary with T5's special ids (pad 0, eos 1, unk 2, no
 bos) from text or JSON-lines files; the CLI is t5x_lite/train_vocab.py."""
 
+from collections.abc import Iterator
 import glob
 import gzip
 import io
 import json
 import os
-from typing import Iterator
 
 from t5x_lite import paths, progress
 from t5x_lite.errors import UserError
@@ -19,6 +19,7 @@ _MAX_SENTENCE_BYTES = 4096
 def list_files(pattern: str) -> list[str]:
   if paths.is_remote(pattern):
     import tensorflow as tf  # Only remote (gs://) patterns need TF's file system.
+
     files = tf.io.gfile.glob(pattern)
   else:
     files = glob.glob(os.path.expanduser(pattern))
@@ -31,6 +32,7 @@ def _open_text(path: str) -> tuple[io.TextIOBase, io.RawIOBase]:
   """(text reader, the underlying file, whose position says how many bytes were read)."""
   if paths.is_remote(path):
     import tensorflow as tf
+
     raw = tf.io.gfile.GFile(path, "rb")
   else:
     raw = open(path, "rb")
@@ -42,18 +44,25 @@ def _open_text(path: str) -> tuple[io.TextIOBase, io.RawIOBase]:
 def _file_size(path: str) -> int:
   if paths.is_remote(path):
     import tensorflow as tf
+
     return tf.io.gfile.stat(path).length
   return os.path.getsize(path)
 
 
-def iter_sentences(files: list[str], input_format: str = "text",
-                   json_field: str = "text", log=None) -> Iterator[str]:
+def iter_sentences(
+  files: list[str], input_format: str = "text", json_field: str = "text", log=None
+) -> Iterator[str]:
   """Non-empty lines (paragraphs) of every document, cut to SentencePiece's line limit.
 
   With `log`, progress lines (bytes read of the files' total, rate, ETA) go there.
   """
-  bar = progress.Progress("reading the corpus", sum(_file_size(f) for f in files),
-                          amount=progress.format_bytes, log=log) if log else None
+  bar = (
+    progress.Progress(
+      "reading the corpus", sum(_file_size(f) for f in files), amount=progress.format_bytes, log=log
+    )
+    if log
+    else None
+  )
   for path in files:
     text_file, raw = _open_text(path)
     position = 0
@@ -74,8 +83,8 @@ def iter_sentences(files: list[str], input_format: str = "text",
         for paragraph in text.split("\n"):
           paragraph = paragraph.strip()
           while paragraph:
-            yield paragraph[:_MAX_SENTENCE_BYTES // 4]  # Characters are at most 4 bytes.
-            paragraph = paragraph[_MAX_SENTENCE_BYTES // 4:]
+            yield paragraph[: _MAX_SENTENCE_BYTES // 4]  # Characters are at most 4 bytes.
+            paragraph = paragraph[_MAX_SENTENCE_BYTES // 4 :]
       if bar:
         bar.advance(_file_size(path) - position)
     raw.close()  # a GzipFile leaves the file it reads open
@@ -83,9 +92,15 @@ def iter_sentences(files: list[str], input_format: str = "text",
     bar.finish(f"{len(files)} files; SentencePiece now trains (no progress of its own)")
 
 
-def train_vocab(input_pattern: str, output_prefix: str, vocab_size: int,
-                input_format: str = "text", json_field: str = "text",
-                max_sentences: int = 5_000_000, log=None) -> str:
+def train_vocab(
+  input_pattern: str,
+  output_prefix: str,
+  vocab_size: int,
+  input_format: str = "text",
+  json_field: str = "text",
+  max_sentences: int = 5_000_000,
+  log=None,
+) -> str:
   """Trains the model; returns the path of PREFIX.model. `log` receives progress lines."""
   import sentencepiece as spm
 
@@ -96,11 +111,19 @@ def train_vocab(input_pattern: str, output_prefix: str, vocab_size: int,
   os.makedirs(out_dir, exist_ok=True)
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter_sentences(files, input_format, json_field, log),
-        model_prefix=output_prefix, vocab_size=vocab_size, model_type="unigram",
-        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-        input_sentence_size=max_sentences, shuffle_input_sentence=True,
-        num_threads=os.cpu_count() or 1, minloglevel=2)
+      sentence_iterator=iter_sentences(files, input_format, json_field, log),
+      model_prefix=output_prefix,
+      vocab_size=vocab_size,
+      model_type="unigram",
+      pad_id=PAD_ID,
+      eos_id=EOS_ID,
+      unk_id=UNK_ID,
+      bos_id=-1,
+      input_sentence_size=max_sentences,
+      shuffle_input_sentence=True,
+      num_threads=os.cpu_count() or 1,
+      minloglevel=2,
+    )
   except RuntimeError as e:  # E.g. a corpus too small for the requested vocab size.
     raise UserError(f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}") from None
   return output_prefix + ".model"

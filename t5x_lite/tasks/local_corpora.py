@@ -11,11 +11,13 @@ from t5x_lite.data.vocab import C4_VOCAB_PATH, scoped_vocabulary
 
 @registry.task_builder("text_span_corruption")
 def text_span_corruption():
-  return span_corruption_task("text_span_corruption", sources.text_source(),
-                              scoped_vocabulary("text", C4_VOCAB_PATH))
+  return span_corruption_task(
+    "text_span_corruption", sources.text_source(), scoped_vocabulary("text", C4_VOCAB_PATH)
+  )
 
 
 @registry.task_builder("jsonl_span_corruption")
 def jsonl_span_corruption():
-  return span_corruption_task("jsonl_span_corruption", sources.jsonl_source(),
-                              scoped_vocabulary("jsonl", C4_VOCAB_PATH))
+  return span_corruption_task(
+    "jsonl_span_corruption", sources.jsonl_source(), scoped_vocabulary("jsonl", C4_VOCAB_PATH)
+  )

@@ -4,8 +4,6 @@ The corpus and its 4000-piece vocabulary are built on first use (about half a mi
 `quickstart_corpus.cache_dir` (default `$T5X_LITE_CACHE/quickstart`). It is not C4.
 """
 
-from typing import Optional
-
 import gin
 
 from t5x_lite import progress
@@ -15,7 +13,7 @@ from t5x_lite.data.vocab import scoped_vocabulary
 
 
 @gin.configurable("quickstart_corpus")
-def quickstart_cache_dir(cache_dir: Optional[str] = None) -> str:
+def quickstart_cache_dir(cache_dir: str | None = None) -> str:
   return str(cache_dir or quickstart_corpus.default_cache_dir())
 
 
@@ -26,7 +24,8 @@ def _build_assets():
 @registry.task_builder("quickstart_span_corruption", prepare=_build_assets)
 def quickstart_span_corruption():
   cache_dir = quickstart_cache_dir()
-  source = sources.CorpusFiles(quickstart_corpus.corpus_patterns(cache_dir), "text",
-                               "quickstart_corpus.cache_dir")
+  source = sources.CorpusFiles(
+    quickstart_corpus.corpus_patterns(cache_dir), "text", "quickstart_corpus.cache_dir"
+  )
   vocab = scoped_vocabulary("quickstart", quickstart_corpus.vocab_path(cache_dir))
   return span_corruption_task("quickstart_span_corruption", source, vocab)

@@ -35,8 +35,10 @@ def _vocabulary_path() -> str | None:
 
 def _prepare() -> None:
   if _vocabulary_path() is None:
-    raise UserError(f"task {TASK_NAME!r} has no vocabulary: set INITIAL_CHECKPOINT_PATH or "
-                    f"HF_INIT_DIR (their vocabulary is used), or FINETUNE_VOCABULARY")
+    raise UserError(
+      f"task {TASK_NAME!r} has no vocabulary: set INITIAL_CHECKPOINT_PATH or "
+      f"HF_INIT_DIR (their vocabulary is used), or FINETUNE_VOCABULARY"
+    )
   _source().check_files()
 
 
@@ -49,8 +51,12 @@ def seq2seq_files():
   # Without a configured vocabulary (e.g. at import, before gin is parsed) the task is
   # registered with an empty path that `_prepare` reports before anything reads it.
   vocab = sentencepiece_vocabulary(_vocabulary_path() or "")
-  features = {name: seqio.Feature(vocab, add_eos=True, required=True)
-              for name in ("inputs", "targets")}
-  return seqio.Task(TASK_NAME, source=_source(), output_features=features,
-                    preprocessors=[seqio.preprocessors.tokenize,
-                                   seqio.preprocessors.append_eos_after_trim])
+  features = {
+    name: seqio.Feature(vocab, add_eos=True, required=True) for name in ("inputs", "targets")
+  }
+  return seqio.Task(
+    TASK_NAME,
+    source=_source(),
+    output_features=features,
+    preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+  )
