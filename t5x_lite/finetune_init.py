@@ -80,17 +80,12 @@ def _checkpoint_vocabulary(run_dir: str, step: int | None) -> str:
   beside = os.path.join(run_dir, SPIECE)
   if hf_files.isfile(beside):  # an imported or fine-tuned run carries its vocabulary
     return beside
-  manager = hf_files._read_only_manager(paths.orbax_path(os.path.join(run_dir, "checkpoints")))
+  manager = hf_files.read_only_manager(paths.orbax_path(os.path.join(run_dir, "checkpoints")))
   steps = sorted(manager.all_steps())
   if not steps:
     raise UserError(f"no complete checkpoint in {run_dir}/checkpoints")
-  import orbax.checkpoint as ocp
 
-  meta = dict(
-    manager.restore(
-      step if step is not None else steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-    ).meta
-  )
+  meta = hf_files.read_meta(manager, step if step is not None else steps[-1])
   data, why = hf_files.task_sentencepiece(meta)  # parses that run's config; ours is kept
   if data is None:
     raise UserError(
@@ -148,10 +143,9 @@ def _check_model(saved: dict, model_meta: dict, where: str) -> None:
 
 
 def _checkpoint_params(trainer, run_dir: str, step: int | None, model_meta: dict):
-  import orbax.checkpoint as ocp
 
   directory = os.path.join(run_dir, "checkpoints")
-  manager = hf_files._read_only_manager(paths.orbax_path(directory))
+  manager = hf_files.read_only_manager(paths.orbax_path(directory))
   steps = sorted(manager.all_steps())
   if not steps:
     raise UserError(f"no complete checkpoint in {directory} (INITIAL_CHECKPOINT_PATH)")
@@ -160,31 +154,17 @@ def _checkpoint_params(trainer, run_dir: str, step: int | None, model_meta: dict
   step = steps[-1] if step is None else step
   where = os.path.join(directory, str(step))
   try:
-    meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    meta = hf_files.read_meta(manager, step)
   except Exception as e:  # noqa: BLE001
     raise UserError(f"checkpoint {where} cannot be read: {first_line(e)}") from None
   _check_model(meta.get("model_config") or {}, model_meta, where)
-  abstract = trainer.abstract_params
-  restore_args = jax.tree.map(
-    lambda x, sharding: ocp.ArrayRestoreArgs(
-      sharding=sharding, global_shape=x.shape, dtype=x.dtype
-    ),
-    abstract,
-    trainer.state_shardings.params,
-  )
   try:
-    with hf_files._quiet_absl():
-      state = manager.restore(
-        step,
-        args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(
-            item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
-          )
-        ),
-      ).state
+    params = hf_files.read_params(
+      manager, step, trainer.abstract_params, trainer.state_shardings.params
+    )
   except Exception as e:  # noqa: BLE001
     raise UserError(f"checkpoint {where} cannot be restored: {first_line(e)}") from None
-  return step, state["params"], where
+  return step, params, where
 
 
 def _hf_params(trainer, hf_dir: str, model_meta: dict):

@@ -102,7 +102,7 @@ class Restored(NamedTuple):
 
 
 @contextlib.contextmanager
-def _quiet_absl():
+def quiet_absl():
   """Orbax warns about every option a read-only manager ignores; those lines help nobody."""
   logger = logging.getLogger("absl")
   level = logger.level
@@ -113,18 +113,50 @@ def _quiet_absl():
     logger.setLevel(level)
 
 
-def _read_only_manager(directory: str):
+def read_only_manager(directory: str):
   import orbax.checkpoint as ocp
 
   # The `state` item is written with StandardSave; reading it through the PyTree handler (same
   # on-disk format) allows a partial restore of `params` without the optimizer state.
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-  with _quiet_absl():
+  with quiet_absl():
     return ocp.CheckpointManager(
       directory,
       options=options,
       item_handlers={"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
     )
+
+
+def read_meta(manager, step: int) -> dict:
+  """The JSON meta saved beside a checkpoint step's state."""
+  import orbax.checkpoint as ocp
+
+  return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+
+def read_params(manager, step: int, abstract, shardings) -> Any:
+  """The parameters of one checkpoint step, placed with `shardings` (a tree like `abstract`); the
+  optimizer state is not read. Orbax's errors propagate (callers word them)."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  restore_args = jax.tree.map(
+    lambda x, sharding: ocp.ArrayRestoreArgs(
+      sharding=sharding, global_shape=x.shape, dtype=x.dtype
+    ),
+    abstract,
+    shardings,
+  )
+  with quiet_absl():
+    state = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
+        )
+      ),
+    ).state
+  return state["params"]
 
 
 def restore_params(model_dir: str, step: int | None = None, device=None) -> Restored:
@@ -134,14 +166,13 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
   step that cannot be read is reported by name and the previous one is used.
   """
   import jax
-  import orbax.checkpoint as ocp
 
   from t5x_lite.models import EncoderDecoderModel
 
   directory = os.path.join(paths.resolve(model_dir), "checkpoints")
   if not isdir(directory):
     raise UserError(f"no checkpoints in {model_dir} (expected {directory}/<step>/)")
-  manager = _read_only_manager(paths.orbax_path(directory))
+  manager = read_only_manager(paths.orbax_path(directory))
   steps = sorted(manager.all_steps())
   if not steps:
     raise UserError(f"no complete checkpoint in {directory}")
@@ -154,26 +185,13 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
 
   def attempt(candidate: int) -> Restored:
     where = os.path.join(directory, str(candidate))
-    with step_fallback.reading(), _quiet_absl():
-      meta = dict(
-        manager.restore(candidate, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-      )
+    with step_fallback.reading(), quiet_absl():
+      meta = read_meta(manager, candidate)
     cfg = config_from_meta(meta, where)
     abstract = EncoderDecoderModel(cfg).abstract_params()
-    restore_args = jax.tree.map(
-      lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
-      abstract,
-    )
-    with step_fallback.reading(), _quiet_absl():
-      state = manager.restore(
-        candidate,
-        args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(
-            item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
-          )
-        ),
-      ).state
-    return Restored(candidate, cfg, state["params"], meta)
+    with step_fallback.reading():
+      params = read_params(manager, candidate, abstract, jax.tree.map(lambda x: sharding, abstract))
+    return Restored(candidate, cfg, params, meta)
 
   def unreadable(candidate: int, error: BaseException) -> None:
     """Read-only: a step that cannot be read is named and skipped, never moved."""

@@ -10,7 +10,16 @@ import numpy as np
 from t5x_lite import config, hf_files
 from t5x_lite.errors import UserError
 
-# HF T5Config defaults for keys a config.json may leave out.
+# Fixed in our model and not bindable in a model gin: an HF config must agree with these.
+FIXED = {
+  "relative_attention_num_buckets": 32,
+  "relative_attention_max_distance": 128,
+  "layer_norm_epsilon": 1e-6,
+  "pad_token_id": 0,
+  "eos_token_id": 1,
+  "decoder_start_token_id": 0,
+}
+# HF T5Config defaults for keys a config.json may leave out (the fixed ones are HF's defaults too).
 HF_DEFAULTS = {
   "vocab_size": 32128,
   "d_model": 512,
@@ -20,21 +29,7 @@ HF_DEFAULTS = {
   "num_heads": 8,
   "feed_forward_proj": "relu",
   "tie_word_embeddings": True,
-  "relative_attention_num_buckets": 32,
-  "relative_attention_max_distance": 128,
-  "layer_norm_epsilon": 1e-6,
-  "pad_token_id": 0,
-  "eos_token_id": 1,
-  "decoder_start_token_id": 0,
-}
-# Fixed in our model and not bindable in a model gin: an HF config must agree with these.
-FIXED = {
-  "relative_attention_num_buckets": 32,
-  "relative_attention_max_distance": 128,
-  "layer_norm_epsilon": 1e-6,
-  "pad_token_id": 0,
-  "eos_token_id": 1,
-  "decoder_start_token_id": 0,
+  **FIXED,
 }
 
 

@@ -152,7 +152,7 @@ CASES = [
     lambda c, d: train_cmd(
       *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=16"
     ),
-    "was trained on other data settings (batch_size 8 -> 16)",
+    "was trained on other data settings (batch_size 8 -> 16",
     True,
   ),
   (

@@ -391,7 +391,7 @@ def test_launch_scripts_exist_and_run_the_train_command():
     named == {p.name for p in LAUNCH_SCRIPTS} >= {"local.sh", "tpu_vm_pod.sh", "slurm_gpu.sbatch"}
   )
   cli_flags = set(
-    re.findall(r'add_argument\("(--\w+)"', (REPO / "t5x_lite" / "train.py").read_text())
+    re.findall(r'add_argument\(\s*"(--\w+)"', (REPO / "t5x_lite" / "train.py").read_text())
   )
   for script in LAUNCH_SCRIPTS:
     assert os.access(script, os.X_OK), f"{script.name} is not executable"

@@ -62,7 +62,9 @@ def _example(tokens) -> bytes:
 
 def _num_source_shards(task: seqio.Task, split: str) -> int:
   source = task.source
-  if source.supports_arbitrary_sharding:
+  # Corpus files split by lines when there are more shards than files, but a cache shard per
+  # input file is what makes the trainer's streams cheap; other sources (TFDS) shard by examples.
+  if source.supports_arbitrary_sharding and not isinstance(source, seqio.FileDataSource):
     return 0
   return len(source.list_shards(split))
 
