@@ -27,7 +27,7 @@ from t5x_lite import (
   run_lock,
   run_setup,
 )
-from t5x_lite.data import pipeline, tokenized_cache
+from t5x_lite.data import logical_shards, pipeline, tokenized_cache
 from t5x_lite.errors import UserError
 from t5x_lite.memory_fit import fit_trainer
 from t5x_lite.metrics_writer import MetricsWriter
@@ -93,7 +93,20 @@ def _no_data(task: str, split: str) -> UserError:
   )
 
 
-def evaluate(trainer: Trainer, state, eval_dataset, eval_steps: int, task: str = "?") -> dict:
+def _no_eval_data(task: str, shard_count: int) -> UserError:
+  """Eval batches stack one part per logical shard, so a shard without documents empties them."""
+  if shard_count == 1:
+    return _no_data(task, "validation")
+  return UserError(
+    f"the validation split of task {task!r} yields no batch: its files hold no documents, or "
+    f"fewer than the {shard_count} logical data shards (logical_shards.count) that each need one; "
+    f"check the corpus files, or lower logical_shards.count (a divisor of BATCH_SIZE)"
+  )
+
+
+def evaluate(
+  trainer: Trainer, state, eval_dataset, eval_steps: int, task: str = "?", shard_count: int = 1
+) -> dict:
   totals = {"loss_sum": 0.0, "num_correct": 0.0, "num_tokens": 0.0}
   batches = 0
   for batch in eval_dataset.take(eval_steps).as_numpy_iterator():
@@ -102,7 +115,7 @@ def evaluate(trainer: Trainer, state, eval_dataset, eval_steps: int, task: str =
     for k in totals:
       totals[k] += float(out[k])
   if eval_steps > 0 and batches == 0:
-    raise _no_data(task, "validation")
+    raise _no_eval_data(task, shard_count)
   n = max(totals["num_tokens"], 1.0)
   return {"eval_loss": totals["loss_sum"] / n, "eval_accuracy": totals["num_correct"] / n}
 
@@ -551,7 +564,12 @@ def _evaluate(run: _Run) -> None:
   run.last_eval = {
     "step": run.step,
     **evaluate(
-      run.trainer, run.state, run.eval_dataset, run.s.eval_steps, run.s.mixture_or_task_name
+      run.trainer,
+      run.state,
+      run.eval_dataset,
+      run.s.eval_steps,
+      run.s.mixture_or_task_name,
+      logical_shards.make_plan(run.s.batch_size).count,
     ),
     **run.decoding(run.state.params, run.step),
   }

@@ -193,3 +193,27 @@ def test_a_shard_without_documents_is_named(corpus, tmp_path):
       next(it)
   finally:
     gin.clear_config()
+
+
+def test_a_validation_split_with_fewer_documents_than_shards_is_named(corpus, tmp_path):
+  # Eval batches stack one part per logical shard: 2 documents leave shards 2 and 3 without any,
+  # so no eval batch forms, and the error says why (not only "no documents").
+  from t5x_lite import training
+
+  two = testing.write_text_shards(tmp_path, "two", testing.make_documents(2, seed=5), 1)
+  gin.clear_config()
+  gin.parse_config(
+    [
+      f"text_corpus.train_files = '{corpus['train']}'",
+      f"text_corpus.validation_files = '{two}'",
+      f"task_vocabulary.path = '{corpus['vocab']}'",
+      f"logical_shards.count = {COUNT}",
+    ]
+  )
+  try:
+    eval_ds = pipeline.eval_dataset("text_span_corruption", LENGTHS, BATCH)
+    # No batch reaches the trainer, so none is needed.
+    with pytest.raises(UserError, match=r"fewer than the 4 logical data shards.*lower logical"):
+      training.evaluate(None, None, eval_ds, 2, "text_span_corruption", shard_count=COUNT)
+  finally:
+    gin.clear_config()
