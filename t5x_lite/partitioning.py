@@ -19,6 +19,11 @@ from t5x_lite.errors import UserError
 
 # T5X-like defaults: data parallelism on `batch`; with a `model` axis of size > 1 the vocabulary,
 # heads and MLP hidden units are split (Megatron style), `embed` stays replicated.
+# `embed_grad` is the `embed` axis of the gradients and of their microbatch accumulator: split over
+# `data`, each device reduces and keeps 1/data of every gradient (as ZeRO stage 2) while the
+# parameters stay replicated. XLA reduce-scatters each microbatch's gradients into the accumulator
+# and all-gathers the update; for base on 8 TPU v4 devices this halves the step's temporaries
+# (BENCHMARKS.md, "Memory and planning"). Map it to None for replicated gradients.
 DEFAULT_RULES = (
   ("batch", "data"),
   ("vocab", "model"),
@@ -27,6 +32,7 @@ DEFAULT_RULES = (
   ("joined_kv", "model"),
   ("kv", None),
   ("embed", None),
+  ("embed_grad", "data"),
   ("length", None),
   ("relpos_buckets", None),
   ("layers", None),
@@ -79,6 +85,12 @@ def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
 def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
   """Maps a tree of logical PartitionSpecs to NamedShardings on `mesh`."""
   return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
+
+
+def gradient_specs(param_specs: Any) -> Any:
+  """The gradients' logical specs: the parameters' with `embed` named `embed_grad`."""
+  rename = lambda spec: P(*("embed_grad" if name == "embed" else name for name in spec))
+  return jax.tree.map(rename, param_specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

@@ -78,6 +78,7 @@ class Trainer:
       rng=replicated,
     )
     self.batch_sharding = partitioning.data_sharding(mesh)
+    self.grad_shardings = to_sharding(partitioning.gradient_specs(self.param_logical_specs))
 
     self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
     self._train_step = jax.jit(
@@ -125,7 +126,12 @@ class Trainer:
       )
       return loss_sum / normalizer, aux
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def grad_fn(p, mb, mb_rng):
+      loss_aux, grads = value_and_grad(p, mb, mb_rng)
+      return loss_aux, jax.lax.with_sharding_constraint(grads, self.grad_shardings)
+
     if self.num_microbatches == 1:
       (loss, aux), grads = grad_fn(params, batch, rng)
       return loss, aux, grads
@@ -144,7 +150,11 @@ class Trainer:
       jnp.zeros_like,
       jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)),
     )
-    zeros = (zeros[0][0], zeros[0][1], zeros[1])
+    zeros = (
+      zeros[0][0],
+      zeros[0][1],
+      jax.lax.with_sharding_constraint(zeros[1], self.grad_shardings),
+    )
     (loss, aux, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(n)))
     return loss, aux, grads
 
