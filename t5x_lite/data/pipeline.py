@@ -101,12 +101,6 @@ def get_dataset(
   )
   options = tf.data.Options()
   options.deterministic = True  # Parallel maps, but always the same order.
-  # No autotuning model thread: destroying an iterator waits for that thread's sleep, which
-  # grows to a minute over a long run, one iterator (logical shard) after another, so a finished
-  # run sat idle for minutes before exiting. AUTOTUNE then means each parallel map's default
-  # parallelism (the host's cores, at most 16) and a fixed prefetch: the quickstart's pipeline
-  # measured the same speed (BENCHMARKS.md, "Data pipeline").
-  options.autotune.enabled = False
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
