@@ -31,17 +31,22 @@ def corpus(tmp_path_factory):
   }
 
 
-@pytest.fixture
-def configured(corpus):
+def configure(corpus, train=None, validation=None) -> None:
+  """Gin for the text task over the corpus, its train or validation files replaceable."""
   gin.clear_config()
   gin.parse_config(
     [
-      f"text_corpus.train_files = '{corpus['train']}'",
-      f"text_corpus.validation_files = '{corpus['validation']}'",
+      f"text_corpus.train_files = '{train or corpus['train']}'",
+      f"text_corpus.validation_files = '{validation or corpus['validation']}'",
       f"task_vocabulary.path = '{corpus['vocab']}'",
       f"logical_shards.count = {COUNT}",
     ]
   )
+
+
+@pytest.fixture
+def configured(corpus):
+  configure(corpus)
   yield corpus
   gin.clear_config()
 
@@ -174,15 +179,7 @@ def test_process_count_is_no_data_change_but_the_old_layout_is():
 
 def test_a_shard_without_documents_is_named(corpus, tmp_path):
   few = testing.write_text_shards(tmp_path, "few", testing.make_documents(3, seed=2), 1)
-  gin.clear_config()
-  gin.parse_config(
-    [
-      f"text_corpus.train_files = '{few}'",
-      f"text_corpus.validation_files = '{corpus['validation']}'",
-      f"task_vocabulary.path = '{corpus['vocab']}'",
-      "logical_shards.count = 4",
-    ]
-  )
+  configure(corpus, train=few)
   try:
     it = pipeline.train_iterator("text_span_corruption", LENGTHS, 4)
     with pytest.raises(
@@ -201,15 +198,7 @@ def test_a_validation_split_with_fewer_documents_than_shards_is_named(corpus, tm
   from t5x_lite import training
 
   two = testing.write_text_shards(tmp_path, "two", testing.make_documents(2, seed=5), 1)
-  gin.clear_config()
-  gin.parse_config(
-    [
-      f"text_corpus.train_files = '{corpus['train']}'",
-      f"text_corpus.validation_files = '{two}'",
-      f"task_vocabulary.path = '{corpus['vocab']}'",
-      f"logical_shards.count = {COUNT}",
-    ]
-  )
+  configure(corpus, validation=two)
   try:
     eval_ds = pipeline.eval_dataset("text_span_corruption", LENGTHS, BATCH)
     # No batch reaches the trainer, so none is needed.
