@@ -220,7 +220,9 @@ def train(
     _restore(run)
     _start(run)
     _loop(run)
-    return _finish(run)
+    result = _finish(run)
+    run.train_iter.close()  # before returning: see DataIterator.close
+    return result
   finally:
     preemption.close()
     if lock:

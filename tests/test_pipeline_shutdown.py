@@ -88,6 +88,8 @@ def test_earlier_position_resumes_with_autotuning_and_exactly(configured, tmp_pa
     UserError, match=r"saved with tf.data autotuning on, this pipeline has it off"
   ):
     stream(False).restore(str(tmp_path / "earlier"))
+  for it in (earlier, resumed):
+    it.close()
 
 
 def test_new_position_records_no_autotuning_and_resumes_exactly(configured, tmp_path):
@@ -129,6 +131,7 @@ def test_a_run_of_an_earlier_version_resumes_bit_identically(tiny_corpus, tmp_pa
     for _ in range(4):
       next(earlier)
     save_as_earlier_version(earlier, run / "data_state" / "4")
+    earlier.close()
 
   result = train(tiny_corpus, run, 6)
   assert result["step"] == 6

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import hashlib
 import json
 import os
+import threading
 
 import gin
 import numpy as np
@@ -306,6 +307,18 @@ class DataIterator:
   def state(self) -> dict[str, int]:
     """Cheap summary for logs: batches consumed since the start of the run."""
     return {"batches": self._batches}
+
+  def close(self) -> None:
+    """Deletes the shards' iterators all at once. Deleting an autotuned one (a resumed earlier
+    run's, AUTOTUNE_STATE_KEY) waits for its autotuning thread's next wake-up, up to a minute, with
+    the GIL released: in parallel threads these waits overlap instead of adding up."""
+    holders = [[it] for it in self._iterators.values()]
+    self._iterators, self._checkpoints = {}, {}
+    threads = [threading.Thread(target=holder.clear) for holder in holders]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
 
   @staticmethod
   def shard_directory(directory: str, shard: int) -> str:
