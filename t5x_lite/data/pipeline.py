@@ -29,8 +29,8 @@ DEFAULT_SEED = 0
 
 # Whether a saved data position came from pipelines with tf.data autotuning (state.json of each
 # shard; absent = on, as every earlier version ran them). New streams run without it: deleting an
-# autotuned iterator waits out its model thread's sleep (up to a minute, one logical shard after
-# another), so a finished run sat idle for minutes. But the setting changes the iterator's graph,
+# autotuned iterator waits out its model thread's sleep (up to a minute), and with one iterator per
+# logical shard a finished run sat idle for minutes. But the setting changes the iterator's graph,
 # so a position saved with it on restores only into a pipeline with it on: a run resumed from such
 # a position keeps it. Streams whose position is never saved (evaluation) never autotune.
 AUTOTUNE_STATE_KEY = "autotune"
