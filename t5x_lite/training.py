@@ -220,7 +220,9 @@ def train(
     _restore(run)
     _start(run)
     _loop(run)
-    return _finish(run)
+    result = _finish(run)
+    run.train_iter.close()  # before returning: see DataIterator.close
+    return result
   finally:
     preemption.close()
     if lock:
@@ -377,6 +379,7 @@ def _make_data(run: _Run) -> None:
     seed=s.seed,
     use_packing=s.use_packing,
     batch_sharding=run.trainer.batch_sharding,
+    autotune=_saved_data_autotune(run),
     **processes,
   )
   run.eval_dataset = pipeline.eval_dataset(
@@ -398,6 +401,15 @@ def _make_data(run: _Run) -> None:
     run.writer.console(
       f"reading pre-tokenized data from the cache in {tokenized_cache.tokenized_cache_config()}"
     )
+
+
+def _saved_data_autotune(run: _Run) -> bool:
+  """A resumed data position keeps the tf.data autotuning it was saved with; a new stream runs
+  without (pipeline.AUTOTUNE_STATE_KEY)."""
+  if run.restored is None or run.data_reset:
+    return False
+  data_path = run.ckpt.data_state_path(run.restored[0])
+  return data_path is not None and pipeline.DataIterator.saved_autotune(data_path)
 
 
 def _restore_data_position(run: _Run, meta: dict) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import hashlib
 import json
 import os
+import threading
 
 import gin
 import numpy as np
@@ -25,6 +26,14 @@ from t5x_lite.errors import UserError, first_line
 # A fixed default seed keeps resumption exact: a restored iterator must rebuild the same graph
 # (the stateless span-corruption seeds are baked into it).
 DEFAULT_SEED = 0
+
+# Whether a saved data position came from pipelines with tf.data autotuning (state.json of each
+# shard; absent = on, as every earlier version ran them). New streams run without it: deleting an
+# autotuned iterator waits out its model thread's sleep (up to a minute), and with one iterator per
+# logical shard a finished run sat idle for minutes. But the setting changes the iterator's graph,
+# so a position saved with it on restores only into a pipeline with it on: a run resumed from such
+# a position keeps it. Streams whose position is never saved (evaluation) never autotune.
+AUTOTUNE_STATE_KEY = "autotune"
 
 
 def hide_accelerators_from_tf() -> None:
@@ -50,6 +59,7 @@ def get_dataset(
   seed: int | None = None,
   use_packing: bool = False,
   repeat: bool = True,
+  autotune: bool = True,
 ) -> tf.data.Dataset:
   """Batches of EncDecFeatureConverter features for one shard (host) of a task or mixture.
 
@@ -59,6 +69,7 @@ def get_dataset(
   With `tokenized_cache.cache_dir` bound, tasks read their pre-tokenized cache from there.
   Features (int32): encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
   decoder_loss_weights, plus encoder/decoder_segment_ids and _positions when packed.
+  `autotune=False` runs the pipeline without tf.data's autotuning (see AUTOTUNE_STATE_KEY).
   """
   if num_shards < 1 or not 0 <= shard_id < num_shards:
     raise UserError(f"shard_id={shard_id} is not in [0, num_shards={num_shards})")
@@ -101,6 +112,8 @@ def get_dataset(
   )
   options = tf.data.Options()
   options.deterministic = True  # Parallel maps, but always the same order.
+  if not autotune:
+    options.autotune.enabled = False
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
@@ -152,8 +165,12 @@ def train_iterator(
   seed: int | None = None,
   use_packing: bool = False,
   batch_sharding=None,
+  autotune: bool = False,
 ) -> "DataIterator":
   """This process's rows of the training batches: its logical shards, repeated and shuffled.
+
+  `autotune`: False for a new stream; to resume a saved position, the value it was saved with
+  (DataIterator.saved_autotune).
 
   With `batch_sharding` (the sharding the trainer assembles batches with), checks that these rows
   are the ones this process's devices hold.
@@ -170,7 +187,9 @@ def train_iterator(
       seed,
       shuffle=True,
       use_packing=use_packing,
-    )
+      autotune=autotune,
+    ),
+    autotune=autotune,
   )
   if row_digests_dir():
     it.record_rows(
@@ -201,6 +220,7 @@ def eval_dataset(
       seed,
       shuffle=False,
       use_packing=use_packing,
+      autotune=False,
     ).values()
   )
   if len(parts) == 1:
@@ -222,13 +242,17 @@ class DataIterator:
   _PREFIX = "iterator"
   _STATE = "state.json"
 
-  def __init__(self, datasets: "tf.data.Dataset | Mapping[int, tf.data.Dataset]"):
+  def __init__(
+    self, datasets: "tf.data.Dataset | Mapping[int, tf.data.Dataset]", *, autotune: bool = True
+  ):
+    """`autotune`: whether `datasets` were built with tf.data autotuning (recorded on save)."""
     if isinstance(datasets, tf.data.Dataset):
       datasets = {0: datasets}
     self._iterators = {shard: iter(ds) for shard, ds in sorted(datasets.items())}
     self._checkpoints = {
       shard: tf.train.Checkpoint(iterator=it) for shard, it in self._iterators.items()
     }
+    self._autotune = autotune
     self._batches = 0
     self._digests: tuple[str, int] | None = None
 
@@ -284,6 +308,18 @@ class DataIterator:
     """Cheap summary for logs: batches consumed since the start of the run."""
     return {"batches": self._batches}
 
+  def close(self) -> None:
+    """Deletes the shards' iterators all at once. Deleting an autotuned one (a resumed earlier
+    run's, AUTOTUNE_STATE_KEY) waits for its autotuning thread's next wake-up, up to a minute, with
+    the GIL released: in parallel threads these waits overlap instead of adding up."""
+    holders = [[it] for it in self._iterators.values()]
+    self._iterators, self._checkpoints = {}, {}
+    threads = [threading.Thread(target=holder.clear) for holder in holders]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+
   @staticmethod
   def shard_directory(directory: str, shard: int) -> str:
     return os.path.join(directory, f"shard_{shard}")
@@ -300,8 +336,21 @@ class DataIterator:
       tf.io.gfile.makedirs(tmp)
       checkpoint.write(os.path.join(tmp, self._PREFIX))
       with tf.io.gfile.GFile(os.path.join(tmp, self._STATE), "w") as f:
-        f.write(json.dumps({**self.state(), "shard": shard}))
+        f.write(json.dumps({**self.state(), "shard": shard, AUTOTUNE_STATE_KEY: self._autotune}))
       tf.io.gfile.rename(tmp, final)
+
+  @classmethod
+  def saved_autotune(cls, directory: str) -> bool:
+    """Whether the position saved in `directory` needs a pipeline with tf.data autotuning: yes
+    unless its shards say otherwise (AUTOTUNE_STATE_KEY)."""
+    settings = set()
+    if tf.io.gfile.isdir(directory):
+      for name in tf.io.gfile.listdir(directory):
+        state_path = os.path.join(directory, name.rstrip("/"), cls._STATE)
+        if name.startswith("shard_") and tf.io.gfile.exists(state_path):
+          with tf.io.gfile.GFile(state_path) as f:
+            settings.add(bool(json.load(f).get(AUTOTUNE_STATE_KEY, True)))
+    return settings != {False}
 
   def restore(self, directory: str) -> None:
     names = (
@@ -326,6 +375,15 @@ class DataIterator:
           f"no data iterator checkpoint for logical shard {shard} in {directory} "
           f"(missing shard_{shard}/{self._STATE}); was logical_shards.count changed?"
         )
+      with tf.io.gfile.GFile(state_path) as f:
+        saved = json.load(f)
+      if saved.get(AUTOTUNE_STATE_KEY, True) != self._autotune:
+        raise UserError(
+          f"the data position in {path} was saved with tf.data autotuning "
+          f"{'on' if saved.get(AUTOTUNE_STATE_KEY, True) else 'off'}, this pipeline has it "
+          f"{'on' if self._autotune else 'off'}: build it with "
+          f"autotune=DataIterator.saved_autotune({directory!r})"
+        )
       try:
         checkpoint.read(os.path.join(path, self._PREFIX)).assert_consumed()
       except (tf.errors.OpError, AssertionError, ValueError) as e:
@@ -333,8 +391,7 @@ class DataIterator:
           f"cannot restore the data iterator from {path}: "
           f"{first_line(e, limit=None)} (was the data config changed?)"
         ) from None
-      with tf.io.gfile.GFile(state_path) as f:
-        batches.add(int(json.load(f)["batches"]))
+      batches.add(int(saved["batches"]))
     if len(batches) > 1:
       raise UserError(
         f"the logical shards in {directory} were saved at different positions "
