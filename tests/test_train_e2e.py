@@ -8,7 +8,7 @@ import sys
 import time
 
 import conftest
-from conftest import TINY_MODEL
+from conftest import ONE_DATA_SHARD, TINY_MODEL
 import jax
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from t5x_lite import hf_files
 from t5x_lite.errors import UserError
 import t5x_lite.tasks  # noqa: F401
 
-TINY = [*TINY_MODEL, "train.eval_steps = 2", "train.log_period = 2"]
+TINY = [*TINY_MODEL, ONE_DATA_SHARD, "train.eval_steps = 2", "train.log_period = 2"]
 GIN_FILES = ["runs/quickstart.gin"]
 
 
