@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install test lint quickstart finetune-demo clean plan-deps plan-deps-tpu plan-deps-cuda
+.PHONY: install test test-ci-slow lint quickstart finetune-demo clean plan-deps plan-deps-tpu plan-deps-cuda
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(VENV)/.installed
 
 test: install plan-deps-tpu
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The slow tests CI adds after `make test` (marked `ci`: a few minutes in all); `pytest -m slow`
+# runs every slow test.
+test-ci-slow: install
+	$(PY) -m pytest -m "slow and ci" $(PYTEST_ARGS)
 
 # Style, configured once in pyproject.toml: `.venv/bin/ruff format . && .venv/bin/ruff check --fix .`
 # fixes what this reports.

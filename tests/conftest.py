@@ -38,6 +38,12 @@ TINY_MODEL = [
   "BATCH_SIZE = 8",
 ]
 
+# One logical data shard for tests whose assertions do not depend on the data's sharding: the
+# default count (gcd(BATCH_SIZE, 64), 8 here) builds 8 train and 8 eval pipelines, each tracing
+# the whole seqio preprocessing, which takes longer than the tiny model's training.
+# The tests of the sharding itself (test_logical_shards.py, test_multiprocess.py) keep the default.
+ONE_DATA_SHARD = "logical_shards.count = 1"
+
 
 @dataclasses.dataclass(frozen=True)
 class TinyCorpus:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import conftest
-from conftest import TINY_MODEL
+from conftest import ONE_DATA_SHARD, TINY_MODEL
 import pytest
 
 from t5x_lite import gin_utils
@@ -22,7 +22,7 @@ import t5x_lite.tasks  # noqa: F401
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = [
   "--gin_file=runs/quickstart.gin",
-  *[f"--gin.{binding.replace(' = ', '=', 1)}" for binding in TINY_MODEL],
+  *[f"--gin.{binding.replace(' = ', '=', 1)}" for binding in [*TINY_MODEL, ONE_DATA_SHARD]],
   "--gin.train.eval_steps=0",
   "--gin.TRAIN_STEPS=1",
   "--gin.CHECKPOINT_PERIOD=1",

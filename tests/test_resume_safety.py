@@ -12,7 +12,7 @@ import sys
 import time
 
 import conftest
-from conftest import TINY_MODEL
+from conftest import ONE_DATA_SHARD, TINY_MODEL
 import pytest
 
 from t5x_lite import resume_check, run_lock
@@ -38,7 +38,14 @@ def corpus(tiny_corpus):
 def train(corpus, model_dir, steps, *extra):
   return conftest.train_in_process(
     ["runs/quickstart.gin"],
-    [*TINY, *corpus.bindings(), f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", *extra],
+    [
+      *TINY,
+      ONE_DATA_SHARD,
+      *corpus.bindings(),
+      f"MODEL_DIR = '{model_dir}'",
+      f"TRAIN_STEPS = {steps}",
+      *extra,
+    ],
   )
 
 

@@ -202,21 +202,28 @@ def test_sharded_training_step_of_a_shared_heads_model_equals_one_device():
 
 
 def decode_step_by_step(model, params, inputs, decoder_inputs):
-  """Logits of each position computed one token at a time with the cache, and the cache."""
+  """Logits of each position computed one token at a time with the cache, and the cache.
+
+  Each part is one jitted program with the parameters as arguments (op by op, every primitive
+  would compile on its own)."""
   module = model.module
-  encoded = module.apply({"params": params}, inputs, method=Transformer.encode)
-  _, state = module.apply(
-    {"params": params},
-    encoded,
-    inputs,
-    jnp.zeros_like(decoder_inputs),
-    decode=True,
-    mutable=["cache"],
-    method=Transformer.decode,
-  )
 
   @jax.jit
-  def step(cache, token):
+  def start(params, inputs):
+    encoded = module.apply({"params": params}, inputs, method=Transformer.encode)
+    _, state = module.apply(
+      {"params": params},
+      encoded,
+      inputs,
+      jnp.zeros_like(decoder_inputs),
+      decode=True,
+      mutable=["cache"],
+      method=Transformer.decode,
+    )
+    return encoded, state
+
+  @jax.jit
+  def step(params, encoded, inputs, cache, token):
     return module.apply(
       {"params": params, "cache": cache},
       encoded,
@@ -227,9 +234,10 @@ def decode_step_by_step(model, params, inputs, decoder_inputs):
       method=Transformer.decode,
     )
 
+  encoded, state = start(params, inputs)
   cache, logits = state["cache"], []
   for t in range(decoder_inputs.shape[1]):
-    step_logits, state = step(cache, decoder_inputs[:, t : t + 1])
+    step_logits, state = step(params, encoded, inputs, cache, decoder_inputs[:, t : t + 1])
     cache = state["cache"]
     logits.append(step_logits[:, 0])
   return np.stack(logits, axis=1), cache
@@ -239,10 +247,11 @@ def decode_step_by_step(model, params, inputs, decoder_inputs):
 def test_cached_decoding_equals_uncached(suffix):
   cfg = small_config(suffix, scan_layers=True)
   model = EncoderDecoderModel(cfg)
-  params = model.init_params(jax.random.key(1), 1, 1)
+  params = jax.jit(model.init_params, static_argnums=(1, 2))(jax.random.key(1), 1, 1)
+  logits = jax.jit(model.logits)
   batch = random_batches(1, batch_size=3, seed=5)[0]
   batch["decoder_target_tokens"] = np.maximum(batch["decoder_target_tokens"], 2)  # all positions
-  full = np.asarray(model.logits(params, batch))
+  full = np.asarray(logits(params, batch))
   stepped, cache = decode_step_by_step(
     model, params, batch["encoder_input_tokens"], batch["decoder_input_tokens"]
   )
@@ -260,7 +269,7 @@ def test_cached_decoding_equals_uncached(suffix):
     "decoder_input_tokens": np.concatenate([np.zeros((3, 1), np.int32), tokens[:, :-1]], 1),
     "decoder_target_tokens": np.maximum(tokens, 2),
   }
-  expected = np.argmax(np.asarray(model.logits(params, forced)), -1)
+  expected = np.argmax(np.asarray(logits(params, forced)), -1)
   for row in range(3):
     end = list(tokens[row]).index(1) + 1 if 1 in tokens[row] else 6
     np.testing.assert_array_equal(tokens[row, :end], expected[row, :end])
