@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from conftest import ONE_DATA_SHARD
 import gin
 import jax
 import numpy as np
@@ -51,6 +52,7 @@ def pretrained(tmp_path_factory):
       "MIXTURE_OR_TASK_NAME = 'text_span_corruption'",
       "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
       "BATCH_SIZE = 8",
+      ONE_DATA_SHARD,
       f"text_corpus.train_files = '{testing.write_text_shards(root, 'train', docs[:100], 1)}'",
       f"text_corpus.validation_files = '{testing.write_text_shards(root, 'val', docs[100:], 1)}'",
       f"task_vocabulary.path = '{testing.train_tiny_vocab(root, vocab_size=100)}'",
@@ -89,6 +91,7 @@ def finetune_bindings(model_dir, data, steps, initial=None, hf_dir=None, period=
     f"FINETUNE_EVAL_FILES = '{eval_files}'",
     "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 8}",
     "BATCH_SIZE = 8",
+    ONE_DATA_SHARD,
     f"CHECKPOINT_PERIOD = {period}",
     f"EVAL_PERIOD = {period}",
     "train.eval_steps = 1",
