@@ -9,11 +9,11 @@ import shutil
 import conftest
 from conftest import TINY_MODEL
 import gin
-import jax
-import numpy as np
 import pytest
+from test_logical_shards import assert_same
+from test_train_e2e import assert_bit_identical, final_params
 
-from t5x_lite import gin_utils, hf_files
+from t5x_lite import gin_utils
 from t5x_lite.data import pipeline
 from t5x_lite.errors import UserError
 import t5x_lite.tasks  # noqa: F401  (registers the tasks)
@@ -60,9 +60,7 @@ def save_as_earlier_version(it: pipeline.DataIterator, directory: pathlib.Path) 
 def assert_same_batches(expected: list[dict], got: list[dict]) -> None:
   assert len(expected) == len(got)
   for e, g in zip(expected, got):
-    assert sorted(e) == sorted(g)
-    for k in e:
-      np.testing.assert_array_equal(e[k], g[k])
+    assert_same(e, g)
 
 
 def test_earlier_position_resumes_with_autotuning_and_exactly(configured, tmp_path):
@@ -112,10 +110,6 @@ def train(corpus, model_dir, steps):
   return conftest.train_in_process(["runs/quickstart.gin"], run_bindings(corpus, model_dir, steps))
 
 
-def final_params(model_dir):
-  return jax.device_get(hf_files.restore_params(str(model_dir)).params)
-
-
 def test_a_run_of_an_earlier_version_resumes_bit_identically(tiny_corpus, tmp_path):
   reference = tmp_path / "reference"
   train(tiny_corpus, reference, 6)
@@ -135,6 +129,5 @@ def test_a_run_of_an_earlier_version_resumes_bit_identically(tiny_corpus, tmp_pa
 
   result = train(tiny_corpus, run, 6)
   assert result["step"] == 6
-  leaves = zip(jax.tree.leaves(final_params(run)), jax.tree.leaves(final_params(reference)))
-  assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in leaves)
+  assert_bit_identical(final_params(run), final_params(reference))
   assert pipeline.DataIterator.saved_autotune(str(run / "data_state" / "6"))

@@ -349,8 +349,14 @@ class DataIterator:
         state_path = os.path.join(directory, name.rstrip("/"), cls._STATE)
         if name.startswith("shard_") and tf.io.gfile.exists(state_path):
           with tf.io.gfile.GFile(state_path) as f:
-            settings.add(bool(json.load(f).get(AUTOTUNE_STATE_KEY, True)))
+            settings.add(cls._autotuned(json.load(f)))
     return settings != {False}
+
+  @staticmethod
+  def _autotuned(state: dict) -> bool:
+    """A shard's state.json: saved with autotuning unless it says not (earlier versions wrote
+    no key and always autotuned)."""
+    return bool(state.get(AUTOTUNE_STATE_KEY, True))
 
   def restore(self, directory: str) -> None:
     names = (
@@ -377,10 +383,10 @@ class DataIterator:
         )
       with tf.io.gfile.GFile(state_path) as f:
         saved = json.load(f)
-      if saved.get(AUTOTUNE_STATE_KEY, True) != self._autotune:
+      if self._autotuned(saved) != self._autotune:
         raise UserError(
           f"the data position in {path} was saved with tf.data autotuning "
-          f"{'on' if saved.get(AUTOTUNE_STATE_KEY, True) else 'off'}, this pipeline has it "
+          f"{'on' if self._autotuned(saved) else 'off'}, this pipeline has it "
           f"{'on' if self._autotune else 'off'}: build it with "
           f"autotune=DataIterator.saved_autotune({directory!r})"
         )
