@@ -18,16 +18,22 @@ import json
 import os
 
 from t5x_lite.data import quickstart_corpus
+from t5x_lite.errors import run_main
 from t5x_lite.infer import Decoder, load_vocabulary
-from t5x_lite.tokens import EOS_ID
+from t5x_lite.tokens import EOS_ID, EXTRA_IDS
 
 CONTEXT = 20  # pieces kept on each side of the masked word
 EVERY = 20  # mask one word boundary in this many
 
 
+def first_sentinel(vocab) -> int:
+  """The id of <extra_id_0>: the last id, the sentinels counting down from it."""
+  return vocab.vocab_size - 1
+
+
 def masked_words(vocab, texts: list[str], limit: int) -> list[tuple[list[int], list[int]]]:
   """(input ids with one word replaced by <extra_id_0>, that word's ids), in document order."""
-  sentinel = vocab.vocab_size - 1  # <extra_id_0>
+  sentinel = first_sentinel(vocab)
   out, boundary = [], 0
   for text in texts:
     ids = list(vocab.encode(text))
@@ -44,7 +50,7 @@ def masked_words(vocab, texts: list[str], limit: int) -> list[tuple[list[int], l
   return out
 
 
-def main() -> None:
+def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model_dir", required=True)
   parser.add_argument("--step", type=int, default=None)
@@ -53,20 +59,19 @@ def main() -> None:
   decoder = Decoder(os.path.abspath(args.model_dir), args.step)
   vocab = load_vocabulary(os.path.abspath(args.model_dir), None, decoder.meta)
   patterns, _ = quickstart_corpus.ensure_quickstart_assets(None)
-  texts = [
-    json.loads(line)["text"]
-    for path in sorted(glob.glob(patterns["validation"]))
-    for line in open(path, encoding="utf-8")
-  ]
+  texts = []
+  for path in sorted(glob.glob(patterns["validation"])):
+    with open(path, encoding="utf-8") as f:
+      texts += [json.loads(line)["text"] for line in f]
   examples = masked_words(vocab, texts, args.examples)
   outputs = decoder.generate([x + [EOS_ID] for x, _ in examples], 8)
-  sentinel = vocab.vocab_size - 1
+  sentinel = first_sentinel(vocab)
   right, total, said = collections.Counter(), collections.Counter(), collections.Counter()
   for (_, word), output in zip(examples, outputs):
     # The first span of the output: the tokens between <extra_id_0> and the next sentinel/EOS.
     span = []
     for t in output[1:] if output[:1] == [sentinel] else []:
-      if t == EOS_ID or t >= sentinel - 99:
+      if t == EOS_ID or t > sentinel - EXTRA_IDS:
         break
       span.append(t)
     size = min(len(word), 3)
@@ -83,7 +88,8 @@ def main() -> None:
     f"  all       {sum(right.values()):>4}/{len(examples):<4} restored ({sum(right.values()) / len(examples):.3f})"
   )
   print("  most frequent predictions:", ", ".join(f"{w!r} x{n}" for w, n in said.most_common(5)))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  run_main(main)
