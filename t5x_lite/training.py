@@ -13,6 +13,7 @@ from typing import Any
 import gin
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import tensorflow as tf
 
 from t5x_lite import (
@@ -27,7 +28,7 @@ from t5x_lite import (
   run_lock,
   run_setup,
 )
-from t5x_lite.data import logical_shards, pipeline, tokenized_cache
+from t5x_lite.data import logical_shards, pipeline, quality, tokenized_cache
 from t5x_lite.errors import UserError
 from t5x_lite.memory_fit import fit_trainer
 from t5x_lite.metrics_writer import MetricsWriter
@@ -105,11 +106,14 @@ def _no_eval_data(task: str, shard_count: int) -> UserError:
 
 
 def evaluate(
-  trainer: Trainer, state, eval_dataset, eval_steps: int, task: str = "?", shard_count: int = 1
+  trainer: Trainer, state, eval_batches, eval_steps: int, task: str = "?", shard_count: int = 1
 ) -> dict:
+  """Loss and accuracy over `eval_steps` batches (an EvalBatches, or a tf.data.Dataset)."""
+  if not isinstance(eval_batches, pipeline.EvalBatches):
+    eval_batches = pipeline.EvalBatches(eval_batches, eval_steps)
   totals = {"loss_sum": 0.0, "num_correct": 0.0, "num_tokens": 0.0}
   batches = 0
-  for batch in eval_dataset.take(eval_steps).as_numpy_iterator():
+  for batch in eval_batches:
     out = jax.device_get(trainer.eval_step(state, batch))
     batches += 1
     for k in totals:
@@ -267,15 +271,17 @@ class _Run:
   flops_per_example: float
   writer: MetricsWriter | None = None  # opened once a checkpoint is accepted (or none is there)
   peak: float | None = None  # FLOP/s per device that MFU is measured against (set in _start)
-  train_iter: pipeline.DataIterator | None = None
-  eval_dataset: Any = None
+  train_iter: Any = None  # a StreamIterator or, for seqio-per-shard data, a DataIterator
+  eval_batches: pipeline.EvalBatches | None = None
   decoding: decode_eval.DecodeEval | None = None  # decoding metrics at each evaluation
   restored: tuple | None = None  # (step, state, meta) of the checkpoint resumed from
   data_reset: list = dataclasses.field(default_factory=list)  # changes that reset the data
   # The loop.
   step: int = 0
   state: Any = None
-  first_batch: dict | None = None
+  ahead: tuple | None = None  # (batch on its devices, data position after it), read ahead
+  trained_position: Any = None  # the data position after the last batch a step trained on
+  data_reported: bool = False  # whether skipped or repaired data was reported yet
   pending: list = dataclasses.field(default_factory=list)  # (step, metrics) not yet checked
   last_saved: int | None = None
   last_train: dict = dataclasses.field(default_factory=dict)
@@ -379,16 +385,19 @@ def _make_data(run: _Run) -> None:
     seed=s.seed,
     use_packing=s.use_packing,
     batch_sharding=run.trainer.batch_sharding,
-    autotune=_saved_data_autotune(run),
+    saved_data=_saved_data(run),
     **processes,
   )
-  run.eval_dataset = pipeline.eval_dataset(
-    s.mixture_or_task_name,
-    s.task_feature_lengths,
-    s.batch_size,
-    seed=s.seed,
-    use_packing=s.use_packing,
-    **processes,
+  run.eval_batches = pipeline.EvalBatches(
+    pipeline.eval_dataset(
+      s.mixture_or_task_name,
+      s.task_feature_lengths,
+      s.batch_size,
+      seed=s.seed,
+      use_packing=s.use_packing,
+      **processes,
+    ),
+    s.eval_steps,
   )
   run.decoding = decode_eval.DecodeEval(
     s.model_dir,
@@ -403,13 +412,11 @@ def _make_data(run: _Run) -> None:
     )
 
 
-def _saved_data_autotune(run: _Run) -> bool:
-  """A resumed data position keeps the tf.data autotuning it was saved with; a new stream runs
-  without (pipeline.AUTOTUNE_STATE_KEY)."""
+def _saved_data(run: _Run) -> str | None:
+  """The data position this run continues (its layout decides how the data is read)."""
   if run.restored is None or run.data_reset:
-    return False
-  data_path = run.ckpt.data_state_path(run.restored[0])
-  return data_path is not None and pipeline.DataIterator.saved_autotune(data_path)
+    return None
+  return run.ckpt.data_state_path(run.restored[0])
 
 
 def _restore_data_position(run: _Run, meta: dict) -> None:
@@ -430,14 +437,15 @@ def _restore_data_position(run: _Run, meta: dict) -> None:
   # else: a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh.
 
 
-def _next_batch(run: _Run) -> dict:
-  if run.first_batch is not None:
-    batch, run.first_batch = run.first_batch, None
-    return batch
+def _fetch(run: _Run) -> tuple:
+  """The next batch, placed on its devices, and the data position after it (None where the
+  iterator cannot tell it apart from its current one, see _train_step)."""
   try:
-    return next(run.train_iter)
+    batch = next(run.train_iter)
   except StopIteration:
     raise _no_data(run.s.mixture_or_task_name, "train") from None
+  position = run.train_iter.position() if run.train_iter.reads_ahead else None
+  return run.trainer.make_global_batch(batch), position
 
 
 def _start(run: _Run) -> None:
@@ -445,7 +453,7 @@ def _start(run: _Run) -> None:
   run.peak = run.s.peak_flops_per_device or flops.peak_flops_per_device()
   # The first batch before anything compiles: an empty corpus is an error within seconds.
   if run.step < run.s.train_steps:
-    run.first_batch = _next_batch(run)
+    run.ahead = _fetch(run)
   if run.state is None:
     run.state = run.trainer.init_state(run.s.seed)
   if run.step == 0 or run.restored is None:  # a new run (or fine-tuning run) starts measured
@@ -455,11 +463,18 @@ def _start(run: _Run) -> None:
 
 
 def _train_step(run: _Run) -> None:
-  batch = _next_batch(run)
+  """Dispatches one step, then reads the next batch while the devices run it.
+
+  Reading ahead needs a data position that can be saved for the batch trained on rather than
+  the one read (StreamIterator); a seqio-per-shard iterator is read when its step is due.
+  """
+  (batch, run.trained_position), run.ahead = run.ahead or _fetch(run), None
   step_started = time.time()
   run.state, metrics = run.trainer.train_step(run.state, batch)
   run.step += 1
   run.pending.append((run.step, metrics))
+  if run.train_iter.reads_ahead and run.step < run.s.end_step:
+    run.ahead = _fetch(run)
   if run.compile_s is None:
     run.compile_s = _first_step_seconds(metrics, step_started)
     run.writer.console(
@@ -490,6 +505,7 @@ def _loop(run: _Run) -> None:
     do_save = step % s.checkpoint_period == 0 or step == s.end_step or stop_now
     if do_log or do_eval or do_save:
       _maybe_log(run, do_log, _check_finite(run))
+      _report_data(run, final=False)
     _maybe_eval(run, do_eval)
     _maybe_save(run, do_save)
     if stop_now:
@@ -498,6 +514,7 @@ def _loop(run: _Run) -> None:
 
 
 def _finish(run: _Run) -> dict:
+  _report_data(run, final=True)
   run.ckpt.close()
   _write_config(run.s.model_dir)
   run.writer.close()
@@ -506,6 +523,27 @@ def _finish(run: _Run) -> dict:
     **run.last_train,
     **{k: v for k, v in run.last_eval.items() if k != "step"},
   }
+
+
+def _report_data(run: _Run, final: bool) -> None:
+  """What the data streams skipped or repaired (quality.py): one console line the first time
+  there is any, and at the end of the run the counts of all processes, in metrics.jsonl too."""
+  if not run.train_iter.reads_ahead or run.trained_position is None:
+    return  # seqio-per-shard data is not counted
+  counts = run.train_iter.quality_counts(run.trained_position)
+  if final:
+    if jax.process_count() > 1:
+      gathered = multihost_utils.process_allgather(np.array([counts[k] for k in quality.COUNTERS]))
+      counts = dict(zip(quality.COUNTERS, (int(x) for x in np.sum(gathered, axis=0))))
+    run.writer.write({"step": run.step, **{f"data_{k}": v for k, v in counts.items()}})
+    if quality.any_reported(counts):
+      run.writer.console(f"data: {quality.describe(counts)} (metrics.jsonl: data_*)")
+  elif not run.data_reported and quality.any_reported(counts):
+    run.data_reported = True
+    run.writer.console(
+      f"data: {quality.describe(counts)} so far; reading on (data_quality.max_skipped_fraction "
+      "sets when skipped records stop the run; totals at the end)"
+    )
 
 
 def _check_finite(run: _Run) -> dict:
@@ -578,7 +616,7 @@ def _evaluate(run: _Run) -> None:
     **evaluate(
       run.trainer,
       run.state,
-      run.eval_dataset,
+      run.eval_batches,
       run.s.eval_steps,
       run.s.mixture_or_task_name,
       logical_shards.make_plan(run.s.batch_size).count,
@@ -602,15 +640,22 @@ def _maybe_save(run: _Run, due: bool) -> None:
   if not due:
     return
   s = run.s
+  position = run.trained_position
+  batches = position.batches if position is not None else run.train_iter.state()["batches"]
   meta = {
     "step": run.step,
-    "batches_consumed": run.train_iter.state()["batches"],
+    "batches_consumed": batches,
     "model_config": run.model_meta,
     "gin_config": gin.config_str(),
     "mixture_or_task_name": s.mixture_or_task_name,
     "task_feature_lengths": dict(s.task_feature_lengths),
     "data": run.data,
   }
-  run.ckpt.save(run.step, run.state, meta, run.train_iter.save)
+  save_data = (
+    (lambda directory: run.train_iter.save(directory, position))
+    if position is not None
+    else run.train_iter.save
+  )
+  run.ckpt.save(run.step, run.state, meta, save_data)
   run.last_saved = run.step
   run.last_log_time = time.time()  # nor the blocking part of the save

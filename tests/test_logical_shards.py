@@ -181,28 +181,28 @@ def test_a_shard_without_documents_is_named(corpus, tmp_path):
   few = testing.write_text_shards(tmp_path, "few", testing.make_documents(3, seed=2), 1)
   configure(corpus, train=few)
   try:
-    it = pipeline.train_iterator("text_span_corruption", LENGTHS, 4)
     with pytest.raises(
       UserError,
-      match=r"logical data shards \[3\] give no batch.*lower "
-      r"logical_shards.count",
+      match=r"train split .* holds 3 lines, fewer than the 4 logical data shards.*lower logical_shards.count",
     ):
-      next(it)
+      next(pipeline.train_iterator("text_span_corruption", LENGTHS, 4))
   finally:
     gin.clear_config()
 
 
 def test_a_validation_split_with_fewer_documents_than_shards_is_named(corpus, tmp_path):
   # Eval batches stack one part per logical shard: 2 documents leave shards 2 and 3 without any,
-  # so no eval batch forms, and the error says why (not only "no documents").
+  # and the error says why (not only "no documents") before any batch is read.
   from t5x_lite import training
 
   two = testing.write_text_shards(tmp_path, "two", testing.make_documents(2, seed=5), 1)
   configure(corpus, validation=two)
   try:
-    eval_ds = pipeline.eval_dataset("text_span_corruption", LENGTHS, BATCH)
-    # No batch reaches the trainer, so none is needed.
-    with pytest.raises(UserError, match=r"fewer than the 4 logical data shards.*lower logical"):
+    with pytest.raises(
+      UserError, match=r"validation split .* fewer than the 4 logical data shards.*lower logical"
+    ):
+      eval_ds = pipeline.eval_dataset("text_span_corruption", LENGTHS, BATCH)
+      # No batch reaches the trainer, so none is needed.
       training.evaluate(None, None, eval_ds, 2, "text_span_corruption", shard_count=COUNT)
   finally:
     gin.clear_config()

@@ -15,7 +15,10 @@ its own, so a checkpoint written by P processes resumes on any other allowed cou
 """
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
 
 import gin
 
@@ -123,3 +126,25 @@ def check_process_rows(plan: ShardPlan, batch_sharding, num_rows_axis: int = 0) 
       f"{dict(batch_sharding.mesh.shape)}) needs each process's devices to hold one contiguous "
       f"block of the `data` axis; lower NUM_PARTITIONS to the devices of one process"
     )
+
+
+class RowDigests:
+  """Appends {"batch", "first_row", "sha256"} per batch to `path`: the rows' place in the global
+  batch and a digest of each, so runs on different process counts can be compared row by row."""
+
+  def __init__(self, path: str, first_row: int):
+    import tensorflow as tf  # only here: the shard arithmetic above needs no TF
+
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    self._path, self._first_row = path, first_row
+
+  def record(self, batch_index: int, batch: dict) -> None:
+    rows = len(next(iter(batch.values())))
+    digests = [
+      hashlib.sha256(b"".join(batch[k][i].tobytes() for k in sorted(batch))).hexdigest()[:16]
+      for i in range(rows)
+    ]
+    with open(self._path, "a") as f:
+      f.write(
+        json.dumps({"batch": batch_index, "first_row": self._first_row, "sha256": digests}) + "\n"
+      )

@@ -215,6 +215,13 @@ def write_cache(
   return complete
 
 
+def cache_files(task: seqio.Task, cache_dir: str, split: str) -> list[str]:
+  """The cache files of a split (after `use_cache` accepted the cache)."""
+  out_dir = task_cache_dir(cache_dir, task.name)
+  n = _read_json(os.path.join(out_dir, _INFO.format(split=split)))["num_shards"]
+  return [_shard_paths(out_dir, split, i, n)[0] for i in range(n)]
+
+
 def use_cache(task: seqio.Task, cache_dir: str, split: str) -> None:
   """Points seqio at `cache_dir` for `task`, failing in one line if that cache cannot serve."""
   out_dir = task_cache_dir(cache_dir, task.name)

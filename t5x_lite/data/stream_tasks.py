@@ -1,0 +1,82 @@
+"""Tasks the logical-shard streams read directly (streams.py): `StreamTask`.
+
+A StreamTask is a seqio.Task (inspect_data, the tokenized cache and any seqio user read it the
+usual way) that also says how one split is read as record files, parsed, tokenized and turned
+into examples, which is what lets all of a process's logical shards run in one pipeline with
+positions that are numbers. Our span-corruption tasks and `seq2seq_files` are StreamTasks; other
+tasks and mixtures are read with one seqio pipeline per logical shard (seqio_shards.py).
+
+Its source provides `record_files(split) -> (files, "lines" | "tfrecord")` and
+`parse_records(records, file_index) -> ({feature: 1-D text}, quality counters)`.
+"""
+
+from collections.abc import Callable
+
+import seqio
+import tensorflow as tf
+
+from t5x_lite.data import streams, tokenized_cache
+
+
+class StreamTask(seqio.Task):
+  """A seqio.Task whose split `stream_spec` describes for streams.py.
+
+  `make_examples(sequence_length, vocab_size)` returns the per-group function
+  ({name: ragged tokens}, seeds) -> {"inputs", "targets"} and has a `num_seeds` attribute
+  (seeds per group); `setting` names the gin binding of the task's files, for messages.
+  """
+
+  def __init__(self, name: str, *, make_examples: Callable, num_seeds: int, setting: str, **kw):
+    super().__init__(name, **kw)
+    self._make_examples = make_examples
+    self._num_seeds = num_seeds
+    self._setting = setting
+
+  @property
+  def vocabulary(self) -> seqio.Vocabulary:
+    return self.output_features["targets"].vocabulary
+
+  def stream_spec(self, split: str, sequence_length: dict) -> streams.StreamSpec:
+    cache_dir = tokenized_cache.tokenized_cache_config()
+    if cache_dir:
+      tokenized_cache.use_cache(self, cache_dir, split)
+      files = tokenized_cache.cache_files(self, cache_dir, split)
+      record_format, parse = "tfrecord", _parse_cached_tokens
+    else:
+      files, record_format = self.source.record_files(split)
+      parse = self._tokenized(self.source.parse_records)
+    return streams.StreamSpec(
+      files=tuple(files),
+      record_format=record_format,
+      parse=parse,
+      make_examples=self._make_examples(sequence_length, self.vocabulary.vocab_size),
+      num_seeds=self._num_seeds,
+      setting=self._setting,
+    )
+
+  def _tokenized(self, parse_records: Callable) -> Callable:
+    vocabulary = self.vocabulary
+
+    def parse(records, file_index):
+      texts, counters = parse_records(records, file_index)
+      # The documents' text is the `targets` feature (seqio.preprocessors.rekey in the Task).
+      texts = {"targets" if k == "text" else k: v for k, v in texts.items()}
+      return {k: vocabulary.encode_tf(v) for k, v in texts.items()}, counters
+
+    return parse
+
+
+def _parse_cached_tokens(records, file_index):
+  """Records of a tokenized cache (tokenized_cache.py) -> token ids; empty ones are skipped."""
+  del file_index
+  tokens = tf.io.parse_example(records, {"targets": tf.io.RaggedFeature(tf.int64)})["targets"]
+  keep = tokens.row_lengths() > 0
+  counters = {
+    "records": tf.size(records, out_type=tf.int64),
+    "empty": tf.reduce_sum(tf.cast(~keep, tf.int64)),
+  }
+  return {"targets": tf.ragged.boolean_mask(tokens, keep)}, counters
+
+
+def supports_streams(provider) -> bool:
+  return isinstance(provider, StreamTask)

@@ -1,0 +1,394 @@
+"""A process's logical shards of a task as ONE tf.data pipeline whose positions are numbers.
+
+Logical shard j of `count` (logical_shards.py) is a stream of its own:
+  records   whole files when the split has at least `count` files (files j, j+count, ...), else
+            the j-th of `count` equal ranges of the split's lines (files in name order); each
+            epoch reads them one after the other, the files in an order (or the range from a
+            line) drawn from (seed, count, j, epoch) when shuffled;
+  groups    consecutive GROUP_SIZE records, each group parsed, tokenized and turned into
+            examples at once (span corruption: chunks, segments, masks) with randomness drawn
+            from (seed, count, j, epoch, group), then shuffled within the group;
+  position  (epoch, piece, line, group, skip): where the group being consumed starts (the piece
+            of the epoch's reading order, the line in its file) and how many of its examples
+            were consumed. Reading again from there and skipping continues the
+            shard exactly, so any process can continue any shard: the process count may change.
+All of a process's shards run in one dataset: an interleave over shard ids whose stream function
+is traced once (per-shard parameters are tensors), parallel across shards on one thread pool,
+one prefetch. Start-up and memory hardly grow with the number of shards. Each row carries its
+position and its shard's data-quality counters (quality.py) for the host (stream_iterator.py).
+"""
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from t5x_lite.data import quality
+from t5x_lite.errors import UserError
+from t5x_lite.tokens import EOS_ID
+
+# Records per group: span corruption concatenates this many documents before cutting segments
+# (T5's 128), so a group's last, shorter segment is rare.
+GROUP_SIZE = 128
+POSITION = ("epoch", "piece", "line", "group", "skip")
+FEATURES = (
+  "encoder_input_tokens",
+  "decoder_input_tokens",
+  "decoder_target_tokens",
+  "decoder_loss_weights",
+)
+_FOREVER = 2**62
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+  """How one split of a task becomes examples (built by the task: stream_tasks.py)."""
+
+  files: tuple[str, ...]
+  record_format: str  # "lines" (text, gzip when named .gz) or "tfrecord"
+  # (records [n] string, file index [n] int64) -> ({name: ragged int [documents, None]},
+  # {counter name: int64 scalar}); records it skips are left out of the documents.
+  parse: Callable
+  # ({name: ragged [documents, None]}, seeds [num_seeds, 2]) -> {"inputs", "targets"} ragged
+  # [examples, None] without EOS.
+  make_examples: Callable
+  num_seeds: int
+  setting: str  # the gin setting that names the files, for messages
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+  """Everything a process's pipeline depends on besides where each shard starts."""
+
+  spec: StreamSpec
+  split: str
+  count: int  # logical shards of the whole run
+  rows_per_shard: int
+  lengths: dict
+  seed: int
+  shuffle: bool
+  # Per logical shard, what it reads: (file index, first line, end line or -1 for the file's end).
+  pieces: tuple[tuple[tuple[int, int, int], ...], ...]
+  group_size: int = GROUP_SIZE
+
+  @property
+  def file_sharded(self) -> bool:
+    return len(self.spec.files) >= self.count
+
+
+def shard_pieces(spec: StreamSpec, count: int, split: str) -> tuple:
+  """What each of `count` logical shards reads (StreamConfig.pieces). With fewer files than
+  shards this counts the lines of every file once: a shard's range starts where it starts, so
+  no shard reads (or decompresses) the lines of the others, except up to its first line."""
+  files = spec.files
+  if len(files) >= count:
+    return tuple(tuple((f, 0, -1) for f in range(j, len(files), count)) for j in range(count))
+  lengths = count_records(files, spec.record_format)
+  total = sum(lengths)
+  if total < count:
+    raise UserError(
+      f"the {split} split ({spec.setting}) holds {total} lines, fewer than the {count} logical data "
+      f"shards (logical_shards.count) that each need some: lower logical_shards.count (a "
+      f"divisor of BATCH_SIZE), or give more documents"
+    )
+  starts = np.cumsum([0] + lengths)
+  shards = []
+  for j in range(count):
+    begin, end = j * total // count, (j + 1) * total // count
+    shards.append(
+      tuple(
+        (f, int(max(begin, starts[f]) - starts[f]), int(min(end, starts[f + 1]) - starts[f]))
+        for f in range(len(files))
+        if max(begin, starts[f]) < min(end, starts[f + 1])
+      )
+    )
+  return tuple(shards)
+
+
+def count_records(files: Sequence[str], record_format: str) -> list[int]:
+  """Lines (or records) of each file, read in parallel."""
+
+  def count(path):
+    batches = _reader(record_format, path).batch(4096)
+    return batches.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, out_type=tf.int64))
+
+  counts = tf.data.Dataset.from_tensor_slices(list(files)).map(
+    count, num_parallel_calls=cpu_cores(), deterministic=True
+  )
+  return [int(n) for n in counts.as_numpy_iterator()]
+
+
+def _reader(record_format: str, path) -> tf.data.Dataset:
+  if record_format == "tfrecord":
+    return tf.data.TFRecordDataset(path)
+  compression = tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
+  return tf.data.TextLineDataset(path, compression_type=compression)
+
+
+def cpu_cores() -> int:
+  """The cores this process may run on (respects taskset and cgroup CPU sets)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+def _counter_vector(counters: dict) -> tf.Tensor:
+  return tf.stack([tf.cast(counters.get(n, 0), tf.int64) for n in quality.COUNTERS])
+
+
+def _data_error(condition, *parts):
+  """An assertion whose failure message the host shows as one line (quality.ERROR_TAG): `parts`
+  are Python strings and tensors, joined."""
+  strings = [quality.ERROR_TAG]
+  for part in parts:
+    part = tf.convert_to_tensor(part)
+    strings.append(part if part.dtype == tf.string else tf.strings.as_string(part))
+  return tf.debugging.Assert(condition, [tf.strings.join(strings)], summarize=1)
+
+
+class _Graph:
+  """The traced functions of one StreamConfig (methods run inside tf.data functions)."""
+
+  def __init__(self, config: StreamConfig, parallelism: int):
+    self.c = config
+    self.files = tf.constant(list(config.spec.files), tf.string)
+    most = max(len(p) for p in config.pieces)
+    self.pieces = tf.constant(
+      [list(p) + [(0, 0, 0)] * (most - len(p)) for p in config.pieces], tf.int64
+    )
+    self.num_pieces = tf.constant([len(p) for p in config.pieces], tf.int64)
+    # Threads per shard for parsing and examples: the shards of a process share the cores.
+    self.inner_parallelism = parallelism
+    self.max_skipped_fraction, self.allowed_skipped = quality.data_quality_config()
+
+  # -- records --------------------------------------------------------------------------------
+  def _epoch_pieces(self, shard, shard_seed, epoch):
+    """[pieces, 3] (file, first line, end line) in the order epoch `epoch` reads them: the
+    shard's files shuffled, or its line range started from a random line."""
+    pieces = self.pieces[shard][: self.num_pieces[shard]]
+    if not self.c.shuffle:
+      return pieces
+    key = tf.stack([shard_seed, epoch])
+    if self.c.file_sharded:
+      return tf.gather(pieces, tf.argsort(tf.random.stateless_uniform([tf.shape(pieces)[0]], key)))
+    lengths = pieces[:, 2] - pieces[:, 1]
+    offset = tf.cast(
+      tf.random.stateless_uniform([], key, dtype=tf.float64)
+      * tf.cast(tf.reduce_sum(lengths), tf.float64),
+      tf.int64,
+    )
+    ends = tf.cumsum(lengths)
+    k = tf.reduce_sum(tf.cast(ends <= offset, tf.int32))  # the piece the offset falls in
+    split = pieces[k, 1] + offset - (ends[k] - lengths[k])
+    head = tf.stack([pieces[k, 0], split, pieces[k, 2]])[tf.newaxis]
+    tail = tf.stack([pieces[k, 0], pieces[k, 1], split])[tf.newaxis]
+    rotated = tf.concat([head, pieces[k + 1 :], pieces[:k], tail], 0)
+    return tf.boolean_mask(rotated, rotated[:, 2] > rotated[:, 1])
+
+  def _records(self, order, first_piece, first_line):
+    """(piece position, file index, line, record) from `first_line` of piece `first_piece` on."""
+
+    def one_piece(piece_pos):
+      file, begin, end = tf.unstack(order[piece_pos])
+      begin = tf.where(tf.equal(piece_pos, first_piece), tf.maximum(begin, first_line), begin)
+      lines = _reader(self.c.spec.record_format, self.files[file]).skip(begin)
+      lines = lines.take(tf.where(end < 0, tf.constant(-1, tf.int64), end - begin))
+      numbered = tf.data.Dataset.zip((tf.data.Dataset.range(begin, _FOREVER), lines))
+      return numbered.map(lambda line, record: (piece_pos, file, line, record))
+
+    return tf.data.Dataset.range(first_piece, tf.shape(order, out_type=tf.int64)[0]).flat_map(
+      one_piece
+    )
+
+  def _epoch_groups(self, shard, shard_seed, start, epoch):
+    """The groups of one epoch (from `start` in the epoch it names), then an end marker."""
+    first = tf.equal(epoch, start[0])
+    first_piece, first_line, first_group = (tf.where(first, start[i], 0) for i in (1, 2, 3))
+    whole_epoch = tf.logical_or(tf.logical_not(first), tf.reduce_all(tf.equal(start[1:], 0)))
+    order = self._epoch_pieces(shard, shard_seed, epoch)
+    records = self._records(order, first_piece, first_line).batch(self.c.group_size)
+    groups = records.enumerate(start=first_group).map(
+      lambda group, r: {
+        "epoch": epoch,
+        "group": group,
+        "piece": r[0],
+        "file": r[1],
+        "line": r[2],
+        "records": r[3],
+        "end": False,
+        "whole_epoch": whole_epoch,
+      }
+    )
+    end = {
+      "epoch": epoch,
+      "group": tf.constant(-1, tf.int64),
+      "piece": tf.zeros([0], tf.int64),
+      "file": tf.zeros([0], tf.int64),
+      "line": tf.zeros([0], tf.int64),
+      "records": tf.zeros([0], tf.string),
+      "end": True,
+      "whole_epoch": whole_epoch,
+    }
+    return groups.concatenate(tf.data.Dataset.from_tensors(end))
+
+  # -- parsing and checks ---------------------------------------------------------------------
+  def _parse(self, group):
+    features, counters = self.c.spec.parse(group["records"], group["file"])
+    return {**group, "features": features, "counters": _counter_vector(counters)}
+
+  def _file_name(self, group):
+    index = tf.concat([group["file"], [-1]], 0)[0]
+    return tf.where(index >= 0, tf.gather(self.files, tf.maximum(index, 0)), "?")
+
+  def _check(self, shard, state, group):
+    """Cumulative counters of the shard; fails on a binary file, too many skipped records, or
+    an epoch without documents."""
+    totals, documents_in_epoch = state
+    counters = group["counters"]
+    new_totals = totals + counters
+    c = dict(zip(quality.COUNTERS, tf.unstack(counters)))
+    t = dict(zip(quality.COUNTERS, tf.unstack(new_totals)))
+    name = self._file_name(group)
+    non_blank = c["records"] - c["blank"]
+    mostly_binary = tf.logical_and(c["binary"] > 0, 2 * c["binary"] >= non_blank)
+    skipped = t["malformed"] + t["empty"] + t["binary"]
+    allowed = self.allowed_skipped + tf.cast(
+      self.max_skipped_fraction * tf.cast(t["records"] - t["blank"], tf.float64), tf.int64
+    )
+    documents = documents_in_epoch + tf.cast(group["features"]["targets"].nrows(), tf.int64)
+    empty_epoch = group["end"] & group["whole_epoch"] & tf.equal(documents, 0)
+    checks = [
+      _data_error(
+        tf.logical_not(mostly_binary),
+        name,
+        " is not text: ",
+        c["binary"],
+        " of ",
+        non_blank,
+        f" records read hold NUL bytes; remove it from {self.c.spec.setting}",
+      ),
+      _data_error(
+        skipped <= allowed,
+        name,
+        ": ",
+        skipped,
+        " of the ",
+        t["records"] - t["blank"],
+        " records logical data shard ",
+        shard,
+        " read so far were skipped (",
+        t["malformed"],
+        " malformed, ",
+        t["empty"],
+        " empty, ",
+        t["binary"],
+        " binary), more than data_quality.max_skipped_fraction="
+        f"{self.max_skipped_fraction} of them; repair or remove the file, or raise the setting",
+      ),
+      _data_error(
+        tf.logical_not(empty_epoch),
+        f"the {self.c.split} split gives logical data shard ",
+        shard,
+        f" of {self.c.count} no document (logical_shards.count={self.c.count}; files: "
+        f"{self.c.spec.setting}): the corpus holds too few documents for that many shards; "
+        "lower logical_shards.count (a divisor of BATCH_SIZE), or check the files",
+      ),
+    ]
+    with tf.control_dependencies(checks):
+      out = {**group, "totals_before": tf.identity(totals), "totals_after": new_totals}
+    next_documents = tf.where(group["end"], tf.constant(0, tf.int64), documents)
+    return (new_totals, next_documents), out
+
+  # -- examples -------------------------------------------------------------------------------
+  def _examples(self, shard_seed, group):
+    """The group's examples, shuffled, as fixed-length features with positions and counters."""
+    key = tf.random.experimental.stateless_fold_in(
+      tf.stack([shard_seed, group["epoch"]]), group["group"]
+    )
+    seeds = tf.random.experimental.stateless_split(key, self.c.spec.num_seeds + 1)
+    examples = self.c.spec.make_examples(group["features"], seeds[:-1])
+    n = examples["targets"].nrows()
+    if self.c.shuffle:
+      order = tf.argsort(tf.random.stateless_uniform([n], seeds[-1]), stable=True)
+      examples = {k: tf.gather(v, order) for k, v in examples.items()}
+    features = _features(examples["inputs"], examples["targets"], self.c.lengths)
+    first = tf.stack([group["epoch"], group["piece"][0], group["line"][0], group["group"]])
+    features["position"] = tf.concat(
+      [tf.tile(first[tf.newaxis], [n, 1]), tf.range(n, dtype=tf.int64)[:, tf.newaxis]], 1
+    )
+    for name in ("totals_before", "totals_after"):
+      features[name] = tf.tile(group[name][tf.newaxis], [n, 1])
+    return features
+
+  def shard_stream(self, shard, start, totals):
+    """One logical shard's examples from `start` (POSITION), its counters starting at `totals`."""
+    shard_seed = tf.constant(self.c.seed * self.c.count, tf.int64) + shard
+    epochs = tf.data.Dataset.range(start[0], _FOREVER)
+    groups = epochs.flat_map(lambda e: self._epoch_groups(shard, shard_seed, start, e))
+    inner = self.inner_parallelism
+    groups = groups.map(self._parse, num_parallel_calls=inner, deterministic=True)
+    groups = groups.scan(
+      (totals, tf.constant(0, tf.int64)), lambda state, g: self._check(shard, state, g)
+    ).filter(lambda g: tf.logical_not(g["end"]))
+    examples = groups.map(
+      lambda g: self._examples(shard_seed, g), num_parallel_calls=inner, deterministic=True
+    )
+    return examples.unbatch().skip(start[4])
+
+
+def _with_eos(tokens: tf.RaggedTensor, length: int) -> tf.Tensor:
+  """Trimmed to length - 1, EOS appended, padded with 0 to `length` (seqio's
+  append_eos_after_trim, then its feature converter's padding)."""
+  tokens = tf.cast(tokens[:, : length - 1], tf.int32)
+  eos = tf.fill([tokens.nrows(), 1], tf.constant(EOS_ID, tf.int32))
+  return tf.concat([tokens, tf.RaggedTensor.from_tensor(eos)], axis=1).to_tensor(
+    0, shape=[None, length]
+  )
+
+
+def _features(inputs, targets, lengths: dict) -> dict:
+  """seqio.EncDecFeatureConverter(pack=False) of a batch of examples, EOS appended."""
+  targets = _with_eos(targets, lengths["targets"])
+  return {
+    "encoder_input_tokens": _with_eos(inputs, lengths["inputs"]),
+    "decoder_target_tokens": targets,
+    # Teacher forcing: the targets shifted right, decoding starting from id 0.
+    "decoder_input_tokens": tf.pad(targets[:, :-1], [[0, 0], [1, 0]]),
+    "decoder_loss_weights": tf.cast(tf.not_equal(targets, 0), tf.int32),
+  }
+
+
+def process_dataset(
+  config: StreamConfig,
+  shards: Sequence[int],
+  starts: np.ndarray,
+  totals: np.ndarray,
+  parallelism: int | None = None,
+) -> tf.data.Dataset:
+  """This process's rows of each batch: `shards` (in order) from `starts` [n, 5] with counters
+  `totals` [n, len(quality.COUNTERS)]; features plus "position", "totals_before/after" per row."""
+  parallelism = parallelism or cpu_cores()
+  n = len(shards)
+  graph = _Graph(config, max(1, parallelism // n))
+  rows = config.rows_per_shard
+  inputs = tf.data.Dataset.from_tensor_slices(
+    (np.asarray(shards, np.int64), np.asarray(starts, np.int64), np.asarray(totals, np.int64))
+  )
+  per_shard = inputs.interleave(
+    lambda shard, start, t: graph.shard_stream(shard, start, t).batch(rows, drop_remainder=True),
+    cycle_length=n,
+    block_length=1,
+    num_parallel_calls=min(n, parallelism),
+    deterministic=True,
+  )
+  merged = per_shard.batch(n, drop_remainder=True).map(
+    lambda b: {k: tf.reshape(v, tf.concat([[n * rows], tf.shape(v)[2:]], 0)) for k, v in b.items()}
+  )
+  options = tf.data.Options()
+  options.deterministic = True
+  # Parallelism is set explicitly; tf.data's autotuning thread would only delay exit.
+  options.autotune.enabled = False
+  return merged.with_options(options).prefetch(2)
