@@ -1,4 +1,4 @@
-"""seqio tasks of t5x_lite; importing this package registers them all.
+"""seqio tasks of t5x_lite, imported as `t5x_lite.tasks`; importing it registers them all.
 
 Span corruption (T5's objective) over:
   c4_span_corruption          TFDS c4/en (gin: c4_tfds.data_dir, c4_tfds.version)
@@ -8,6 +8,38 @@ Span corruption (T5's objective) over:
   quickstart_span_corruption  the offline smoke-test corpus, built on first use (not C4)
 and seq2seq_files: fine-tuning examples from local TSV / JSON-lines files (gin: FINETUNE_*).
 Locations and vocabularies are read from gin when a dataset is built (see t5x_lite.data.registry).
+
+Every module of this folder is imported, in name order, so a task of your own is a module added
+here (README, "A task of your own"); names starting with `_` are skipped (helpers).
 """
 
-from t5x_lite.tasks import c4, local_corpora, quickstart, seq2seq_files  # noqa: F401  (registration side effects)
+import importlib
+import os
+import pkgutil
+import traceback
+
+from t5x_lite.errors import UserError, first_line
+
+
+def _import_all() -> None:
+  for module in pkgutil.iter_modules(__path__):
+    if module.name.startswith("_"):
+      continue
+    try:
+      importlib.import_module(f"{__name__}.{module.name}")
+    except Exception as e:  # often a user's module: one line naming its file, no traceback
+      raise UserError(
+        f"task module {_where(module, e)}: {type(e).__name__}: {first_line(e)}"
+      ) from e
+
+
+def _where(module: pkgutil.ModuleInfo, error: Exception) -> str:
+  """The module's file, with the line that failed when the traceback passes through it."""
+  path = os.path.join(module.module_finder.path, module.name)
+  path = os.path.join(path, "__init__.py") if module.ispkg else f"{path}.py"
+  frames = traceback.extract_tb(error.__traceback__)
+  line = next((f.lineno for f in reversed(frames) if f.filename == path), None)
+  return f"{path}:{line}" if line else path
+
+
+_import_all()
