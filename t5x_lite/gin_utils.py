@@ -64,7 +64,7 @@ def _read_text(path: str) -> str:
 
 # Configs written by earlier versions (a run's config.gin, a checkpoint's stored gin_config) name
 # things that have since moved or gone; `upgrade_old_names` rewrites them so they parse again.
-_MOVED_MODULES = (  # (pattern, replacement): the seqio tasks moved into the package
+_MOVED_MODULES = (  # (pattern, replacement): the seqio tasks, once `tasks`, are t5x_lite.tasks
   (re.compile(r"^(\s*)import tasks\b", re.M), r"\1import t5x_lite.tasks"),
   (re.compile(r"^(\s*)from tasks\b", re.M), r"\1from t5x_lite.tasks"),
   (re.compile(r"(?<![\w.])tasks\.(c4|local_corpora|quickstart)\."), r"t5x_lite.tasks.\1."),

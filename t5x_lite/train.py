@@ -16,15 +16,20 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+from t5x_lite.errors import UserError, run_main  # noqa: E402
+
+
 @contextlib.contextmanager
 def _startup_banners_hidden():
   """Keeps the native libraries' import banners (oneDNN, CUDA probing) off the console; they are
-  shown only if the import fails."""
+  shown only if the import fails (not for a UserError: its one line says what is wrong)."""
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
       yield
+    except UserError:
+      raise
     except BaseException:
       os.dup2(saved, 2)
       captured.seek(0)
@@ -38,8 +43,7 @@ def _startup_banners_hidden():
 with _startup_banners_hidden():
   import jax  # noqa: E402
 
-  from t5x_lite import distributed, gin_utils, training  # noqa: E402
-from t5x_lite.errors import UserError, run_main  # noqa: E402
+  from t5x_lite import distributed, gin_utils  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -75,7 +79,11 @@ def main(argv=None) -> int:
     args.multi_host,
     args.distributed_timeout_s,
   )
-  import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks named in gin)
+  # The seqio tasks (every module of tasks/) and the loop, imported here, inside run_main: a task
+  # module that fails to import is then a one-line error.
+  with _startup_banners_hidden():
+    from t5x_lite import training
+    import t5x_lite.tasks  # noqa: F401
 
   gin_utils.parse_gin(gin_files, gin_bindings)
   result = training.train(stop_at_step=args.stop_at_step)

@@ -102,6 +102,7 @@ INTEGRATION_FILES = {
   "test_tfds_c4.py",
   "test_tokenized_cache.py",
   "test_train_e2e.py",
+  "test_user_tasks.py",
 }
 
 
