@@ -31,6 +31,7 @@ LAYERS = {
     "commands",
     "flops",
     "step_fallback",
+    "shutdown",
   ),
   "model": ("config", "layers", "network", "models", "partitioning", "optimizers"),
   "data": ("data", "tasks"),  # the sub-packages, whole (tasks: the top-level tasks/ folder)
@@ -60,6 +61,8 @@ LAYERS = {
     "train_vocab",
     "model_info",
     "plan",
+    "preflight",
+    "preflight_report",
   ),
 }
 

@@ -216,6 +216,8 @@ def _compile_and_measure(
   )
   return {
     "target": target_name,
+    "devices": len(devices),
+    "hosts": len({d.process_index for d in devices}),
     "mesh": dict(trainer.mesh.shape),
     "per_device_bytes": fp.as_dict(),
     "peak_bytes": fp.peak,

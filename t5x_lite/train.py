@@ -15,6 +15,13 @@ import tempfile
 # all TF does. Set before TF is imported; an explicit setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+if __name__ == "__main__":
+  # SIGTERM / Ctrl-C during start-up end the command at once: set up before any import starts a
+  # thread (t5x_lite/shutdown.py).
+  from t5x_lite import shutdown
+
+  shutdown.guard_startup()
+
 
 from t5x_lite.errors import UserError, run_main  # noqa: E402
 

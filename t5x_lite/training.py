@@ -27,6 +27,7 @@ from t5x_lite import (
   resume_check,
   run_lock,
   run_setup,
+  shutdown,
 )
 from t5x_lite.data import logical_shards, pipeline, quality, tokenized_cache
 from t5x_lite.errors import UserError
@@ -215,6 +216,8 @@ def train(
   run_setup.prepare_model_dir(s.model_dir)
   lock = run_lock.RunLock(s.model_dir) if jax.process_index() == 0 else None
   stale = lock.acquire() if lock else None
+  if lock:
+    shutdown.on_startup_exit(lock.release)
   preemption = _Preemption()  # early: a SIGTERM during set-up still ends in a clean save
   try:
     run_setup.send_library_logs_to(s.model_dir)
@@ -476,6 +479,7 @@ def _train_step(run: _Run) -> None:
   if run.train_iter.reads_ahead and run.step < run.s.end_step:
     run.ahead = _fetch(run)
   if run.compile_s is None:
+    shutdown.training_started()  # a signal now saves this step (see _loop)
     run.compile_s = _first_step_seconds(metrics, step_started)
     run.writer.console(
       f"compiled the train step in {run.compile_s:.1f} s (step {run.step}; not "

@@ -76,7 +76,7 @@ CASES = [
       f"--gin.MODEL_DIR='{d}'",
       f"--gin.text_corpus.train_files='{c['root']}/empty-*.txt'",
     ),
-    "the train split of task 'text_span_corruption' yields no batch",
+    "the train split (text_corpus.train_files / text_corpus.validation_files) holds no documents",
     False,
   ),
   (
@@ -89,7 +89,9 @@ CASES = [
       f"--gin.jsonl_corpus.train_files='{c['root']}/no_text_key.jsonl'",
       f"--gin.jsonl_corpus.validation_files='{c['root']}/no_text_key.jsonl'",
     ),
-    "yields no batch: its files hold no documents (empty, or JSON lines without the field",
+    "no_text_key.jsonl: 20 of the 20 records read so far were skipped (20 malformed, 0 empty, "
+    "0 binary), more than data_quality.max_skipped_fraction=0.01: each line one JSON object "
+    "with a string in its 'text' field",
     False,
   ),
   (

@@ -175,14 +175,16 @@ class CorpusFiles(seqio.FileDataSource):
       num_parallel_calls=tf.data.AUTOTUNE,
     )
 
-  def record_files(self, split: str) -> tuple[list[str], str]:
-    """The split's files and how they are read, for the logical-shard streams (streams.py)."""
-    return self.list_shards(split), "lines"
+  def records(self, split: str):
+    """(files, "lines", parse) for the logical-shard streams (stream_tasks.py)."""
+    field = self.json_field
+    return self.list_shards(split), "lines", lambda lines, _: documents_of_lines(lines, field)
 
-  def parse_records(self, lines, file_index):
-    """A group of lines -> ({"text": documents}, quality counters)."""
-    del file_index  # every file of a corpus has the same format
-    return documents_of_lines(lines, self.json_field)
+  @property
+  def format_hint(self) -> str:
+    if self.json_field:
+      return f"each line one JSON object with a string in its {self.json_field!r} field"
+    return "plain text, one document per line"
 
   def list_shards(self, split: str):
     pattern = self._patterns.get(split)
@@ -217,22 +219,24 @@ class C4Tfds(seqio.TfdsDataSource):
   """TFDS `c4/en`, also readable as its record files by the logical-shard streams."""
 
   setting = "c4_tfds.data_dir / c4_tfds.version"
+  format_hint = "TFDS c4/en examples with a 'text' feature"
 
-  def record_files(self, split: str) -> tuple[list[str], str]:
-    """The split's TFRecord files, in TFDS's order."""
+  def records(self, split: str):
+    """(the split's TFRecord files in TFDS's order, "tfrecord", parse), for the streams."""
     instructions = self.tfds_dataset.files(split)
     files = [os.fspath(i.filename) for i in instructions]
     if any(
       i.skip or (i.take not in (-1, None) and i.take != i.examples_in_shard) for i in instructions
     ):
       raise UserError(f"c4/en split {split!r} names part of a file; give a whole split")
-    return files, "tfrecord"
+    return files, "tfrecord", _c4_documents
 
-  def parse_records(self, records, file_index):
-    """A group of serialized examples -> ({"text": documents}, quality counters)."""
-    del file_index
-    texts = tf.io.parse_example(records, {"text": tf.io.FixedLenFeature([], tf.string)})["text"]
-    return documents_of_lines(texts)
+
+def _c4_documents(records, file_index):
+  """A group of serialized c4 examples -> ({"text": documents}, quality counters)."""
+  del file_index
+  texts = tf.io.parse_example(records, {"text": tf.io.FixedLenFeature([], tf.string)})["text"]
+  return documents_of_lines(texts)
 
 
 def c4_tfds_source() -> seqio.TfdsDataSource:

@@ -40,8 +40,11 @@ def data_error(error: tf.errors.OpError, split: str) -> UserError:
   """A tf.data error of a stream as one line: a data check's own message, else TF's first line."""
   message = str(getattr(error, "message", error))
   if quality.ERROR_TAG in message:
-    text = message.split(quality.ERROR_TAG, 1)[1].splitlines()[0]
-    return UserError(text.rstrip("]").rstrip())
+    text = message.split(quality.ERROR_TAG, 1)[1].splitlines()[0].rstrip("]").rstrip()
+    # The assertion printed the message as a quoted string: undo its escapes.
+    for escaped, plain in (("\\'", "'"), ('\\"', '"'), ("\\\\", "\\")):
+      text = text.replace(escaped, plain)
+    return UserError(text)
   return UserError(f"cannot read the {split} data: {first_line(message, limit=None)}")
 
 

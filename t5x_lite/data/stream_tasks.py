@@ -6,8 +6,8 @@ into examples, which is what lets all of a process's logical shards run in one p
 positions that are numbers. Our span-corruption tasks and `seq2seq_files` are StreamTasks; other
 tasks and mixtures are read with one seqio pipeline per logical shard (seqio_shards.py).
 
-Its source provides `record_files(split) -> (files, "lines" | "tfrecord")` and
-`parse_records(records, file_index) -> ({feature: 1-D text}, quality counters)`.
+Its source provides `records(split) -> (files, "lines" | "tfrecord", parse)`, where
+`parse(records, file_index) -> ({feature: 1-D text}, quality counters)` reads a group of records.
 """
 
 from collections.abc import Callable
@@ -43,8 +43,8 @@ class StreamTask(seqio.Task):
       files = tokenized_cache.cache_files(self, cache_dir, split)
       record_format, parse = "tfrecord", _parse_cached_tokens
     else:
-      files, record_format = self.source.record_files(split)
-      parse = self._tokenized(self.source.parse_records)
+      files, record_format, parse = self.source.records(split)
+      parse = self._tokenized(parse)
     return streams.StreamSpec(
       files=tuple(files),
       record_format=record_format,
@@ -52,6 +52,7 @@ class StreamTask(seqio.Task):
       make_examples=self._make_examples(sequence_length, self.vocabulary.vocab_size),
       num_seeds=self._num_seeds,
       setting=self._setting,
+      format_hint=getattr(self.source, "format_hint", "one document per line"),
     )
 
   def _tokenized(self, parse_records: Callable) -> Callable:
@@ -76,6 +77,12 @@ def _parse_cached_tokens(records, file_index):
     "empty": tf.reduce_sum(tf.cast(~keep, tf.int64)),
   }
   return {"targets": tf.ragged.boolean_mask(tokens, keep)}, counters
+
+
+def examples_as_read(sequence_length, vocab_size):
+  """make_examples of a task whose records are its examples (seq2seq files): no randomness."""
+  del sequence_length, vocab_size
+  return lambda features, seeds: {"inputs": features["inputs"], "targets": features["targets"]}
 
 
 def supports_streams(provider) -> bool:

@@ -56,6 +56,7 @@ class StreamSpec:
   make_examples: Callable
   num_seeds: int
   setting: str  # the gin setting that names the files, for messages
+  format_hint: str = "one document per line"  # what a record must look like, for messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,8 @@ def shard_pieces(spec: StreamSpec, count: int, split: str) -> tuple:
     return tuple(tuple((f, 0, -1) for f in range(j, len(files), count)) for j in range(count))
   lengths = count_records(files, spec.record_format)
   total = sum(lengths)
+  if total == 0:
+    raise UserError(f"the {split} split ({spec.setting}) holds no documents: its files are empty")
   if total < count:
     raise UserError(
       f"the {split} split ({spec.setting}) holds {total} lines, fewer than the {count} logical data "
@@ -277,30 +280,40 @@ class _Graph:
         skipped,
         " of the ",
         t["records"] - t["blank"],
-        " records logical data shard ",
-        shard,
-        " read so far were skipped (",
+        " records read so far were skipped (",
         t["malformed"],
         " malformed, ",
         t["empty"],
         " empty, ",
         t["binary"],
         " binary), more than data_quality.max_skipped_fraction="
-        f"{self.max_skipped_fraction} of them; repair or remove the file, or raise the setting",
+        f"{self.max_skipped_fraction}: {self.c.spec.format_hint}; repair or remove the file, "
+        "or raise the setting",
       ),
-      _data_error(
-        tf.logical_not(empty_epoch),
-        f"the {self.c.split} split gives logical data shard ",
-        shard,
-        f" of {self.c.count} no document (logical_shards.count={self.c.count}; files: "
-        f"{self.c.spec.setting}): the corpus holds too few documents for that many shards; "
-        "lower logical_shards.count (a divisor of BATCH_SIZE), or check the files",
-      ),
+      _data_error(tf.logical_not(empty_epoch), self._no_documents(shard)),
     ]
     with tf.control_dependencies(checks):
       out = {**group, "totals_before": tf.identity(totals), "totals_after": new_totals}
     next_documents = tf.where(group["end"], tf.constant(0, tf.int64), documents)
     return (new_totals, next_documents), out
+
+  def _no_documents(self, shard):
+    where = f"the {self.c.split} split ({self.c.spec.setting})"
+    if self.c.count == 1:
+      return (
+        f"{where} holds no documents: its files are empty or hold only blank or skipped "
+        f"lines ({self.c.spec.format_hint}); check the files"
+      )
+    return tf.strings.join(
+      [
+        f"{where} gives logical data shard ",
+        tf.strings.as_string(shard),
+        f" of {self.c.count} no document: its files are empty or hold only blank or skipped "
+        f"lines ({self.c.spec.format_hint}), or too few documents for logical_shards.count="
+        f"{self.c.count}; check the files or lower logical_shards.count (a divisor of "
+        "BATCH_SIZE)",
+      ]
+    )
 
   # -- examples -------------------------------------------------------------------------------
   def _examples(self, shard_seed, group):
