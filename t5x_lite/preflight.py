@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--write_mb", type=int, default=256, help="size of the write-rate test file")
   parser.add_argument("--skip_data", action="store_true", help="do not read the training data")
+  parser.add_argument(
+    "--hosts", type=int, default=None, help="hosts of the target (default: from its topology)"
+  )
   return parser
 
 
@@ -63,7 +66,7 @@ def _memory(gin_args: list[str], target: str) -> dict:
   )
   lines = done.stdout.strip().splitlines()
   if done.returncode != 0 or not lines:
-    errors = [l for l in done.stderr.splitlines() if l.startswith("error:")]
+    errors = [l.removeprefix("error: ") for l in done.stderr.splitlines() if l.startswith("error:")]
     return {"error": (errors or done.stderr.strip().splitlines() or ["plan failed"])[-1]}
   return json.loads(lines[-1])
 
@@ -168,7 +171,7 @@ def main(argv=None) -> int:
   gin_utils.parse_gin(gin_files, gin_bindings)
   settings = plan.run_settings()
   cfg = config.model_config()
-  hosts = memory.get("hosts") or 1
+  hosts = args.hosts or memory.get("hosts") or 1
   data = {"skipped": True} if args.skip_data else _data(settings, hosts, args.data_seconds)
   required = _required(cfg, settings, args.target, hosts)
   checkpoint = _checkpoint(

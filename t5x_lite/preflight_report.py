@@ -15,7 +15,10 @@ def verdicts(report: dict, host_cores: int | None) -> list[str]:
 
 def _memory(memory: dict, target: str) -> str:
   if "error" in memory:
-    return f"memory: not compiled for {target}: {memory['error']}"
+    return (
+      f"memory: not compiled for {target}: {memory['error']} (the rest assumes one host; "
+      "--hosts=N says how many)"
+    )
   how = (
     f"remat '{memory['remat_policy']}', {memory['num_microbatches']} microbatches; "
     f"deviceless compile, {memory['compile_s']} s here"

@@ -192,27 +192,7 @@ def train(
   `memory_fit`: 'auto' switches to the cheapest remat policy / microbatch count that fits the
   device when the configured step does not; 'off' fails instead (see memory_fit.py).
   """
-  s = _checked(
-    Settings(
-      model_dir,
-      train_steps,
-      batch_size,
-      mixture_or_task_name,
-      task_feature_lengths,
-      num_partitions,
-      num_microbatches,
-      checkpoint_period,
-      eval_period,
-      eval_steps,
-      log_period,
-      seed,
-      use_packing,
-      peak_flops_per_device,
-      allow_data_change,
-      memory_fit,
-      stop_at_step,
-    )
-  )
+  s = _checked(Settings(**locals()))  # the parameters are Settings' fields, by name
   run_setup.prepare_model_dir(s.model_dir)
   lock = run_lock.RunLock(s.model_dir) if jax.process_index() == 0 else None
   stale = lock.acquire() if lock else None

@@ -375,8 +375,57 @@ def test_sigterm_is_forwarded(tmp_path, fake_python):
   # Every process saved and exited 0 (what the fakes do on SIGTERM): so does the launcher.
   assert proc.returncode == 0, err
   assert "terminated, asking all processes to save and stop" in err
-  assert "all processes saved and stopped" in err
+  assert "all processes stopped cleanly" in err
   assert sorted(p.name for p in (tmp_path / "pids").glob("term_*")) == ["term_0", "term_1"]
+
+
+def start_launcher(tmp_path, env) -> subprocess.Popen:
+  """local.sh with 2 fake processes, once both have started."""
+  proc = subprocess.Popen(
+    ["bash", str(LOCAL_SH), "2"],
+    env=env,
+    cwd=REPO,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    start_new_session=True,
+  )
+  deadline = time.monotonic() + 20
+  while len(os.listdir(tmp_path / "pids")) < 2 and time.monotonic() < deadline:
+    time.sleep(0.1)
+  time.sleep(0.3)  # let the fakes install their traps
+  return proc
+
+
+def test_a_save_longer_than_the_kill_grace_is_waited_for(tmp_path, fake_python):
+  # On a loaded host a save can take longer than KILL_GRACE_S: a signal never escalates by time.
+  saving = 'sleep 3; echo saved >"$PIDS/term_$T5X_LITE_PROCESS_ID"; exit 0'
+  proc = start_launcher(tmp_path, fake_env(tmp_path, fake_python, ON_TERM=saving))
+  try:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.returncode == 0, err
+  assert "SIGKILL" not in err and "all processes stopped cleanly" in err
+  assert sorted(p.name for p in (tmp_path / "pids").glob("term_*")) == ["term_0", "term_1"]
+
+
+def test_a_second_signal_kills_at_once(tmp_path, fake_python):
+  proc = start_launcher(tmp_path, fake_env(tmp_path, fake_python, ON_TERM="sleep 60; exit 0"))
+  try:
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert time.monotonic() - started < 10
+  assert proc.returncode == 130
+  assert "stopping now (SIGKILL)" in err
 
 
 # -- (d) the launch scripts parse and are shellcheck-clean -----------------------------------------

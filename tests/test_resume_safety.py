@@ -255,12 +255,62 @@ def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
   assert proc.returncode == 0, out[-2000:] + err[-2000:]
-  assert "SIGTERM: saved step" in out and "all processes saved and stopped" in err
+  assert "SIGTERM: saved step" in out and "all processes stopped cleanly" in err
   steps = [s for s in os.listdir(model_dir / "checkpoints") if s.isdigit()]
   assert len(steps) == 1
   # One data position per logical shard (default count: gcd(BATCH_SIZE, 64)), from both processes.
   assert sorted(os.listdir(model_dir / "data_state" / steps[0])) == [f"shard_{j}" for j in range(8)]
   assert "still running after" not in err  # no process needed SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_sigterm_to_local_sh_during_start_up_ends_every_process(corpus, tmp_path):
+  """Two real processes still starting (nothing trained): both exit at once, and so does the
+  launcher, with status 0."""
+  model_dir = tmp_path / "run"
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    CUDA_VISIBLE_DEVICES="",
+    XLA_FLAGS=FAST_COMPILE,
+    PYTHON=sys.executable,
+    DEVICES_PER_PROCESS="2",
+  )
+  flags = [
+    "--gin_file=runs/quickstart.gin",
+    *[f"--gin_bindings={b}" for b in TINY],
+    f"--gin.MODEL_DIR='{model_dir}'",
+    "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
+    *corpus.flags(),
+  ]
+  proc = subprocess.Popen(
+    ["bash", str(REPO / "launch" / "local.sh"), "2", *flags],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
+  try:
+    deadline = time.monotonic() + 300
+    while not (model_dir / run_lock.LOCK_NAME).exists():
+      assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert time.monotonic() - signalled < 30
+  assert proc.returncode == 0, out[-2000:] + err[-2000:]
+  assert "all processes stopped cleanly" in err
+  for i in range(2):
+    log = (model_dir / "logs" / f"process_{i}.log").read_text()
+    assert "SIGTERM during start-up: no step trained yet" in log
+  assert not (model_dir / run_lock.LOCK_NAME).exists()
 
 
 def test_a_per_process_data_position_of_an_old_checkpoint_is_a_data_change():

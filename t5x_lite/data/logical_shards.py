@@ -1,11 +1,11 @@
 """One global example order, whatever the number of processes: logical data shards.
 
 The training data is split into `count` logical shards (gin `logical_shards.count`; by default
-gcd(batch size, 64)). Logical shard j is one deterministic seqio stream: its part of the data
-(seqio.ShardInfo(j, count): whole files when there are enough, else every count-th example), its
-own seed (seed * count + j) and batch_size / count rows per step. The global batch of a step is
-the batches of shards 0..count-1 stacked in that order, so it depends on the task or mixture,
-the seed, the batch size and the count, never on the processes.
+gcd(batch size, 64)). Logical shard j is one deterministic stream: its part of the data (whole
+files when there are enough, else an equal part of the lines; streams.py), its own seed
+(seed * count + j) and batch_size / count rows per step. The global batch of a step is the
+batches of shards 0..count-1 stacked in that order, so it depends on the task or mixture, the
+seed, the batch size and the count, never on the processes.
 
 Process p of P owns the contiguous block of shards [p * count / P, (p + 1) * count / P): it reads
 and tokenizes only those, and its rows are rows [p * B / P, (p + 1) * B / P) of the global batch,
@@ -24,8 +24,8 @@ import gin
 
 from t5x_lite.errors import UserError
 
-# The default count's ceiling: 64 hosts each read one shard, and a one-process run builds at most
-# 64 small pipelines.
+# The default count's ceiling: up to 64 hosts can share the data (each reads count / hosts shards,
+# all in one pipeline per process).
 MAX_DEFAULT_COUNT = 64
 
 

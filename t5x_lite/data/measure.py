@@ -65,7 +65,7 @@ def measure_reading(
   examples = batches * rows
   it.close()
   return {
-    "reader": "streams" if it.reads_ahead else "seqio per shard",
+    "pipeline": "streams" if it.reads_ahead else "seqio per shard",
     "logical_shards": len(it.shards),
     "rows_per_batch": rows,
     "first_batch_s": round(first_batch_s, 2),

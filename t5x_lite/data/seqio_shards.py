@@ -55,39 +55,22 @@ def get_dataset(
   decoder_loss_weights, plus encoder/decoder_segment_ids and _positions when packed.
   `autotune=False` runs the pipeline without tf.data's autotuning (see AUTOTUNE_STATE_KEY).
   """
-  if num_shards < 1 or not 0 <= shard_id < num_shards:
-    raise UserError(f"shard_id={shard_id} is not in [0, num_shards={num_shards})")
-  if batch_size % num_shards:
-    raise UserError(f"global batch size {batch_size} is not divisible by {num_shards} data shards")
-  missing = {"inputs", "targets"} - set(task_feature_lengths)
-  if missing:
-    raise UserError(
-      f"TASK_FEATURE_LENGTHS needs 'inputs' and 'targets' lengths, missing {sorted(missing)}"
-    )
+  _check_shards(task_feature_lengths, batch_size, shard_id, num_shards)
   provider = registry.refresh(mixture_or_task_name)
-  seed = DEFAULT_SEED if seed is None else seed
-  shard_info = seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None
   lengths = {k: int(v) for k, v in task_feature_lengths.items()}
   cache_dir = tokenized_cache.tokenized_cache_config()
   if cache_dir:
     for task in registry.leaf_tasks(provider):
       tokenized_cache.use_cache(task, cache_dir, split)
-  buffer = {}
-  if (
-    shuffle and num_shards > 1 and isinstance(provider, seqio.Task) and provider.shuffle_buffer_size
-  ):
-    # The shards of one process shuffle as many examples together as one stream did: a buffer of
-    # the task's size in each of 64 shards would tokenize 64 times as much before the first step.
-    buffer["shuffle_buffer_size"] = -(-provider.shuffle_buffer_size // num_shards)
   ds = provider.get_dataset(
     sequence_length=lengths,
     split=split,
     shuffle=shuffle,
-    seed=seed,
-    shard_info=shard_info,
+    seed=DEFAULT_SEED if seed is None else seed,
+    shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None,
     num_epochs=None if repeat else 1,
     use_cached=bool(cache_dir),
-    **buffer,
+    **_shuffle_buffer(provider, shuffle, num_shards),
   )
   ds = seqio.EncDecFeatureConverter(pack=use_packing)(ds, lengths)
   ds = ds.batch(batch_size // num_shards, drop_remainder=True)
@@ -99,6 +82,28 @@ def get_dataset(
   if not autotune:
     options.autotune.enabled = False
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _check_shards(lengths: Mapping[str, int], batch_size: int, shard_id: int, num_shards: int):
+  if num_shards < 1 or not 0 <= shard_id < num_shards:
+    raise UserError(f"shard_id={shard_id} is not in [0, num_shards={num_shards})")
+  if batch_size % num_shards:
+    raise UserError(f"global batch size {batch_size} is not divisible by {num_shards} data shards")
+  missing = {"inputs", "targets"} - set(lengths)
+  if missing:
+    raise UserError(
+      f"TASK_FEATURE_LENGTHS needs 'inputs' and 'targets' lengths, missing {sorted(missing)}"
+    )
+
+
+def _shuffle_buffer(provider, shuffle: bool, num_shards: int) -> dict:
+  """The shards of one process shuffle as many examples together as one stream did: a buffer of
+  the task's size in each of 64 shards would tokenize 64 times as much before the first step."""
+  if (
+    shuffle and num_shards > 1 and isinstance(provider, seqio.Task) and provider.shuffle_buffer_size
+  ):
+    return {"shuffle_buffer_size": -(-provider.shuffle_buffer_size // num_shards)}
+  return {}
 
 
 def _shard_datasets(

@@ -162,54 +162,7 @@ def write_cache(
   tf.io.gfile.makedirs(out_dir)
   complete = True
   for split in splits:
-    available = _num_source_shards(task, split)
-    n = num_shards or available or 64
-    if available and n > available:
-      raise UserError(
-        f"task {task.name!r} split {split!r} has {available} input files; "
-        f"--num_shards={n} would leave shards empty (use at most {available})"
-      )
-    totals, done = _NO_STATS, 0
-    mine = [i for i in range(n) if i % num_workers == worker_id]
-    skipped = [i for i in mine if tf.io.gfile.exists(_shard_paths(out_dir, split, i, n)[1])]
-    if skipped:
-      log(
-        f"{task.name} {split}: {len(skipped)} of this worker's {len(mine)} shards are already "
-        f"written, skipping {_shard_ranges(skipped)} (of {n})"
-      )
-    bar = progress.Progress(
-      f"{task.name} {split}", len(mine) - len(skipped), "shards", every_s=0, log=log
-    )
-    for index in range(n):
-      stats_path = _shard_paths(out_dir, split, index, n)[1]
-      if index % num_workers == worker_id:
-        fresh = index not in skipped
-        stats = write_shard(task, split, index, n, out_dir)
-        if fresh:
-          bar.advance(
-            1,
-            f"shard {index + 1}/{n}: {stats['examples']} documents, "
-            f"{stats['targets_tokens']} tokens",
-          )
-      elif tf.io.gfile.exists(stats_path):
-        stats = _read_json(stats_path)
-      else:
-        continue  # Another worker's shard, not written yet.
-      done += 1
-      totals = _merged(totals, stats)
-    if done < n:
-      complete = False
-      continue
-    _write_json(
-      os.path.join(out_dir, _INFO.format(split=split)),
-      {
-        "features": {"targets": {"shape": [None], "dtype": "int32"}},
-        "num_shards": n,
-        "seqio_version": seqio.__version__,
-        "vocabulary_digest": vocabulary_digest(task),
-      },
-    )
-    _write_json(os.path.join(out_dir, _STATS.format(split=split)), totals)
+    complete &= _write_split(task, split, out_dir, num_shards, worker_id, num_workers, log)
   if complete:
     _write_json(os.path.join(out_dir, _COMPLETED), {"splits": list(splits)})
   return complete
@@ -220,6 +173,57 @@ def cache_files(task: seqio.Task, cache_dir: str, split: str) -> list[str]:
   out_dir = task_cache_dir(cache_dir, task.name)
   n = _read_json(os.path.join(out_dir, _INFO.format(split=split)))["num_shards"]
   return [_shard_paths(out_dir, split, i, n)[0] for i in range(n)]
+
+
+def _write_split(task, split, out_dir, num_shards, worker_id, num_workers, log) -> bool:
+  """This worker's shards of one split; the split's info and stats once all shards exist.
+  Returns whether the split is complete."""
+  available = _num_source_shards(task, split)
+  n = num_shards or available or 64
+  if available and n > available:
+    raise UserError(
+      f"task {task.name!r} split {split!r} has {available} input files; "
+      f"--num_shards={n} would leave shards empty (use at most {available})"
+    )
+  totals, done = _NO_STATS, 0
+  mine = [i for i in range(n) if i % num_workers == worker_id]
+  skipped = [i for i in mine if tf.io.gfile.exists(_shard_paths(out_dir, split, i, n)[1])]
+  if skipped:
+    log(
+      f"{task.name} {split}: {len(skipped)} of this worker's {len(mine)} shards are already "
+      f"written, skipping {_shard_ranges(skipped)} (of {n})"
+    )
+  bar = progress.Progress(
+    f"{task.name} {split}", len(mine) - len(skipped), "shards", every_s=0, log=log
+  )
+  for index in range(n):
+    stats_path = _shard_paths(out_dir, split, index, n)[1]
+    if index % num_workers == worker_id:
+      stats = write_shard(task, split, index, n, out_dir)
+      if index not in skipped:
+        bar.advance(
+          1,
+          f"shard {index + 1}/{n}: {stats['examples']} documents, {stats['targets_tokens']} tokens",
+        )
+    elif tf.io.gfile.exists(stats_path):
+      stats = _read_json(stats_path)
+    else:
+      continue  # Another worker's shard, not written yet.
+    done += 1
+    totals = _merged(totals, stats)
+  if done < n:
+    return False
+  _write_json(
+    os.path.join(out_dir, _INFO.format(split=split)),
+    {
+      "features": {"targets": {"shape": [None], "dtype": "int32"}},
+      "num_shards": n,
+      "seqio_version": seqio.__version__,
+      "vocabulary_digest": vocabulary_digest(task),
+    },
+  )
+  _write_json(os.path.join(out_dir, _STATS.format(split=split)), totals)
+  return True
 
 
 def use_cache(task: seqio.Task, cache_dir: str, split: str) -> None:
