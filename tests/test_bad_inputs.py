@@ -1,7 +1,8 @@
-"""Every user mistake is one line on stderr, exit code 2, no traceback, and leaves MODEL_DIR's
-checkpoints as they were. Each case runs the real command in a fresh process, with the CLI's own
-logging defaults (no TF_CPP_MIN_LOG_LEVEL from the caller)."""
+"""Every user mistake is one line on stderr, exit code 2, no traceback, and leaves MODEL_DIR as it
+was (or absent, when it was). Each case runs the real command in a fresh process, with the CLI's
+own logging defaults (no TF_CPP_MIN_LOG_LEVEL from the caller)."""
 
+import hashlib
 import json
 import os
 import pathlib
@@ -162,6 +163,34 @@ CASES = [
     True,
   ),
   (
+    "unknown task",
+    lambda c, d: train_cmd(
+      *TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.MIXTURE_OR_TASK_NAME='no_such_task'"
+    ),
+    "unknown task or mixture 'no_such_task'; registered: ",
+    False,
+  ),
+  (
+    "MODEL_DIR name too long",
+    lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}/{'x' * 300}'"),
+    "cannot be created: File name too long; choose another MODEL_DIR",
+    False,
+  ),
+  (
+    "MODEL_DIR holds a file named checkpoints",
+    lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'"),
+    "run/checkpoints is a file where the run keeps its checkpoints directory; move it away or "
+    "choose another MODEL_DIR",
+    False,
+  ),
+  (
+    "checkpoint without its data position",
+    lambda c, d: train_cmd(*TINY, *data_flags(c), f"--gin.MODEL_DIR='{d}'", "--gin.TRAIN_STEPS=2"),
+    "/data_state/1; pass --gin.train.allow_data_change=True to continue from step 1 with the data "
+    "read from its start, or use another MODEL_DIR to start afresh",
+    True,
+  ),
+  (
     "HF config.json not an object",
     lambda c, d: [
       sys.executable,
@@ -179,12 +208,13 @@ CASES = [
 NATIVE_BANNER = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} )")
 
 
-def checkpoint_files(model_dir: pathlib.Path) -> dict[str, int]:
+def tree(path: pathlib.Path) -> dict[str, str] | None:
+  """Every file and directory under `path` with a digest of its contents; None if it is absent."""
+  if not path.exists():
+    return None
   return {
-    str(p.relative_to(model_dir)): p.stat().st_size
-    for sub in ("checkpoints", "data_state")
-    for p in (model_dir / sub).rglob("*")
-    if p.is_file()
+    str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    for p in path.rglob("*")
   }
 
 
@@ -202,7 +232,12 @@ def test_one_line_error(corpus, trained, tmp_path, name, command, message, from_
   if name == "HF config.json not an object":
     (corpus["root"] / "hf").mkdir(exist_ok=True)
     (corpus["root"] / "hf" / "config.json").write_text("[1, 2]")
-  before = checkpoint_files(model_dir)
+  if name == "MODEL_DIR holds a file named checkpoints":
+    model_dir.mkdir()
+    (model_dir / "checkpoints").write_text("not a directory")
+  if name == "checkpoint without its data position":
+    shutil.rmtree(model_dir / "data_state" / "1")
+  before = tree(model_dir)
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
   done = subprocess.run(
@@ -216,7 +251,8 @@ def test_one_line_error(corpus, trained, tmp_path, name, command, message, from_
   assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
   assert message in lines[0]
   assert "Traceback" not in done.stdout + done.stderr
-  assert checkpoint_files(model_dir) == before
+  # Nothing is created, changed or removed: no logs/, no tensorboard/, no config.gin.
+  assert tree(model_dir) == before
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
