@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any, NamedTuple
 
@@ -159,6 +160,25 @@ def read_params(manager, step: int, abstract, shardings) -> Any:
   return state["params"]
 
 
+def _drop_closed_loop_reports() -> None:
+  """Orbax's failed asynchronous reads leave callbacks behind that report "Event loop is closed"
+  through sys.unraisablehook once their loop is gone, a traceback each, sometimes before the
+  read has failed: after the line that names the unreadable step they say nothing, so they are
+  dropped (other reports still show)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_drops_closed_loops", False):
+    return
+
+  def hook(report):
+    if not (
+      isinstance(report.exc_value, RuntimeError) and "Event loop is closed" in str(report.exc_value)
+    ):
+      previous(report)
+
+  hook._drops_closed_loops = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
 def restore_params(model_dir: str, step: int | None = None, device=None) -> Restored:
   """Restores only the params of a checkpoint (the latest complete one, or `step`) onto one device.
 
@@ -169,6 +189,7 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
 
   from t5x_lite.models import EncoderDecoderModel
 
+  _drop_closed_loop_reports()
   directory = os.path.join(paths.resolve(model_dir), "checkpoints")
   if not isdir(directory):
     raise UserError(f"no checkpoints in {model_dir} (expected {directory}/<step>/)")
@@ -185,22 +206,23 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
 
   def attempt(candidate: int) -> Restored:
     where = os.path.join(directory, str(candidate))
-    with step_fallback.reading(), quiet_absl():
+    with step_fallback.reading("meta"), quiet_absl():
       meta = read_meta(manager, candidate)
     cfg = config_from_meta(meta, where)
     abstract = EncoderDecoderModel(cfg).abstract_params()
-    with step_fallback.reading():
+    with step_fallback.reading("state"):
       params = read_params(manager, candidate, abstract, jax.tree.map(lambda x: sharding, abstract))
     return Restored(candidate, cfg, params, meta)
 
   def unreadable(candidate: int, error: BaseException) -> None:
     """Read-only: a step that cannot be read is named and skipped, never moved."""
     where = os.path.join(directory, str(candidate))
+    reason = step_fallback.reason(error)
     if step is not None or candidate == steps[0]:
-      raise UserError(f"checkpoint {where} cannot be restored: {first_line(error)}") from None
+      raise UserError(f"checkpoint {where} cannot be restored: {reason}") from None
+    previous = max(s for s in steps if s < candidate)
     print(
-      f"warning: checkpoint {where} cannot be restored ({first_line(error)}); "
-      "using the previous one",
+      f"warning: checkpoint {where} cannot be restored ({reason}); falling back to step {previous}",
       flush=True,
     )
 
