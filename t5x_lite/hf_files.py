@@ -240,10 +240,13 @@ def check_sentencepiece(model_bytes: bytes, source: str) -> int:
   """Validates a T5 SentencePiece model (pad 0, eos 1, unk 2, no extra ids); returns its size."""
   import sentencepiece as spm
 
+  if not model_bytes:
+    raise UserError(f"{source} is empty, not a SentencePiece model")
   try:
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
-  except Exception as e:
-    raise UserError(f"{source} is not a SentencePiece model: {first_line(e)}") from None
+  except Exception:
+    # The library's own words are a C++ assertion ("ParseFromArray(...)").
+    raise UserError(f"{source} is not a SentencePiece model (it does not parse as one)") from None
   ids = (sp.pad_id(), sp.eos_id(), sp.unk_id())
   if ids != (PAD_ID, EOS_ID, UNK_ID):
     raise UserError(f"{source} has pad/eos/unk ids {ids}; T5 needs {(PAD_ID, EOS_ID, UNK_ID)}")
@@ -279,6 +282,8 @@ def run_sentencepiece(
   """The SentencePiece model of a run, as (bytes or None, where from, why not): the file `vocab`
   (--vocab), else MODEL_DIR/spiece.model (what import_hf copies in), else the run's task's."""
   if vocab:
+    if isdir(vocab):
+      raise UserError(f"--vocab {vocab} is a directory; give the SentencePiece model file in it")
     if not isfile(vocab):
       raise UserError(f"--vocab file {vocab} does not exist")
     return read_bytes(vocab), vocab, ""
@@ -396,6 +401,7 @@ def write_json(path: str, value: dict) -> None:
 def check_output_dir(out_dir: str, overwrite: bool, flag: str = "--overwrite") -> None:
   if exists(out_dir) and not isdir(out_dir):
     raise UserError(f"{out_dir} exists and is not a directory")
+  paths.check_creatable(out_dir, "output directory")
   if isdir(out_dir) and _gfile().listdir(out_dir) and not overwrite:
     hint = f" (pass {flag} to replace it)" if flag else ""
     raise UserError(f"output directory {out_dir} exists and is not empty{hint}")
@@ -445,8 +451,13 @@ def staged_output_dir(out_dir: str, overwrite: bool = False, flag: str | None = 
       shutil.rmtree(tmp, ignore_errors=True)
     return
   parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  except OSError as e:  # a read-only file system, a name too long, ...
+    raise UserError(
+      f"output directory {out_dir} cannot be created: {e.strerror}; choose another output directory"
+    ) from None
   try:
     yield tmp
     _publish(tmp)

@@ -274,7 +274,12 @@ def main(argv=None) -> int:
     help="allow reading pytorch_model.bin (pickle) when no safetensors exist",
   )
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  import_hf(args.hf_dir, args.model_dir, args.run_gin_file, args.gin_file, args.allow_pickle)
+  if hf_files.exists(args.hf_dir) and not hf_files.isdir(args.hf_dir):
+    raise UserError(
+      f"--hf_dir {args.hf_dir} is a file; give the directory that holds the model's config.json"
+    )
+  with gin_utils.required_bindings_checked():
+    import_hf(args.hf_dir, args.model_dir, args.run_gin_file, args.gin_file, args.allow_pickle)
   return 0
 
 

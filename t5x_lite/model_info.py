@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     cfg = config.resolve_model_name(args.name)
   elif files or bindings:
     gin_utils.parse_gin(files, bindings)
-    cfg = config.model_config()
+    with gin_utils.required_bindings_checked():
+      cfg = config.model_config()
   else:
     raise UserError(f"give a model name or --gin_file; names: {config.GRAMMAR}")
   info = describe(cfg, args.input_length, args.target_length)

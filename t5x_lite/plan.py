@@ -384,7 +384,8 @@ def main(argv=None) -> int:
 
     gin_utils.parse_gin(gin_files, gin_bindings)
     settings = run_settings()
-    cfg = config.model_config()
+    with gin_utils.required_bindings_checked():
+      cfg = config.model_config()
     devices = topology_devices(target)
     if args.sweep:
       result = plan_one(cfg, args.target, devices, settings, settings.num_microbatches)

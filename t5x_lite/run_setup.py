@@ -112,9 +112,20 @@ def task_vocab_size(mixture_or_task_name: str) -> int:
   try:
     return task_vocab.vocab_size
   except Exception as e:  # noqa: BLE001  (tf, sentencepiece and gcs raise many kinds)
-    raise UserError(
-      _vocab_unreadable(mixture_or_task_name, path, first_line(e, limit=200))
-    ) from None
+    empty = (
+      path and not paths.is_remote(path) and os.path.isfile(path) and not os.path.getsize(path)
+    )
+    reason = "the file is empty" if empty else first_line(e, limit=200)
+    raise UserError(_vocab_unreadable(mixture_or_task_name, path, reason)) from None
+
+
+def check_splits(mixture_or_task_name: str, provider, splits: list[str]) -> None:
+  for split in splits:
+    if split not in provider.splits:
+      raise UserError(
+        f"task {mixture_or_task_name!r} has no split {split!r}; its splits: "
+        f"{', '.join(provider.splits)}"
+      )
 
 
 def check_task_fits_model(mixture_or_task_name: str, model_vocab_size: int) -> None:

@@ -78,7 +78,8 @@ def main(argv=None) -> int:
   import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks named in gin)
 
   gin_utils.parse_gin(gin_files, gin_bindings)
-  result = training.train(stop_at_step=args.stop_at_step)
+  with gin_utils.required_bindings_checked():
+    result = training.train(stop_at_step=args.stop_at_step)
   if jax.process_index() == 0:
     print(json.dumps({"final": result}), flush=True)
   return 0

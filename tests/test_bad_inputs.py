@@ -18,6 +18,7 @@ import pytest
 
 from t5x_lite import gin_utils
 from t5x_lite.data import testing
+from t5x_lite.errors import UserError
 import t5x_lite.tasks  # noqa: F401
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -191,6 +192,19 @@ CASES = [
     True,
   ),
   (
+    "gin file of binary bytes",
+    lambda c, d: train_cmd(f"--gin_file={c['root']}/binary.gin", f"--gin.MODEL_DIR='{d}'"),
+    "binary.gin is not text (not UTF-8); is it a gin file?",
+    False,
+  ),
+  (
+    "gin file that binds nothing",
+    lambda c, d: train_cmd(f"--gin_file={c['root']}/empty-0.txt"),
+    "the gin files bind no train.model_dir, train.train_steps, train.batch_size, "
+    "train.mixture_or_task_name, train.task_feature_lengths; add the gin file that does",
+    False,
+  ),
+  (
     "HF config.json not an object",
     lambda c, d: [
       sys.executable,
@@ -237,6 +251,8 @@ def test_one_line_error(corpus, trained, tmp_path, name, command, message, from_
     (model_dir / "checkpoints").write_text("not a directory")
   if name == "checkpoint without its data position":
     shutil.rmtree(model_dir / "data_state" / "1")
+  if name == "gin file of binary bytes":
+    (corpus["root"] / "binary.gin").write_bytes(bytes(range(256)) * 4)
   before = tree(model_dir)
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
@@ -276,3 +292,91 @@ def test_model_dir_not_writable(corpus, tmp_path):
     f"does not allow writing for this user); choose another "
     f"MODEL_DIR or fix its permissions"
   ]
+
+
+def hf_dir_with_config(path: pathlib.Path) -> pathlib.Path:
+  path.mkdir()
+  dims = dict(d_model=64, d_ff=128, num_heads=2, d_kv=32, num_layers=2, vocab_size=256)
+  (path / "config.json").write_text(json.dumps({"model_type": "t5", **dims}))
+  return path
+
+
+@pytest.mark.parametrize(
+  "weights, message",
+  [
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00{", "(Error while deserializing: "),
+    (bytes(range(256)) * 8, "(Error while deserializing: header too large)"),
+  ],
+  ids=["cut short", "not safetensors"],
+)
+def test_import_of_weights_that_do_not_load(tmp_path, weights, message):
+  from t5x_lite import import_hf
+
+  hf_dir = hf_dir_with_config(tmp_path / "hf")
+  (hf_dir / "model.safetensors").write_bytes(weights)
+  with pytest.raises(UserError) as refused:
+    import_hf.main([f"--hf_dir={hf_dir}", f"--model_dir={tmp_path / 'out' / 'run'}"])
+  assert str(refused.value).startswith(f"{hf_dir}/model.safetensors is not a complete safetensors")
+  assert message in str(refused.value) and "download or copy it again" in str(refused.value)
+  assert not (tmp_path / "out").exists()
+
+
+def test_sentencepiece_files_that_are_empty_or_not_one(tmp_path):
+  from t5x_lite import hf_files
+
+  with pytest.raises(UserError, match=r"^x.model is empty, not a SentencePiece model$"):
+    hf_files.check_sentencepiece(b"", "x.model")
+  with pytest.raises(UserError, match=r"^x.model is not a SentencePiece model \(it does not parse"):
+    hf_files.check_sentencepiece(bytes(range(256)) * 8, "x.model")
+
+
+def test_export_to_where_no_directory_can_be(trained, tmp_path):
+  from t5x_lite import export_hf
+
+  (tmp_path / "a_file").write_text("mine")
+  before = tree(tmp_path)
+  with pytest.raises(
+    UserError,
+    match=rf"^output directory {tmp_path}/a_file/hf cannot be created: {tmp_path}/a_file is a "
+    rf"file, not a directory; choose another output directory$",
+  ):
+    export_hf.main([f"--model_dir={trained}", f"--output_dir={tmp_path / 'a_file' / 'hf'}"])
+  with pytest.raises(UserError, match=r"cannot be created: File name too long; choose another"):
+    export_hf.main([f"--model_dir={trained}", f"--output_dir={tmp_path / ('x' * 300)}"])
+  with pytest.raises(UserError, match=rf"^--vocab {tmp_path} is a directory; give the Sentence"):
+    export_hf.main([f"--model_dir={trained}", f"--output_dir={tmp_path}/o", f"--vocab={tmp_path}"])
+  assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+  "module, flags, message",
+  [
+    ("inspect_data", ["--num_examples=-1"], "--num_examples must be 0 or more, got -1"),
+    ("inspect_data", ["--split=test"], "task 'text_span_corruption' has no split 'test'; its"),
+    ("cache_tokenized", ["--num_shards=-1"], "--num_shards must be a positive number, got -1"),
+    ("cache_tokenized", ["--splits=train,tset"], "has no split 'tset'; its splits: train, val"),
+    ("inspect_data", ["BINARY_VOCAB"], "(BINARY) cannot be read: Error parsing message"),
+    ("cache_tokenized", ["EMPTY_VOCAB"], "(EMPTY) cannot be read: the file is empty; bind a"),
+  ],
+)
+def test_data_commands_check_their_flags_and_vocabulary(corpus, tmp_path, module, flags, message):
+  import importlib
+
+  vocabs = {"BINARY": tmp_path / "binary.model", "EMPTY": tmp_path / "empty.model"}
+  vocabs["BINARY"].write_bytes(bytes(range(256)) * 8)
+  vocabs["EMPTY"].write_bytes(b"")
+  for name, path in vocabs.items():
+    flags = [f"--gin.task_vocabulary.path='{path}'" if f == f"{name}_VOCAB" else f for f in flags]
+    message = message.replace(f"({name})", f"({path})")
+  flags = [  # the case's flags last: they override the corpus's vocabulary
+    *data_flags(corpus),
+    "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+    *flags,
+  ]
+  if module == "cache_tokenized":
+    flags.append(f"--cache_dir={tmp_path / 'cache'}")
+  with gin_utils.fresh_config(), pytest.raises(UserError) as refused:
+    importlib.import_module(f"t5x_lite.{module}").main(flags)
+  assert message in str(refused.value) and "\n" not in str(refused.value)
+  assert not (tmp_path / "cache").exists()
