@@ -27,6 +27,7 @@ LAYERS = {
     "commands",
     "flops",
     "step_fallback",
+    "quiet_startup",
   ),
   "model": ("config", "layers", "network", "models", "partitioning", "optimizers"),
   "data": ("data", "tasks"),  # the sub-packages, whole

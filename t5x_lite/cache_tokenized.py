@@ -11,6 +11,10 @@ same cache_dir); each finished shard survives a crash, reruns skip it, and which
 finds every shard present marks the cache complete. See `t5x_lite/data/tokenized_cache.py`.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import sys
 import time

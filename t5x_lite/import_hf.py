@@ -9,6 +9,10 @@ OUT/model.gin binding the model. DIR and OUT may be local or gs://. Continue wit
 or, without C4 at hand, on the offline quickstart corpus with --gin_file=runs/quickstart.gin.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import dataclasses
 import json

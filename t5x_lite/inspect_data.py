@@ -9,6 +9,10 @@ object per line, {"inputs": [...], "targets": [...]}: ids after span corruption 
 packing; --decode adds "inputs_text"/"targets_text" with sentinels shown as <extra_id_N>.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import itertools
 import json

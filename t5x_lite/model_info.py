@@ -6,6 +6,10 @@ training and inference FLOPs per token, KV-cache bytes per decoded token, and th
 To measure speed as well: `python -m t5x_lite.efficiency NAME...`.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import dataclasses
 import json

@@ -11,6 +11,10 @@ by FLOP overhead (XLA's cost analysis of the unscanned step on the host CPU, lay
 linearly), then by microbatches. Gin flags are those of `train`.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import dataclasses
 import json

@@ -4,42 +4,18 @@ Pretrains from gin; running the same command again resumes from the latest compl
 The loop itself is t5x_lite/training.py (gin: `train.*`).
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
-import contextlib
 import json
-import os
 import sys
-import tempfile
 
-# TF's C++ errors on a machine without a GPU ("failed call to cuInit") are noise here: tf.data is
-# all TF does. Set before TF is imported; an explicit setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import jax
 
-
-@contextlib.contextmanager
-def _startup_banners_hidden():
-  """Keeps the native libraries' import banners (oneDNN, CUDA probing) off the console; they are
-  shown only if the import fails."""
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    except BaseException:
-      os.dup2(saved, 2)
-      captured.seek(0)
-      sys.stderr.write(captured.read().decode(errors="replace"))
-      raise
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)
-
-
-with _startup_banners_hidden():
-  import jax  # noqa: E402
-
-  from t5x_lite import distributed, gin_utils, training  # noqa: E402
-from t5x_lite.errors import UserError, run_main  # noqa: E402
+from t5x_lite import distributed, gin_utils, training
+from t5x_lite.errors import UserError, run_main
 
 
 def main(argv=None) -> int:

@@ -219,9 +219,6 @@ CASES = [
 ]
 
 
-NATIVE_BANNER = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} )")
-
-
 def tree(path: pathlib.Path) -> dict[str, str] | None:
   """Every file and directory under `path` with a digest of its contents; None if it is absent."""
   if not path.exists():
@@ -230,6 +227,13 @@ def tree(path: pathlib.Path) -> dict[str, str] | None:
     str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
     for p in path.rglob("*")
   }
+
+
+def quiet_cli_env() -> dict[str, str]:
+  """The environment of a user's shell: no TF_CPP_MIN_LOG_LEVEL (the commands set their own)."""
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  return env
 
 
 @pytest.mark.parametrize("name, command, message, from_trained", CASES, ids=[c[0] for c in CASES])
@@ -254,15 +258,15 @@ def test_one_line_error(corpus, trained, tmp_path, name, command, message, from_
   if name == "gin file of binary bytes":
     (corpus["root"] / "binary.gin").write_bytes(bytes(range(256)) * 4)
   before = tree(model_dir)
-  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-  env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
   done = subprocess.run(
-    command(corpus, model_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    command(corpus, model_dir),
+    cwd=REPO,
+    env=quiet_cli_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   lines = done.stderr.splitlines()
-  if name == "HF config.json not an object":
-    # import_hf does not hide the native libraries' import banners as the train CLI does.
-    lines = [l for l in lines if not NATIVE_BANNER.match(l)]
   assert done.returncode == 2, done.stderr[-3000:]
   assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
   assert message in lines[0]
@@ -292,6 +296,61 @@ def test_model_dir_not_writable(corpus, tmp_path):
     f"does not allow writing for this user); choose another "
     f"MODEL_DIR or fix its permissions"
   ]
+
+
+# What the native libraries print while they start (TensorFlow's oneDNN and CUDA banners, absl's
+# "All log messages before absl::InitializeLog()", a failed cuInit) or log in their own format.
+NATIVE_NOISE = re.compile(
+  r"InitializeLog|cuInit|cudart_stub|oneDNN|cpu_feature_guard|^[IWEF]\d{4} \d\d:", re.M
+)
+
+# Every `python -m t5x_lite.*` command with a mistake it reports in one line; most of them import
+# TensorFlow (or JAX) before they find it.
+COMMANDS = [
+  ("train", lambda r: [f"--gin_file={r}/empty-0.txt"], "the gin files bind no train.model_dir"),
+  ("export_hf", lambda r: [f"--model_dir={r}/none", f"--output_dir={r}/o"], "no checkpoints in"),
+  ("import_hf", lambda r: [f"--hf_dir={r}", f"--model_dir={r}/o"], "no config.json in"),
+  ("infer", lambda r: [f"--model_dir={r}/none", "--input=x"], "no checkpoints in"),
+  (
+    "cache_tokenized",
+    lambda r: [f"--gin_file={r}/empty-0.txt", f"--cache_dir={r}/c"],
+    "the gin files do not set MIXTURE_OR_TASK_NAME",
+  ),
+  ("inspect_data", lambda r: [f"--gin_file={r}/empty-0.txt"], "do not set MIXTURE_OR_TASK_NAME"),
+  ("model_info", lambda r: ["t5-efficient-nope"], "unknown model name 't5-efficient-nope'"),
+  ("efficiency", lambda r: ["t5-efficient-nope"], "unknown model name 't5-efficient-nope'"),
+  ("plan", lambda r: ["--gin_file=runs/pretrain.gin", "--target=v9"], "unknown --target 'v9'"),
+  ("train_vocab", lambda r: [f"--input={r}/none-*", f"--output={r}/v"], "no files match"),
+  (
+    "quickstart",
+    lambda r: [f"--model_dir={r}/empty-0.txt/run"],
+    "MODEL_DIR " + "{r}/empty-0.txt/run cannot be created",
+  ),
+  (
+    "data.quickstart_corpus",
+    lambda r: [f"--cache_dir={r}/empty-0.txt/q"],
+    "--cache_dir {r}/empty-0.txt/q cannot be created",
+  ),
+]
+
+
+@pytest.mark.parametrize("module, args, message", COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_commands_start_without_native_noise(corpus, module, args, message):
+  """--help, and the one-line error, come alone: no banner of the native libraries before them."""
+  root = corpus["root"]
+  for argv, code in ((["--help"], 0), (args(root), 2)):
+    done = subprocess.run(
+      [sys.executable, "-m", f"t5x_lite.{module}", *argv],
+      cwd=REPO,
+      env=quiet_cli_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert done.returncode == code, done.stderr[-3000:]
+    assert not NATIVE_NOISE.search(done.stdout + done.stderr), done.stderr[-3000:]
+  assert done.stderr.splitlines() == [done.stderr.strip()]
+  assert done.stderr.startswith("error: ") and message.format(r=root) in done.stderr
 
 
 def hf_dir_with_config(path: pathlib.Path) -> pathlib.Path:

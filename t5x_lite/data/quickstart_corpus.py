@@ -13,6 +13,10 @@ packages. Output, in `cache_dir`:
 CLI: python -m t5x_lite.data.quickstart_corpus [--cache_dir=DIR] [--force]
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import concurrent.futures
 import hashlib
