@@ -191,7 +191,7 @@ def required_bindings_checked() -> Iterator[None]:
     m = re.match(r"Required bindings for `([\w.]+)` not provided in config: \[(.*)\]", str(e))
     if not m:
       raise
-    names = [f"{m.group(1)}.{name.strip(chr(39) + ' ')}" for name in m.group(2).split(",")]
+    names = [f"{m.group(1)}.{name}" for name in re.findall(r"'(\w+)'", m.group(2))]
     raise UserError(
       f"the gin files bind no {', '.join(names)}; add the gin file that does (a model gin binds "
       f"model_config.*, a run gin such as runs/pretrain.gin binds train.*) or pass "
