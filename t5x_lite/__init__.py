@@ -32,6 +32,7 @@ LAYERS = {
     "flops",
     "step_fallback",
     "shutdown",
+    "quiet_startup",
   ),
   "model": ("config", "layers", "network", "models", "partitioning", "optimizers"),
   "data": ("data", "tasks"),  # the sub-packages, whole (tasks: the top-level tasks/ folder)

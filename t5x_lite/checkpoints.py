@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from t5x_lite import paths, resume_check, step_fallback
-from t5x_lite.errors import UserError, first_line
+from t5x_lite.errors import UserError
 
 
 def _rmtree(path: str) -> None:
@@ -129,8 +129,9 @@ class Checkpointer:
     expected = resume_check.leaf_shapes(abstract_state)
 
     def attempt(candidate: int) -> tuple[int, Any, dict]:
-      with step_fallback.reading():
+      with step_fallback.reading("meta"):
         meta = self.read_meta(candidate)
+      with step_fallback.reading("state"):
         saved = self.saved_shapes(candidate)
       if check_meta is not None:
         check_meta(candidate, meta)
@@ -142,7 +143,7 @@ class Checkpointer:
           f"optimizer changed? Use another MODEL_DIR for a new run (the checkpoints "
           f"are unchanged)"
         )
-      with step_fallback.reading():
+      with step_fallback.reading("state"):
         restored = self.manager.restore(
           candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
@@ -158,7 +159,7 @@ class Checkpointer:
   ) -> str:
     """Moves an unreadable latest step aside and returns where; refuses to move a second one."""
     where = os.path.join(self.directory, str(step))
-    reason = first_line(error)
+    reason = step_fallback.reason(error)
     if explicit is not None or step == steps[0] or moved:
       earlier = f"{moved[0]} was moved aside on this start; " if moved else ""
       older = [s for s in steps if s < step]
@@ -172,9 +173,10 @@ class Checkpointer:
         f"moved: {fallback}restore it from a copy, or use another MODEL_DIR"
       )
     target = self._quarantine(step)
+    previous = max(s for s in steps if s < step)
     print(
-      f"warning: checkpoint {where} cannot be read ({reason}); moved to {target}, using the "
-      f"previous one",
+      f"warning: checkpoint {where} cannot be read ({reason}); moved it to {target}, falling "
+      f"back to step {previous}",
       flush=True,
     )
     return target

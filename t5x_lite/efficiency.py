@@ -12,6 +12,10 @@ accelerator and to small ones on CPU (inputs 128 / targets 32, batch 8, float32)
 Prints one table (markdown with --markdown); --csv and --plot write files as well.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import csv
 import dataclasses

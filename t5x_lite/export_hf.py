@@ -7,6 +7,10 @@ found, the tokenizer files (tokenizer.json, spiece.model and their configs).
 MODEL_DIR and OUT may be local or gs://.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import os
 import re

@@ -9,6 +9,10 @@ OUT/model.gin binding the model. DIR and OUT may be local or gs://. Continue wit
 or, without C4 at hand, on the offline quickstart corpus with --gin_file=runs/quickstart.gin.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import dataclasses
 import json
@@ -310,7 +314,12 @@ def main(argv=None) -> int:
     help="allow reading pytorch_model.bin (pickle) when no safetensors exist",
   )
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  import_hf(args.hf_dir, args.model_dir, args.run_gin_file, args.gin_file, args.allow_pickle)
+  if hf_files.exists(args.hf_dir) and not hf_files.isdir(args.hf_dir):
+    raise UserError(
+      f"--hf_dir {args.hf_dir} is a file; give the directory that holds the model's config.json"
+    )
+  with gin_utils.required_bindings_checked():
+    import_hf(args.hf_dir, args.model_dir, args.run_gin_file, args.gin_file, args.allow_pickle)
   return 0
 
 

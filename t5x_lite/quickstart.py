@@ -7,6 +7,10 @@ Everything runs on CPU with no network; the corpus is a smoke test built from do
 that ships with Python, not C4.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import json
 import os

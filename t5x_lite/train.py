@@ -4,17 +4,6 @@ Pretrains from gin; running the same command again resumes from the latest compl
 The loop itself is t5x_lite/training.py (gin: `train.*`).
 """
 
-import argparse
-import contextlib
-import json
-import os
-import sys
-import tempfile
-
-# TF's C++ errors on a machine without a GPU ("failed call to cuInit") are noise here: tf.data is
-# all TF does. Set before TF is imported; an explicit setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 if __name__ == "__main__":
   # SIGTERM / Ctrl-C during start-up end the command at once: set up before any import starts a
   # thread (t5x_lite/shutdown.py).
@@ -22,35 +11,18 @@ if __name__ == "__main__":
 
   shutdown.guard_startup()
 
+from t5x_lite import quiet_startup  # noqa: E402,F401  (hides native start-up noise)
 
-from t5x_lite.errors import UserError, run_main  # noqa: E402
+# isort: split
 
+import argparse
+import json
+import sys
 
-@contextlib.contextmanager
-def _startup_banners_hidden():
-  """Keeps the native libraries' import banners (oneDNN, CUDA probing) off the console; they are
-  shown only if the import fails (not for a UserError: its one line says what is wrong)."""
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    except UserError:
-      raise
-    except BaseException:
-      os.dup2(saved, 2)
-      captured.seek(0)
-      sys.stderr.write(captured.read().decode(errors="replace"))
-      raise
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)
+import jax
 
-
-with _startup_banners_hidden():
-  import jax  # noqa: E402
-
-  from t5x_lite import distributed, gin_utils  # noqa: E402
+from t5x_lite import distributed, gin_utils
+from t5x_lite.errors import UserError, run_main
 
 
 def main(argv=None) -> int:
@@ -88,12 +60,12 @@ def main(argv=None) -> int:
   )
   # The seqio tasks (every module of tasks/) and the loop, imported here, inside run_main: a task
   # module that fails to import is then a one-line error.
-  with _startup_banners_hidden():
-    from t5x_lite import training
-    import t5x_lite.tasks  # noqa: F401
+  from t5x_lite import training
+  import t5x_lite.tasks  # noqa: F401
 
   gin_utils.parse_gin(gin_files, gin_bindings)
-  result = training.train(stop_at_step=args.stop_at_step)
+  with gin_utils.required_bindings_checked():
+    result = training.train(stop_at_step=args.stop_at_step)
   if jax.process_index() == 0:
     print(json.dumps({"final": result}), flush=True)
   return 0

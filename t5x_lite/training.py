@@ -193,19 +193,25 @@ def train(
   device when the configured step does not; 'off' fails instead (see memory_fit.py).
   """
   s = _checked(Settings(**locals()))  # the parameters are Settings' fields, by name
-  run_setup.prepare_model_dir(s.model_dir)
+  before = run_setup.prepare_model_dir(s.model_dir)
   lock = run_lock.RunLock(s.model_dir) if jax.process_index() == 0 else None
   stale = lock.acquire() if lock else None
+  # A signal before the first step ends the process at once (shutdown.py), leaving MODEL_DIR
+  # as a failed start does.
+  shutdown.on_startup_exit(before.undo)
   if lock:
     shutdown.on_startup_exit(lock.release)
   preemption = _Preemption()  # early: a SIGTERM during set-up still ends in a clean save
+  started = False
   try:
-    run_setup.send_library_logs_to(s.model_dir)
+    run_setup.hold_library_logs()
     if stale:
       print(f"warning: {stale}", flush=True)
     run = _setup(s, preemption)
     _restore(run)
     _start(run)
+    started = True
+    run_setup.send_library_logs_to(s.model_dir)
     _loop(run)
     result = _finish(run)
     run.train_iter.close()  # before returning: see DataIterator.close
@@ -214,6 +220,8 @@ def train(
     preemption.close()
     if lock:
       lock.release()
+    if not started:  # a failed start (a bad setting, a refused resume) leaves no trace
+      before.undo()
 
 
 def _checked(s: Settings) -> Settings:
@@ -412,12 +420,39 @@ def _restore_data_position(run: _Run, meta: dict) -> None:
     )
   elif data_path is not None:
     run.train_iter.restore(data_path)
-  elif meta.get("batches_consumed", 0) != 0:
-    raise UserError(
-      f"checkpoint step {run.step} in {run.ckpt.directory} has no data position "
-      f"in {run.ckpt.data_directory}"
+  elif meta.get("batches_consumed", 0) == 0:
+    pass  # a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh
+  elif run.s.allow_data_change:
+    run.writer.console(
+      f"checkpoint step {run.step} has no data position: training continues from step "
+      f"{run.step} with the data read from its start"
     )
-  # else: a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh.
+  else:
+    raise UserError(_no_data_position(run))
+
+
+def _no_data_position(run: _Run) -> str:
+  """A step whose data position is gone (data_state/ deleted, or not copied with checkpoints/):
+  the ways on, as they work."""
+  ckpt_dir = run.ckpt.directory
+  steps = run.ckpt.all_steps()
+  good = [s for s in steps if s < run.step and run.ckpt.data_state_path(s) is not None]
+  if good:
+    # Orbax lists only the directories named by a step number: a renamed one is not a step.
+    later = [s for s in steps if s > good[-1]]
+    aside = (
+      f"move step{'s' if len(later) > 1 else ''} {', '.join(map(str, later))} aside (e.g. "
+      f"rename {ckpt_dir}/{run.step} to {ckpt_dir}/moved.{run.step}) to resume from step "
+      f"{good[-1]}"
+    )
+  else:
+    aside = "use another MODEL_DIR to start afresh"
+  return (
+    f"checkpoint step {run.step} in {ckpt_dir} has no data position in "
+    f"{os.path.join(run.ckpt.data_directory, str(run.step))}; pass "
+    f"--gin.train.allow_data_change=True to continue from step {run.step} with the data read "
+    f"from its start, or {aside}"
+  )
 
 
 def _fetch(run: _Run) -> tuple:
@@ -484,7 +519,7 @@ def _loop(run: _Run) -> None:
     _train_step(run)
     step = run.step
     stop_now = run.preemption.should_stop(step)
-    do_log = step % s.log_period == 0 or step == s.end_step
+    do_log = step % s.log_period == 0 or step == s.end_step or stop_now
     do_eval = step % s.eval_period == 0 or step == s.train_steps
     do_save = step % s.checkpoint_period == 0 or step == s.end_step or stop_now
     if do_log or do_eval or do_save:

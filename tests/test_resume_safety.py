@@ -148,6 +148,36 @@ def test_checkpoint_without_data_settings_is_checked_on_what_it_has(base_run, co
   assert train(corpus, model_dir, 6)["step"] == 6
 
 
+def listing(model_dir: pathlib.Path) -> dict[str, int]:
+  return {str(p.relative_to(model_dir)): p.stat().st_size for p in model_dir.rglob("*")}
+
+
+def test_a_step_without_its_data_position_names_the_ways_on(base_run, corpus, tmp_path, capsys):
+  model_dir = copy_of(base_run, tmp_path)
+  shutil.rmtree(model_dir / "data_state" / "4")
+  before = listing(model_dir)
+  ckpt = model_dir / "checkpoints"
+  with pytest.raises(UserError) as refused:
+    train(corpus, model_dir, 6)
+  assert str(refused.value).splitlines()[0] == (  # gin adds a line naming the configurable
+    f"checkpoint step 4 in {ckpt} has no data position in {model_dir}/data_state/4; pass "
+    f"--gin.train.allow_data_change=True to continue from step 4 with the data read from its "
+    f"start, or move step 4 aside (e.g. rename {ckpt}/4 to {ckpt}/moved.4) to resume from step 2"
+  )
+  assert listing(model_dir) == before
+  # Both ways work as said: the flag ...
+  other = pathlib.Path(shutil.copytree(model_dir, tmp_path / "other"))
+  assert train(corpus, other, 6, "train.allow_data_change = True")["step"] == 6
+  assert (
+    "checkpoint step 4 has no data position: training continues from step 4 with the data read "
+    "from its start" in capsys.readouterr().out
+  )
+  # ... and the step moved aside.
+  (ckpt / "4").rename(ckpt / "moved.4")
+  assert train(corpus, model_dir, 6)["step"] == 6
+  assert f"resumed from step 2 ({ckpt})" in capsys.readouterr().out
+
+
 def test_replayed_steps_appear_once_in_metrics(base_run, corpus, tmp_path):
   """A run that logged steps 5 and 6 and died before saving them: the resume from step 4 trains
   them again, and metrics.jsonl keeps only the new rows (and drops a line cut short)."""

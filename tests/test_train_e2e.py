@@ -135,7 +135,8 @@ def test_sigkill_then_restart_is_bit_identical(corpus, reference_run, tmp_path, 
   ],
 )
 def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path, signum, said):
-  cmd = train_command(corpus, tmp_path, steps=10_000, period=10_000)
+  # Rows every 5 steps: the step saved on the signal is seldom one of them.
+  cmd = train_command(corpus, tmp_path, steps=10_000, period=10_000, extra=["train.log_period = 5"])
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   deadline = time.time() + 180
   while (
@@ -147,8 +148,14 @@ def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path, signum, sai
   proc.send_signal(signum)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0
-  assert f"{said}: saved step" in out
-  assert len([s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]) == 1
+  saved = [s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+  assert len(saved) == 1
+  assert f"{said}: saved step {saved[0]}, exiting" in out
+  # The summary, the last console line and metrics row name the step saved, not an earlier one.
+  assert json.loads(out.splitlines()[-1])["final"]["step"] == int(saved[0])
+  assert f"step {int(saved[0]):>7d}/10000 | loss" in out
+  last_row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  assert last_row["step"] == int(saved[0]) and "loss" in last_row
 
 
 @pytest.mark.parametrize(
