@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     return 0
 
   lengths = dict(required_macro("TASK_FEATURE_LENGTHS"))
+  for task in registry.leaf_tasks(provider):
+    task.source.list_shards(args.split)  # files that are not there: named before the vocabulary
   run_setup.task_vocab_size(name)  # a vocabulary that cannot be read: one line, not seqio's
   seed = pipeline.DEFAULT_SEED if args.seed is None else args.seed
   ds = provider.get_dataset(

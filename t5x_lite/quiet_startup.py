@@ -23,13 +23,18 @@ _NOISY_PACKAGES = ("tensorflow", "jax")
 @contextlib.contextmanager
 def banners_hidden():
   """Captures what the process writes to stderr (file descriptor 2, which native code writes to)
-  inside the block; shows it only if the block raises."""
+  inside the block; shows it only if the block raises (not for a UserError, whose one line says
+  what is wrong)."""
+  from t5x_lite.errors import UserError
+
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
       yield
+    except UserError:
+      raise
     except BaseException:
       os.dup2(saved, 2)
       captured.seek(0)

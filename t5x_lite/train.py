@@ -59,9 +59,11 @@ def main(argv=None) -> int:
     args.distributed_timeout_s,
   )
   # The seqio tasks (every module of tasks/) and the loop, imported here, inside run_main: a task
-  # module that fails to import is then a one-line error.
-  from t5x_lite import training
-  import t5x_lite.tasks  # noqa: F401
+  # module that fails to import is then a one-line error. (The data layer keeps TensorFlow off
+  # GPUs when it is imported; TF's CUDA probing then prints what no one needs to read.)
+  with quiet_startup.banners_hidden():
+    from t5x_lite import training
+    import t5x_lite.tasks  # noqa: F401
 
   gin_utils.parse_gin(gin_files, gin_bindings)
   with gin_utils.required_bindings_checked():

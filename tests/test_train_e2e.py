@@ -154,8 +154,11 @@ def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path, signum, sai
   # The summary, the last console line and metrics row name the step saved, not an earlier one.
   assert json.loads(out.splitlines()[-1])["final"]["step"] == int(saved[0])
   assert f"step {int(saved[0]):>7d}/10000 | loss" in out
-  last_row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-  assert last_row["step"] == int(saved[0]) and "loss" in last_row
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  last_train_row = [r for r in rows if "loss" in r][-1]
+  assert last_train_row["step"] == int(saved[0])
+  # After it, the run's data counters (the stream's records read, nothing skipped here).
+  assert rows[-1]["step"] == int(saved[0]) and rows[-1]["data_malformed"] == 0
 
 
 @pytest.mark.parametrize(

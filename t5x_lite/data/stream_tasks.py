@@ -37,6 +37,7 @@ class StreamTask(seqio.Task):
     return self.output_features["targets"].vocabulary
 
   def stream_spec(self, split: str, sequence_length: dict) -> streams.StreamSpec:
+    """How `split` is read (files first: a missing file is named before the vocabulary loads)."""
     cache_dir = tokenized_cache.tokenized_cache_config()
     if cache_dir:
       tokenized_cache.use_cache(self, cache_dir, split)
