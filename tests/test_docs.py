@@ -45,6 +45,7 @@ import gin
 import pytest
 
 from t5x_lite import gin_utils
+from t5x_lite.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "launch" / "README.md"]
@@ -181,7 +182,10 @@ def check_gin(command: Command, args: list[str]) -> None:
     bindings = [b for b in bindings if "." in b.split("=")[0]]
   gin_configurables_imported()
   with gin_utils.fresh_config():
-    gin_utils.parse_gin(files, bindings, finalize=False)
+    try:
+      gin_utils.parse_gin(files, bindings, finalize=False)
+    except UserError as e:
+      pytest.fail(f"{command}: {e}", pytrace=False)
 
 
 def check_flags(command: Command, program: tuple[str, ...], args: list[str]) -> None:
