@@ -132,7 +132,8 @@ def all_commands() -> list[Command]:
 COMMANDS = all_commands()
 
 
-def run_directories() -> set[str]:
+@functools.cache
+def run_directories() -> frozenset:
   """Directories the documented commands write runs to (--model_dir, MODEL_DIR)."""
   found = set()
   for command in COMMANDS:
@@ -140,7 +141,7 @@ def run_directories() -> set[str]:
       m = re.match(r"^(?:--model_dir|--gin\.MODEL_DIR|MODEL_DIR)=['\"]?([^'\"]+)", word)
       if m:
         found.add(m.group(1).rstrip("/") + "/")
-  return found
+  return frozenset(found)
 
 
 def subprocess_env(**extra) -> dict:
@@ -160,7 +161,9 @@ def help_flags(*program: str) -> frozenset:
     timeout=120,
   )
   assert done.returncode == 0, f"{' '.join(program)} --help failed: {done.stderr[-2000:]}"
-  return frozenset(re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", done.stdout))
+  options = done.stdout.partition("\noptions:\n")[2]  # argparse's list, not the description
+  assert options, f"{' '.join(program)} --help lists no options:\n{done.stdout}"
+  return frozenset(re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", options))
 
 
 @functools.cache
@@ -223,6 +226,7 @@ def check(command: Command) -> None:
   for word in words:
     assert word != "..." and not word.startswith("["), f"{command}: {word!r} does not paste"
   tool, args = words[0], words[1:]
+  assert tool not in ("python", "python3"), f"{command}: in a fresh shell that is not {PYTHON}"
   if tool == PYTHON:
     if args[0] == "-m":
       check_module_command(command, args[1], args[2:])
@@ -230,13 +234,13 @@ def check(command: Command) -> None:
       assert (REPO / args[0]).is_file(), f"{command}: no script {args[0]}"
       check_flags(command, (args[0],), args[1:])
   elif tool.startswith(".venv/bin/"):
-    assert tool in (f"{PYTHON}", ".venv/bin/pip", ".venv/bin/ruff"), f"{command}: {tool}"
+    assert tool in (".venv/bin/pip", ".venv/bin/ruff"), f"{command}: {tool}"
   elif tool == "make":
     targets = set(re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(), re.M))
     for target in (a for a in args if "=" not in a):
       assert target in targets, f"{command}: the Makefile has no target {target}"
-  elif (
-    tool.startswith("launch/") or tool == "sbatch" and any(a.startswith("launch/") for a in args)
+  elif tool.startswith("launch/") or (
+    tool == "sbatch" and any(a.startswith("launch/") for a in args)
   ):
     check_launcher(command, words)
   else:
