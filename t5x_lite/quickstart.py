@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     model_dir, export_dir if exported else None, result["step"], extra
   ):
     print(f"  {label + ':':<15}{command}")
-  print("  real C4:       see README, 'Pretraining on C4'")
+  print("  real C4:       see docs/pretraining.md")
   return 0
 
 

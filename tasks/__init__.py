@@ -10,7 +10,7 @@ and seq2seq_files: fine-tuning examples from local TSV / JSON-lines files (gin: 
 Locations and vocabularies are read from gin when a dataset is built (see t5x_lite.data.registry).
 
 Every module of this folder is imported, in name order, so a task of your own is a module added
-here (README, "A task of your own"); names starting with `_` are skipped (helpers).
+here (docs/data.md, "A task of your own"); names starting with `_` are skipped (helpers).
 """
 
 import importlib

@@ -91,6 +91,7 @@ def train_in_process(gin_files, bindings, stop_at_step=None) -> dict:
 
 INTEGRATION_FILES = {
   "test_bad_inputs.py",
+  "test_docs.py",
   "test_export_import.py",
   "test_hf_tokenizer.py",
   "test_infer.py",

@@ -27,10 +27,10 @@ def checkout(tmp_path) -> pathlib.Path:
 
 
 def readme_task_module() -> str:
-  """The module README's "A task of your own" writes to tasks/my_corpus.py."""
-  readme = (REPO / "README.md").read_text(encoding="utf-8")
-  found = re.search(r"cat > tasks/my_corpus\.py <<'EOF'\n(.*?)\n *EOF\n", readme, re.S)
-  assert found, "README lost its example task module"
+  """The module that docs/data.md's "A task of your own" writes to tasks/my_corpus.py."""
+  guide = (REPO / "docs" / "data.md").read_text(encoding="utf-8")
+  found = re.search(r"cat > tasks/my_corpus\.py <<'EOF'\n(.*?)\n *EOF\n", guide, re.S)
+  assert found, "docs/data.md lost its example task module"
   return textwrap.dedent(found.group(1)) + "\n"
 
 
@@ -68,7 +68,7 @@ def train(checkout: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
 
 def test_a_module_added_to_tasks_trains_with_one_flag(checkout, tiny_corpus):
   (checkout / "tasks" / "my_corpus.py").write_text(readme_task_module())
-  data = checkout / "data" / "my_corpus"  # where the README's module reads
+  data = checkout / "data" / "my_corpus"  # where the guide's module reads
   data.mkdir(parents=True)
   for split, pattern in (("train", tiny_corpus.train), ("validation", tiny_corpus.validation)):
     for i, path in enumerate(sorted(glob.glob(pattern))):

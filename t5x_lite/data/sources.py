@@ -265,8 +265,8 @@ def check_c4_tfds() -> None:
 def document_stats(source: "CorpusFiles", split: str, max_documents: int | None = None):
   """Counts over the raw lines of a file source: documents kept, empty ones skipped, bad bytes.
 
-  The training path repairs and skips silently (counters would make it stateful); this scan
-  reports what it does. Used by `inspect_data --stats`.
+  A scan of the files before training, for `inspect_data --stats`; the training streams count
+  what they skip and repair as they read (quality.py).
   """
   field = source.json_field
 
