@@ -469,11 +469,14 @@ def _fetch(run: _Run) -> tuple:
 def _start(run: _Run) -> None:
   """The first batch, the initial state and (for a new run) the step-0 evaluation."""
   run.peak = run.s.peak_flops_per_device or flops.peak_flops_per_device()
-  # The first batch before anything compiles: an empty corpus is an error within seconds.
-  if run.step < run.s.train_steps:
-    run.ahead = _fetch(run)
+  # The data pipelines start reading while the state is initialised; the first batch is read
+  # before the train step compiles (an empty corpus is an error long before that).
+  run.train_iter.start()
+  run.eval_batches.start()
   if run.state is None:
     run.state = run.trainer.init_state(run.s.seed)
+  if run.step < run.s.train_steps:
+    run.ahead = _fetch(run)
   if run.step == 0 or run.restored is None:  # a new run (or fine-tuning run) starts measured
     _evaluate(run)
   run.last_log_time = run.started = time.time()

@@ -45,6 +45,18 @@ TINY_MODEL = [
 ONE_DATA_SHARD = "logical_shards.count = 1"
 
 
+# The train command's flags for one step of the tiny model, no evaluation: the tests that run
+# it share them, so a session's persistent compilation cache holds the step after the first.
+TINY_TRAIN_FLAGS = [
+  "--gin_file=runs/quickstart.gin",
+  *[f"--gin.{binding.replace(' = ', '=', 1)}" for binding in [*TINY_MODEL, ONE_DATA_SHARD]],
+  "--gin.train.eval_steps=0",
+  "--gin.TRAIN_STEPS=1",
+  "--gin.CHECKPOINT_PERIOD=1",
+  "--gin.EVAL_PERIOD=1",
+]
+
+
 @dataclasses.dataclass(frozen=True)
 class TinyCorpus:
   """Text shards for `text_span_corruption` and a 100-piece vocabulary trained on them."""

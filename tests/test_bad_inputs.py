@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import conftest
-from conftest import ONE_DATA_SHARD, TINY_MODEL
 import pytest
 
 from t5x_lite import gin_utils
@@ -22,14 +21,7 @@ from t5x_lite.errors import UserError
 import t5x_lite.tasks  # noqa: F401
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TINY = [
-  "--gin_file=runs/quickstart.gin",
-  *[f"--gin.{binding.replace(' = ', '=', 1)}" for binding in [*TINY_MODEL, ONE_DATA_SHARD]],
-  "--gin.train.eval_steps=0",
-  "--gin.TRAIN_STEPS=1",
-  "--gin.CHECKPOINT_PERIOD=1",
-  "--gin.EVAL_PERIOD=1",
-]
+TINY = conftest.TINY_TRAIN_FLAGS
 
 
 @pytest.fixture(scope="module")

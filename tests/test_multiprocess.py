@@ -351,34 +351,6 @@ def test_one_failure_stops_all_processes(tmp_path, fake_python):
   assert not any(alive(p) for p in pids)
 
 
-def test_sigterm_is_forwarded(tmp_path, fake_python):
-  env = fake_env(tmp_path, fake_python)
-  proc = subprocess.Popen(
-    ["bash", str(LOCAL_SH), "2"],
-    env=env,
-    cwd=REPO,
-    text=True,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    start_new_session=True,
-  )
-  try:
-    deadline = time.monotonic() + 20
-    while len(os.listdir(tmp_path / "pids")) < 2 and time.monotonic() < deadline:
-      time.sleep(0.1)
-    time.sleep(0.3)  # let the fakes install their traps
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-  # Every process saved and exited 0 (what the fakes do on SIGTERM): so does the launcher.
-  assert proc.returncode == 0, err
-  assert "terminated, asking all processes to save and stop" in err
-  assert "all processes stopped cleanly" in err
-  assert sorted(p.name for p in (tmp_path / "pids").glob("term_*")) == ["term_0", "term_1"]
-
-
 def start_launcher(tmp_path, env) -> subprocess.Popen:
   """local.sh with 2 fake processes, once both have started."""
   proc = subprocess.Popen(
@@ -395,6 +367,21 @@ def start_launcher(tmp_path, env) -> subprocess.Popen:
     time.sleep(0.1)
   time.sleep(0.3)  # let the fakes install their traps
   return proc
+
+
+def test_sigterm_is_forwarded(tmp_path, fake_python):
+  proc = start_launcher(tmp_path, fake_env(tmp_path, fake_python))
+  try:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  # Every process saved and exited 0 (what the fakes do on SIGTERM): so does the launcher.
+  assert proc.returncode == 0, err
+  assert "terminated, asking all processes to save and stop" in err
+  assert "all processes stopped cleanly" in err
+  assert sorted(p.name for p in (tmp_path / "pids").glob("term_*")) == ["term_0", "term_1"]
 
 
 def test_a_save_longer_than_the_kill_grace_is_waited_for(tmp_path, fake_python):

@@ -241,30 +241,25 @@ def test_a_stale_lock_is_replaced(base_run, corpus, tmp_path, capsys):
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
-@pytest.mark.slow
-def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
-  """Two real processes: SIGTERM to the launcher reaches both, they save one step, exit 0."""
-  model_dir = tmp_path / "run"
+def start_local_sh(corpus, model_dir, *extra_flags) -> subprocess.Popen:
+  """launch/local.sh with two real CPU processes training the tiny model on the corpus."""
   env = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
     CUDA_VISIBLE_DEVICES="",
     XLA_FLAGS=FAST_COMPILE,
     PYTHON=sys.executable,
-    KILL_GRACE_S="60",
     DEVICES_PER_PROCESS="2",
   )
   flags = [
     "--gin_file=runs/quickstart.gin",
     *[f"--gin_bindings={b}" for b in TINY],
     f"--gin.MODEL_DIR='{model_dir}'",
-    "--gin.TRAIN_STEPS=100000",
-    "--gin.CHECKPOINT_PERIOD=100000",
-    "--gin.EVAL_PERIOD=100000",
     "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
     *corpus.flags(),
+    *extra_flags,
   ]
-  proc = subprocess.Popen(
+  return subprocess.Popen(
     ["bash", str(REPO / "launch" / "local.sh"), "2", *flags],
     cwd=REPO,
     env=env,
@@ -272,6 +267,19 @@ def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
     stderr=subprocess.PIPE,
     text=True,
     start_new_session=True,
+  )
+
+
+@pytest.mark.slow
+def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
+  """Two real processes: SIGTERM to the launcher reaches both, they save one step, exit 0."""
+  model_dir = tmp_path / "run"
+  proc = start_local_sh(
+    corpus,
+    model_dir,
+    "--gin.TRAIN_STEPS=100000",
+    "--gin.CHECKPOINT_PERIOD=100000",
+    "--gin.EVAL_PERIOD=100000",
   )
   try:
     deadline = time.monotonic() + 400
@@ -299,30 +307,7 @@ def test_sigterm_to_local_sh_during_start_up_ends_every_process(corpus, tmp_path
   """Two real processes still starting (nothing trained): both exit at once, and so does the
   launcher, with status 0."""
   model_dir = tmp_path / "run"
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS="cpu",
-    CUDA_VISIBLE_DEVICES="",
-    XLA_FLAGS=FAST_COMPILE,
-    PYTHON=sys.executable,
-    DEVICES_PER_PROCESS="2",
-  )
-  flags = [
-    "--gin_file=runs/quickstart.gin",
-    *[f"--gin_bindings={b}" for b in TINY],
-    f"--gin.MODEL_DIR='{model_dir}'",
-    "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
-    *corpus.flags(),
-  ]
-  proc = subprocess.Popen(
-    ["bash", str(REPO / "launch" / "local.sh"), "2", *flags],
-    cwd=REPO,
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    start_new_session=True,
-  )
+  proc = start_local_sh(corpus, model_dir)
   try:
     deadline = time.monotonic() + 300
     while not (model_dir / run_lock.LOCK_NAME).exists():

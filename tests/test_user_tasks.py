@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import ONE_DATA_SHARD, TINY_MODEL
+import conftest
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -34,16 +34,7 @@ def readme_task_module() -> str:
   return textwrap.dedent(found.group(1)) + "\n"
 
 
-# test_bad_inputs.py's flags (the tiny model, one step, no evaluation): a session's persistent
-# compilation cache then holds the step when this file runs after that one.
-TINY = [
-  "--gin_file=runs/quickstart.gin",
-  *[f"--gin.{binding.replace(' = ', '=', 1)}" for binding in [*TINY_MODEL, ONE_DATA_SHARD]],
-  "--gin.train.eval_steps=0",
-  "--gin.TRAIN_STEPS=1",
-  "--gin.CHECKPOINT_PERIOD=1",
-  "--gin.EVAL_PERIOD=1",
-]
+TINY = conftest.TINY_TRAIN_FLAGS
 
 
 def train(checkout: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:

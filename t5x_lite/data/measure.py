@@ -63,10 +63,11 @@ def measure_reading(
   elapsed = time.perf_counter() - window_start
   cpu = _cpu_seconds() - cpu_start
   examples = batches * rows
+  shards = len(it.shards)
   it.close()
   return {
     "pipeline": "streams" if it.reads_ahead else "seqio per shard",
-    "logical_shards": len(it.shards),
+    "logical_shards": shards,
     "rows_per_batch": rows,
     "first_batch_s": round(first_batch_s, 2),
     "examples_per_s": round(examples / elapsed, 1),

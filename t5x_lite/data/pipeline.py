@@ -13,6 +13,7 @@ one plain seqio stream.
 """
 
 from collections.abc import Mapping
+import concurrent.futures
 import os
 
 import gin
@@ -177,11 +178,40 @@ class EvalBatches:
   def __init__(self, dataset: tf.data.Dataset, steps: int):
     self._dataset, self._steps = dataset, steps
     self._kept: list | None = None
+    self._reading: concurrent.futures.Future | None = None
+
+  def start(self) -> None:
+    """Reads the batches in a thread now, to keep if they are small: the first evaluation's
+    data start-up then overlaps with what the trainer does before it."""
+    if self._kept is None and self._reading is None and self._fits():
+      executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eval-batches")
+      self._reading = executor.submit(lambda: list(self._read_and_keep()))
+      executor.shutdown(wait=False)
+
+  def _fits(self) -> bool:
+    """Whether all `steps` batches fit the kept size (shapes known ahead, as the trainer's are)."""
+    sizes = [
+      spec.shape.num_elements() * spec.dtype.size
+      for spec in self._dataset.element_spec.values()
+      if spec.shape.is_fully_defined()
+    ]
+    return len(sizes) == len(self._dataset.element_spec) and sum(sizes) * self._steps <= (
+      self.MAX_KEPT_BYTES
+    )
 
   def __iter__(self):
+    if self._reading is not None:
+      reading, self._reading = self._reading, None
+      batches = reading.result()
+      if self._kept is None:  # too large to keep: this pass's batches were read anyway
+        yield from batches
+        return
     if self._kept is not None:
       yield from self._kept
       return
+    yield from self._read_and_keep()
+
+  def _read_and_keep(self):
     kept, size = [], 0
     batches = self._dataset.take(self._steps).as_numpy_iterator()
     while True:

@@ -223,6 +223,9 @@ class DataIterator:
   def shards(self) -> list[int]:
     return list(self._iterators)
 
+  def start(self) -> None:
+    """Nothing to start ahead: the iterators hold their position (StreamIterator.start)."""
+
   def __iter__(self):
     return self
 

@@ -11,6 +11,7 @@ A position is a few numbers, so a batch may be read ahead of the step that train
 trainer saves the position of the last batch it trained on, not of the last one read.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -64,6 +65,7 @@ class StreamIterator:
       batches=0,
     )
     self._iterator = None
+    self._first: concurrent.futures.Future | None = None  # the first batch, read by start()
     self._digests: logical_shards.RowDigests | None = None
 
   @property
@@ -90,11 +92,23 @@ class StreamIterator:
       )
     return self._iterator
 
-  def __next__(self) -> dict[str, np.ndarray]:
+  def start(self) -> None:
+    """Starts building the pipeline and reading the first batch in a thread (after `restore`):
+    its start-up overlaps with whatever the caller does until the first `next`."""
+    if self._first is None and self._iterator is None:
+      executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="first-batch")
+      self._first = executor.submit(self._next_raw)
+      executor.shutdown(wait=False)
+
+  def _next_raw(self) -> dict[str, np.ndarray]:
     try:
-      batch = {k: v.numpy() for k, v in next(self._batches()).items()}
+      return {k: v.numpy() for k, v in next(self._batches()).items()}
     except tf.errors.OpError as e:
       raise data_error(e, self._config.split) from None
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    first, self._first = self._first, None
+    batch = first.result() if first is not None else self._next_raw()
     positions = batch.pop("position")
     before, after = batch.pop("totals_before"), batch.pop("totals_after")
     rows = self._config.rows_per_shard
@@ -122,7 +136,7 @@ class StreamIterator:
     return quality.totals([dict(zip(quality.COUNTERS, seen[j])) for j in self._shards])
 
   def close(self) -> None:
-    self._iterator = None
+    self._iterator = self._first = None
 
   def save(self, directory: str, position: Position | None = None) -> None:
     """One file per shard (shard_<j>/position.json), each written to a temporary name first."""
@@ -173,7 +187,7 @@ class StreamIterator:
       seen={j: [int(r["seen"].get(k, 0)) for k in quality.COUNTERS] for j, r in records.items()},
       batches=batches.pop(),
     )
-    self._iterator = None
+    self._iterator = self._first = None
 
   def _read(self, directory: str, shard: int) -> dict:
     path = os.path.join(directory, f"shard_{shard}", POSITION_FILE)

@@ -58,6 +58,9 @@ class StreamTask(seqio.Task):
 
   def _tokenized(self, parse_records: Callable) -> Callable:
     vocabulary = self.vocabulary
+    # The tokenizer's resource is made here, eagerly, and shared: made inside the traced parse
+    # function, every logical shard's instance of it would load the SentencePiece model again.
+    getattr(vocabulary, "tf_tokenizer", None)
 
     def parse(records, file_index):
       texts, counters = parse_records(records, file_index)
