@@ -59,7 +59,6 @@ def _stream_config(
   spec = provider.stream_spec(split, lengths)
   return streams.StreamConfig(
     spec=spec,
-    pieces=streams.shard_pieces(spec, plan.count, split),
     split=split,
     count=plan.count,
     rows_per_shard=plan.rows_per_shard,

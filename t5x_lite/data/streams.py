@@ -2,9 +2,9 @@
 
 Logical shard j of `count` (logical_shards.py) is a stream of its own:
   records   whole files when the split has at least `count` files (files j, j+count, ...), else
-            the j-th of `count` equal ranges of the split's lines (files in name order); each
-            epoch reads them one after the other, the files in an order (or the range from a
-            line) drawn from (seed, count, j, epoch) when shuffled;
+            every k-th line of one file (file j % files, lines j // files + i k, where k is the
+            number of shards sharing that file); each epoch reads them one after the other, the
+            files in an order (or the file from a line) drawn from (seed, count, j, epoch);
   groups    consecutive GROUP_SIZE records, each group parsed, tokenized and turned into
             examples at once (span corruption: chunks, segments, masks) with randomness drawn
             from (seed, count, j, epoch, group), then shuffled within the group;
@@ -26,7 +26,6 @@ import numpy as np
 import tensorflow as tf
 
 from t5x_lite.data import quality
-from t5x_lite.errors import UserError
 from t5x_lite.tokens import EOS_ID
 
 # Records per group: span corruption concatenates this many documents before cutting segments
@@ -70,57 +69,30 @@ class StreamConfig:
   lengths: dict
   seed: int
   shuffle: bool
-  # Per logical shard, what it reads: (file index, first line, end line or -1 for the file's end).
-  pieces: tuple[tuple[tuple[int, int, int], ...], ...]
   group_size: int = GROUP_SIZE
+  # Shards that share a file (fewer files than shards) keep their lines in memory after the
+  # first epoch's read when the split's files hold at most this many bytes on disk.
+  lines_in_memory_bytes: int = 256 << 20
 
   @property
   def file_sharded(self) -> bool:
     return len(self.spec.files) >= self.count
 
+  def reads(self, shard: int) -> tuple[tuple[int, int, int], ...]:
+    """What a logical shard reads: (file index, residue, modulus) per file: the file's lines
+    whose number is the residue modulo the modulus."""
+    files = len(self.spec.files)
+    if self.file_sharded:
+      return tuple((f, 0, 1) for f in range(shard, files, self.count))
+    file = shard % files
+    return ((file, shard // files, len(range(file, self.count, files))),)
 
-def shard_pieces(spec: StreamSpec, count: int, split: str) -> tuple:
-  """What each of `count` logical shards reads (StreamConfig.pieces). With fewer files than
-  shards this counts the lines of every file once: a shard's range starts where it starts, so
-  no shard reads (or decompresses) the lines of the others, except up to its first line."""
-  files = spec.files
-  if len(files) >= count:
-    return tuple(tuple((f, 0, -1) for f in range(j, len(files), count)) for j in range(count))
-  lengths = count_records(files, spec.record_format)
-  total = sum(lengths)
-  if total == 0:
-    raise UserError(f"the {split} split ({spec.setting}) holds no documents: its files are empty")
-  if total < count:
-    raise UserError(
-      f"the {split} split ({spec.setting}) holds {total} lines, fewer than the {count} logical data "
-      f"shards (logical_shards.count) that each need some: lower logical_shards.count (a "
-      f"divisor of BATCH_SIZE), or give more documents"
-    )
-  starts = np.cumsum([0] + lengths)
-  shards = []
-  for j in range(count):
-    begin, end = j * total // count, (j + 1) * total // count
-    shards.append(
-      tuple(
-        (f, int(max(begin, starts[f]) - starts[f]), int(min(end, starts[f + 1]) - starts[f]))
-        for f in range(len(files))
-        if max(begin, starts[f]) < min(end, starts[f + 1])
-      )
-    )
-  return tuple(shards)
-
-
-def count_records(files: Sequence[str], record_format: str) -> list[int]:
-  """Lines (or records) of each file, read in parallel."""
-
-  def count(path):
-    batches = _reader(record_format, path).batch(4096)
-    return batches.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, out_type=tf.int64))
-
-  counts = tf.data.Dataset.from_tensor_slices(list(files)).map(
-    count, num_parallel_calls=cpu_cores(), deterministic=True
-  )
-  return [int(n) for n in counts.as_numpy_iterator()]
+  @property
+  def lines_in_memory(self) -> bool:
+    if self.file_sharded:
+      return False
+    sizes = [tf.io.gfile.stat(path).length for path in self.spec.files]
+    return sum(sizes) <= self.lines_in_memory_bytes
 
 
 # Bytes each open file buffers (per logical shard). TF's default for gzip, 256 KiB for input and
@@ -163,61 +135,97 @@ class _Graph:
   def __init__(self, config: StreamConfig, parallelism: int):
     self.c = config
     self.files = tf.constant(list(config.spec.files), tf.string)
-    most = max(len(p) for p in config.pieces)
-    self.pieces = tf.constant(
-      [list(p) + [(0, 0, 0)] * (most - len(p)) for p in config.pieces], tf.int64
-    )
-    self.num_pieces = tf.constant([len(p) for p in config.pieces], tf.int64)
+    reads = [config.reads(j) for j in range(config.count)]
+    most = max(len(r) for r in reads)
+    self.reads = tf.constant([list(r) + [(0, 0, 1)] * (most - len(r)) for r in reads], tf.int64)
+    self.num_reads = tf.constant([len(r) for r in reads], tf.int64)
+    self.lines_in_memory = config.lines_in_memory
     # Threads per shard for parsing and examples: the shards of a process share the cores.
     self.inner_parallelism = parallelism
     self.max_skipped_fraction, self.allowed_skipped = quality.data_quality_config()
 
   # -- records --------------------------------------------------------------------------------
   def _epoch_pieces(self, shard, shard_seed, epoch):
-    """[pieces, 3] (file, first line, end line) in the order epoch `epoch` reads them: the
-    shard's files shuffled, or its line range started from a random line."""
-    pieces = self.pieces[shard][: self.num_pieces[shard]]
+    """[pieces, 5] (file, first line, end line or -1, residue, modulus) in the order epoch
+    `epoch` reads them: the shard's files shuffled; a file shared with other shards from a
+    random line (within the first groups, so no group repeats the last epoch's), then its start.
+    """
+    reads = self.reads[shard][: self.num_reads[shard]]
+    whole = tf.stack(
+      [
+        reads[:, 0],
+        tf.zeros_like(reads[:, 0]),
+        -tf.ones_like(reads[:, 0]),
+        reads[:, 1],
+        reads[:, 2],
+      ],
+      axis=1,
+    )
     if not self.c.shuffle:
-      return pieces
+      return whole
     key = tf.stack([shard_seed, epoch])
     if self.c.file_sharded:
-      return tf.gather(pieces, tf.argsort(tf.random.stateless_uniform([tf.shape(pieces)[0]], key)))
-    lengths = pieces[:, 2] - pieces[:, 1]
-    offset = tf.cast(
-      tf.random.stateless_uniform([], key, dtype=tf.float64)
-      * tf.cast(tf.reduce_sum(lengths), tf.float64),
-      tf.int64,
+      return tf.gather(whole, tf.argsort(tf.random.stateless_uniform([tf.shape(whole)[0]], key)))
+    file, residue, modulus = tf.unstack(reads[0])
+    offset = tf.random.stateless_uniform(
+      [], key, maxval=modulus * self.c.group_size, dtype=tf.int64
     )
-    ends = tf.cumsum(lengths)
-    k = tf.reduce_sum(tf.cast(ends <= offset, tf.int32))  # the piece the offset falls in
-    split = pieces[k, 1] + offset - (ends[k] - lengths[k])
-    head = tf.stack([pieces[k, 0], split, pieces[k, 2]])[tf.newaxis]
-    tail = tf.stack([pieces[k, 0], pieces[k, 1], split])[tf.newaxis]
-    rotated = tf.concat([head, pieces[k + 1 :], pieces[:k], tail], 0)
-    return tf.boolean_mask(rotated, rotated[:, 2] > rotated[:, 1])
+    return tf.stack(
+      [
+        tf.stack([file, offset, -1, residue, modulus]),
+        tf.stack([file, 0, offset, residue, modulus]),
+      ]
+    )
 
-  def _records(self, order, first_piece, first_line):
-    """(piece position, file index, line, record) from `first_line` of piece `first_piece` on."""
+  def _shared_file_lines(self, shard):
+    """A shard's lines of the file it shares (line mode), cached in memory as the first epoch
+    reads them: later epochs read no file."""
+    file, residue, modulus = tf.unstack(self.reads[shard][0])
+    lines = self._lines(file, tf.constant(0, tf.int64), tf.constant(-1, tf.int64), residue, modulus)
+    return lines.cache()
+
+  def _lines(self, file, begin, end, residue, modulus):
+    """(line number, record) of lines [begin, end) of a file (end -1: to its end) whose number is
+    `residue` modulo `modulus`, selected in batches (a per-line filter costs more than reading)."""
+    lines = _reader(self.c.spec.record_format, self.files[file]).skip(begin)
+    lines = lines.take(tf.where(end < 0, tf.constant(-1, tf.int64), end - begin))
+    numbered = tf.data.Dataset.zip((tf.data.Dataset.range(begin, _FOREVER), lines))
+    if self.c.file_sharded:
+      return numbered
+    return (
+      numbered.batch(self.c.group_size)
+      .map(lambda n, r: (lambda keep: (n[keep], r[keep]))(tf.equal(n % modulus, residue)))
+      .unbatch()
+    )
+
+  def _records(self, order, first_piece, first_line, cached=None):
+    """(piece position, file index, line, record) from `first_line` of piece `first_piece` on;
+    `cached`: the shard's lines of its shared file (_shared_file_lines), to read them from."""
 
     def one_piece(piece_pos):
-      file, begin, end = tf.unstack(order[piece_pos])
+      file, begin, end, residue, modulus = tf.unstack(order[piece_pos])
       begin = tf.where(tf.equal(piece_pos, first_piece), tf.maximum(begin, first_line), begin)
-      lines = _reader(self.c.spec.record_format, self.files[file]).skip(begin)
-      lines = lines.take(tf.where(end < 0, tf.constant(-1, tf.int64), end - begin))
-      numbered = tf.data.Dataset.zip((tf.data.Dataset.range(begin, _FOREVER), lines))
-      return numbered.map(lambda line, record: (piece_pos, file, line, record))
+      if cached is None:
+        lines = self._lines(file, begin, end, residue, modulus)
+      else:  # the cached lines are residue, residue + modulus, ...: index by arithmetic
+        first = (tf.maximum(begin - residue, 0) + modulus - 1) // modulus
+        lines = cached.skip(first)
+        if_end = (end - residue + modulus - 1) // modulus - first
+        lines = lines.take(tf.where(end < 0, tf.constant(-1, tf.int64), tf.maximum(if_end, 0)))
+      return lines.map(lambda line, record: (piece_pos, file, line, record))
 
     return tf.data.Dataset.range(first_piece, tf.shape(order, out_type=tf.int64)[0]).flat_map(
       one_piece
     )
 
-  def _epoch_groups(self, shard, shard_seed, start, epoch):
+  def _epoch_groups(self, shard, shard_seed, start, epoch, cached=None):
     """The groups of one epoch (from `start` in the epoch it names), then an end marker."""
     first = tf.equal(epoch, start[0])
     first_piece, first_line, first_group = (tf.where(first, start[i], 0) for i in (1, 2, 3))
     whole_epoch = tf.logical_or(tf.logical_not(first), tf.reduce_all(tf.equal(start[1:], 0)))
     order = self._epoch_pieces(shard, shard_seed, epoch)
-    records = self._records(order, first_piece, first_line).batch(self.c.group_size)
+    records = self._records(order, first_piece, first_line, cached)
+    records = records.batch(self.c.group_size)
     groups = records.enumerate(start=first_group).map(
       lambda group, r: {
         "epoch": epoch,
@@ -354,7 +362,8 @@ class _Graph:
     """One logical shard's examples from `start` (POSITION), its counters starting at `totals`."""
     shard_seed = tf.constant(self.c.seed * self.c.count, tf.int64) + shard
     epochs = tf.data.Dataset.range(start[0], _FOREVER)
-    groups = epochs.flat_map(lambda e: self._epoch_groups(shard, shard_seed, start, e))
+    cached = self._shared_file_lines(shard) if self.lines_in_memory else None
+    groups = epochs.flat_map(lambda e: self._epoch_groups(shard, shard_seed, start, e, cached))
     groups = self._map(groups, self._parse)
     groups = groups.scan(
       (totals, tf.constant(0, tf.int64)), lambda state, g: self._check(shard, state, g)
