@@ -125,14 +125,14 @@ def main() -> int:
     rows.append(row)
     print(json.dumps(row), flush=True)
   print(
-    "| files | count | reader | first batch (s) | first eval batch (s) | examples/s per core "
+    "| files | count | reader | first batch (s) | first eval batch (s) | examples per core-second "
     "| pipelines' memory (GB) |"
   )
   print("|---|---|---|---|---|---|---|")
   for r in rows:
     print(
       f"| {r['files']} | {r['count']} | {r['reader']} | {r['first_batch_s']} | "
-      f"{r['eval_first_batch_s']} | {r['examples_per_s'] / args.cores:,.0f} | "
+      f"{r['eval_first_batch_s']} | {r['examples_per_core_s']:,.0f} | "
       f"{r['resident_bytes'] / 1e9:.2f} |"
     )
   return 0

@@ -121,9 +121,9 @@ def main() -> int:
         cmd = command(corpus, model_dir, "auto", "default", args.eval_steps)
         print(json.dumps(stop_during_start_up(cmd, model_dir, after)), flush=True)
       return 0
-    for run in args.runs.split(","):
+    for i, run in enumerate(args.runs.split(",")):
       reader, count = run.split(":")
-      model_dir = os.path.join(root, run.replace(":", "_"))
+      model_dir = os.path.join(root, f"{i}_{reader}_{count}")  # a fresh run each, no resume
       row = {"reader": reader, "count": count, "load": round(os.getloadavg()[0], 2)}
       row.update(
         first_step(command(corpus, model_dir, reader, count, args.eval_steps), args.timeout)

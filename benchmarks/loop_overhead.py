@@ -6,8 +6,9 @@ Three ways to run the same `Trainer.train_step`, each for --steps steps:
   bare       one batch already on the devices, no host work; waits once at the end
   loop N     what training.py does per step: a new host batch each step (numpy, as the data
              iterator gives it), placed on the devices right after the previous step is
-             dispatched (read ahead), metrics kept on the devices and read (a host sync, the NaN
-             check) every N steps, as train.log_period does
+             dispatched (read ahead), at most two steps queued ahead of the devices, metrics
+             kept on the devices and read (a host sync, the NaN check) every N steps, as
+             train.log_period does
 Reports ms per step and loop / bare. Needs no TensorFlow (the data pipeline's own cost is in
 benchmarks/data_startup.py and cpu_throughput.py --train_command).
 """
@@ -39,15 +40,22 @@ def bare(trainer, state, batch, steps: int):
   return state, (time.perf_counter() - started) / steps
 
 
+# training.MAX_STEPS_AHEAD (not imported: training imports TensorFlow, which this script avoids).
+STEPS_AHEAD = 2
+
+
 def loop(trainer, state, host_batches: list, steps: int, log_period: int):
   ahead = trainer.make_global_batch(host_batches[0])
-  pending = []
+  pending, in_flight = [], []
   started = time.perf_counter()
   for step in range(1, steps + 1):
     batch, ahead = ahead, None
     state, metrics = trainer.train_step(state, batch)
     pending.append(metrics)
     ahead = trainer.make_global_batch(host_batches[step % len(host_batches)])
+    in_flight.append(metrics["loss"])
+    if len(in_flight) > STEPS_AHEAD:  # the host stays at most this many steps ahead
+      in_flight.pop(0).block_until_ready()
     if step % log_period == 0 or step == steps:
       if not all(math.isfinite(float(m["loss"])) for m in pending):  # the NaN check
         raise RuntimeError("non-finite loss")

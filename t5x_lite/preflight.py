@@ -28,7 +28,11 @@ _TPU_KINDS = {"v4": "TPU v4", "v5e": "TPU v5e", "v5p": "TPU v5p", "v6e": "TPU v6
 def _parser() -> argparse.ArgumentParser:
   from t5x_lite import plan
 
-  parser = argparse.ArgumentParser(prog="python -m t5x_lite.preflight", description=__doc__)
+  parser = argparse.ArgumentParser(
+    prog="python -m t5x_lite.preflight",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--target", required=True, help=", ".join(plan.TARGETS))
   parser.add_argument(
     "--host_cores", type=int, default=None, help="CPU cores of one host of the target, if known"

@@ -3,6 +3,7 @@
 Configured by gin as `train.*` (see gin/runs/pretrain.gin); the CLI is t5x_lite/train.py.
 """
 
+import collections
 import dataclasses
 import math
 import os
@@ -274,6 +275,7 @@ class _Run:
   trained_position: Any = None  # the data position after the last batch a step trained on
   data_reported: bool = False  # whether skipped or repaired data was reported yet
   pending: list = dataclasses.field(default_factory=list)  # (step, metrics) not yet checked
+  in_flight: collections.deque = dataclasses.field(default_factory=collections.deque)
   last_saved: int | None = None
   last_train: dict = dataclasses.field(default_factory=dict)
   last_eval: dict = dataclasses.field(default_factory=dict)
@@ -483,6 +485,20 @@ def _start(run: _Run) -> None:
   run.first_step = run.last_log_step = run.step
 
 
+# Dispatched steps the host may be ahead of the devices. Dispatch is asynchronous and, with no
+# sync between log points, the loop would queue steps as fast as it reads batches: a SIGTERM, a
+# save or a NaN would then be acted on only after every queued step has run (34 steps, 18 min,
+# in a CPU run). Waiting for step N-2 after dispatching step N keeps the next step queued, so the
+# devices never wait for the host, and nothing is copied to the host.
+MAX_STEPS_AHEAD = 2
+
+
+def _bound_steps_ahead(run: _Run, metrics: dict) -> None:
+  run.in_flight.append(metrics["loss"])
+  if len(run.in_flight) > MAX_STEPS_AHEAD:
+    run.in_flight.popleft().block_until_ready()
+
+
 def _train_step(run: _Run) -> None:
   """Dispatches one step, then reads the next batch while the devices run it.
 
@@ -496,6 +512,7 @@ def _train_step(run: _Run) -> None:
   run.pending.append((run.step, metrics))
   if run.train_iter.reads_ahead and run.step < run.s.end_step:
     run.ahead = _fetch(run)
+  _bound_steps_ahead(run, metrics)
   if run.compile_s is None:
     shutdown.training_started()  # a signal now saves this step (see _loop)
     run.compile_s = _first_step_seconds(metrics, step_started)

@@ -369,14 +369,23 @@ def start_launcher(tmp_path, env) -> subprocess.Popen:
   return proc
 
 
-def test_sigterm_is_forwarded(tmp_path, fake_python):
-  proc = start_launcher(tmp_path, fake_env(tmp_path, fake_python))
+def signal_launcher(proc, *, pause_between: float | None = None) -> str:
+  """SIGTERM to the launcher (twice, `pause_between` seconds apart, if given); its stderr once it
+  has exited (killed with its process group if it has not within 30 s)."""
   try:
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
+    if pause_between is not None:
+      time.sleep(pause_between)
+      proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=30)[1]
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigterm_is_forwarded(tmp_path, fake_python):
+  proc = start_launcher(tmp_path, fake_env(tmp_path, fake_python))
+  err = signal_launcher(proc)
   # Every process saved and exited 0 (what the fakes do on SIGTERM): so does the launcher.
   assert proc.returncode == 0, err
   assert "terminated, asking all processes to save and stop" in err
@@ -388,12 +397,7 @@ def test_a_save_longer_than_the_kill_grace_is_waited_for(tmp_path, fake_python):
   # On a loaded host a save can take longer than KILL_GRACE_S: a signal never escalates by time.
   saving = 'sleep 3; echo saved >"$PIDS/term_$T5X_LITE_PROCESS_ID"; exit 0'
   proc = start_launcher(tmp_path, fake_env(tmp_path, fake_python, ON_TERM=saving))
-  try:
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
+  err = signal_launcher(proc)
   assert proc.returncode == 0, err
   assert "SIGKILL" not in err and "all processes stopped cleanly" in err
   assert sorted(p.name for p in (tmp_path / "pids").glob("term_*")) == ["term_0", "term_1"]
@@ -401,16 +405,9 @@ def test_a_save_longer_than_the_kill_grace_is_waited_for(tmp_path, fake_python):
 
 def test_a_second_signal_kills_at_once(tmp_path, fake_python):
   proc = start_launcher(tmp_path, fake_env(tmp_path, fake_python, ON_TERM="sleep 60; exit 0"))
-  try:
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(1)
-    started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-  assert time.monotonic() - started < 10
+  started = time.monotonic()
+  err = signal_launcher(proc, pause_between=1)
+  assert time.monotonic() - started < 11  # 1 s between the signals, then at once
   assert proc.returncode == 130
   assert "stopping now (SIGKILL)" in err
 

@@ -64,6 +64,7 @@ def measure_reading(
   cpu = _cpu_seconds() - cpu_start
   examples = batches * rows
   shards = len(it.shards)
+  added = max(resident_bytes() - before, 0)  # while the pipelines still hold their buffers
   it.close()
   return {
     "pipeline": "streams" if it.reads_ahead else "seqio per shard",
@@ -74,6 +75,6 @@ def measure_reading(
     "examples_per_core_s": round(examples / max(cpu, 1e-9), 1),
     "cores": streams.cpu_cores(),
     "cores_busy": round(cpu / elapsed, 2),
-    "resident_bytes": max(resident_bytes() - before, 0),
+    "resident_bytes": added,
     "measured_s": round(elapsed, 1),
   }

@@ -1,17 +1,19 @@
 """A process's logical shards of a task as ONE tf.data pipeline whose positions are numbers.
 
 Logical shard j of `count` (logical_shards.py) is a stream of its own:
-  records   whole files when the split has at least `count` files (files j, j+count, ...), else
-            every k-th line of one file (file j % files, lines j // files + i k, where k is the
-            number of shards sharing that file); each epoch reads them one after the other, the
-            files in an order (or the file from a line) drawn from (seed, count, j, epoch);
+  records   whole files when the split has at least `count` files (files j, j+count, ...), in an
+            order drawn from (seed, count, j, epoch); else every k-th line of one file (file
+            j % files, lines j // files + i * k, k the number of shards sharing that file), each
+            epoch from a line drawn the same way (so groups differ between epochs) and wrapping
+            around; such small splits are kept in memory after the first epoch (at most
+            `lines_in_memory_bytes` of files), since each shard reads all of its file;
   groups    consecutive GROUP_SIZE records, each group parsed, tokenized and turned into
             examples at once (span corruption: chunks, segments, masks) with randomness drawn
             from (seed, count, j, epoch, group), then shuffled within the group;
   position  (epoch, piece, line, group, skip): where the group being consumed starts (the piece
             of the epoch's reading order, the line in its file) and how many of its examples
-            were consumed. Reading again from there and skipping continues the
-            shard exactly, so any process can continue any shard: the process count may change.
+            were consumed. Reading again from there and skipping continues the shard exactly, so
+            any process can continue any shard: the process count may change.
 All of a process's shards run in one dataset: an interleave over shard ids whose stream function
 is traced once (per-shard parameters are tensors), parallel across shards on one thread pool,
 one prefetch. Start-up and memory hardly grow with the number of shards. Each row carries its
