@@ -227,6 +227,7 @@ def test_shards_sharing_a_file_read_the_same_from_memory_or_from_the_file(corpus
     from_file = dataclasses.replace(config, lines_in_memory_bytes=0)
     assert not from_file.lines_in_memory
     its = [stream_iterator.StreamIterator(c, list(plan.shards)) for c in (config, from_file)]
+
     def epochs_begun():
       return min(start[0] for start in its[0].position().starts.values())
 
