@@ -46,7 +46,9 @@ def _data(data: dict, required: dict, host_cores: int | None) -> list[str]:
     f"{cores[40]} / {cores[60]} cores at the {per_core:,.0f} examples per core-second read here"
   )
   remedy = "pre-tokenize with `python -m t5x_lite.cache_tokenized` (several times the rate)"
-  if host_cores is None:
+  if host_cores is None and cores[60] <= 1:
+    line = f"data: fed by one core ({rate})"
+  elif host_cores is None:
     line = (
       f"data: {rate}; a host with fewer than {cores[40]} cores is input-bound below 40% MFU: "
       f"{remedy}"
