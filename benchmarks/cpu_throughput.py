@@ -1,6 +1,7 @@
 """Training throughput on CPU: our Trainer vs transformers + PyTorch, side by side.
 
   python benchmarks/cpu_throughput.py [--model=t5-efficient-tiny] [--batch=8] [--rounds=5]
+  python benchmarks/cpu_throughput.py --train_command   # also the train command's own step
 
 Same T5 config (transformers' T5ForConditionalGeneration built from our `hf_config_dict`), same
 synthetic batch (inputs 512 / targets 114, no padding), float32, dropout 0, same thread count.
@@ -9,6 +10,11 @@ step) and its plain cross-entropy; ours is the full recipe step (per-layer Adafa
 metrics). Rounds interleave: matmul peak, N of our steps, N of theirs; medians over rounds.
 MFU = training matmul FLOPs (config.train_flops_per_example) / step time / measured float32
 matmul peak (flops.measure_cpu_matmul_flops) of the same round.
+
+--train_command also runs `training.train` in this process at the same shapes (the quickstart
+task, real data pipeline, checkpoints and evaluation out of the way) with log_period 1 and 5,
+and reports the median logged step time after the compiled step next to the bare step's: what
+the loop costs outside `Trainer.train_step` (data, transfers, dispatch, metrics, logging).
 """
 
 import argparse
@@ -95,6 +101,36 @@ class Theirs:
     return loss.item()
 
 
+def train_command_step(model: str, batch: int, lengths: dict, steps: int, log_period: int):
+  """Median logged step time (s) of `training.train` at these shapes, after the compiled step."""
+  import tempfile
+
+  from t5x_lite import gin_utils, training
+  import t5x_lite.tasks  # noqa: F401  (registers the quickstart task)
+
+  with tempfile.TemporaryDirectory() as model_dir, gin_utils.fresh_config():
+    gin_utils.parse_gin(
+      ["runs/quickstart.gin"],
+      [
+        f"model_config.name = '{model}'",
+        f"MODEL_DIR = '{model_dir}'",
+        f"BATCH_SIZE = {batch}",
+        f"TASK_FEATURE_LENGTHS = {dict(lengths)}",
+        f"TRAIN_STEPS = {steps}",
+        "CHECKPOINT_PERIOD = 1000000",
+        "EVAL_PERIOD = 1000000",
+        "train.eval_steps = 0",
+        f"train.log_period = {log_period}",
+        "train.memory_fit = 'off'",
+      ],
+    )
+    training.train()
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+      rows = [json.loads(line) for line in f]
+  times = [r["step_time_s"] for r in rows if r.get("step_time_s")]
+  return statistics.median(times), len(times)
+
+
 def timed(fn, n: int) -> float:
   start = time.perf_counter()
   for _ in range(n):
@@ -119,6 +155,12 @@ def main() -> int:
     "= depth: same parameters, a run-level option)",
   )
   parser.add_argument("--no_peer", action="store_true", help="time only our trainer")
+  parser.add_argument(
+    "--train_command",
+    action="store_true",
+    help="also time the train command's loop at the same shapes (log_period 1 and 5)",
+  )
+  parser.add_argument("--train_command_steps", type=int, default=21)
   args = parser.parse_args()
 
   import dataclasses
@@ -188,6 +230,18 @@ def main() -> int:
         3,
       ),
     )
+  if args.train_command:
+    for log_period in (1, 5):
+      step_s, windows = train_command_step(
+        args.model, args.batch, lengths, args.train_command_steps, log_period
+      )
+      result[f"train_command_step_s_log_period_{log_period}"] = round(step_s, 4)
+      result[f"train_command_vs_bare_log_period_{log_period}"] = round(
+        step_s / result["ours_step_s"], 3
+      )
+      result[f"train_command_windows_log_period_{log_period}"] = windows
+    # The bare step again, after: the host's load drifts over the run.
+    result["ours_step_s_after"] = round(timed(ours.step, args.steps), 4)
   print(json.dumps(result))
   return 0
 

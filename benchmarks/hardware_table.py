@@ -1,4 +1,4 @@
-"""The README's "Hardware" table: `python -m t5x_lite.plan --fit` for each model and target.
+"""The hardware table (README "Hardware", docs/hardware.md): `plan --fit` per model and target.
 
   python benchmarks/hardware_table.py --cache=runs/hardware_plan.json     # after `make plan-deps`
 

@@ -12,10 +12,12 @@
 #   PYTHON               interpreter with t5x_lite installed (default: the active virtualenv's,
 #                        else the checkout's .venv/bin/python, else python3)
 #   COORDINATOR_PORT     fixed coordinator port (default: a free one)
-#   KILL_GRACE_S         seconds between SIGTERM and SIGKILL when stopping (default 10)
+#   KILL_GRACE_S         when one process fails: seconds between SIGTERM and SIGKILL for the
+#                        others (default 10; peers stuck in a collective never exit on their own)
 # Process 0 also prints to the console. If one process fails, all are stopped and the exit status
 # is that process's. Ctrl-C / SIGTERM are forwarded to every process as SIGTERM: all save the same
-# step and exit, and the script exits 0.
+# step (or, still starting, exit at once), the script waits for them however long the save takes,
+# and exits 0. A second Ctrl-C / SIGTERM kills them.
 set -euo pipefail
 if (( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501 )); then
   echo "error: $0 needs bash >= 5.1 (wait -n -p), this is $BASH_VERSION" >&2
@@ -87,15 +89,31 @@ stop_all() {
   done
 }
 
+# A second Ctrl-C or SIGTERM while they save: kill them now.
+# shellcheck disable=SC2317  # invoked from the traps below
+on_second_signal() {
+  trap - INT TERM
+  echo "local.sh: stopping now (SIGKILL); the last checkpoint each run completed is kept" >&2
+  for pid in "${pids[@]}"; do
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
+  trap - EXIT
+  exit 130
+}
+
 # Ctrl-C or SIGTERM: every process gets SIGTERM, as in a preemption. jax's coordination service
-# agrees on one step, all processes save it and exit 0, and so does this script; a process that
-# fails or needs SIGKILL makes the exit status non-zero.
+# agrees on one step, all processes save it and exit 0 (or, before their first step, exit at
+# once), and so does this script; it waits however long the save takes. A process that fails
+# makes the exit status non-zero.
 # shellcheck disable=SC2317  # invoked from the traps below
 on_signal() {
-  trap - INT TERM
-  echo "local.sh: $1, asking all processes to save and stop (SIGTERM; SIGKILL after ${grace}s)" >&2
-  stop_all TERM
+  trap 'on_second_signal' INT TERM
+  echo "local.sh: $1, asking all processes to save and stop (SIGTERM); waiting for them" \
+    "(Ctrl-C again kills them)" >&2
   local pid rc status=0
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
   for pid in "${running[@]}"; do
     rc=0
     wait "$pid" || rc=$?
@@ -117,7 +135,7 @@ on_signal() {
   done
   trap - EXIT
   if (( status == 0 )); then
-    echo "local.sh: all processes saved and stopped" >&2
+    echo "local.sh: all processes stopped cleanly (saved, or exited before their first step)" >&2
   else
     echo "local.sh: a process ended with status $status (logs: $LOG_DIR/process_<i>.log)" >&2
   fi

@@ -15,6 +15,10 @@ a command: code a command and a library module share lives in the library module
 added to a layer below.
 """
 
+import importlib.util
+import pathlib
+import sys
+
 __version__ = "0.1.0"
 
 LAYERS = {
@@ -27,9 +31,11 @@ LAYERS = {
     "commands",
     "flops",
     "step_fallback",
+    "shutdown",
+    "quiet_startup",
   ),
   "model": ("config", "layers", "network", "models", "partitioning", "optimizers"),
-  "data": ("data", "tasks"),  # the sub-packages, whole
+  "data": ("data", "tasks"),  # the sub-packages, whole (tasks: the top-level tasks/ folder)
   "training": (
     "trainer",
     "training",
@@ -56,6 +62,8 @@ LAYERS = {
     "train_vocab",
     "model_info",
     "plan",
+    "preflight",
+    "preflight_report",
   ),
 }
 
@@ -75,3 +83,29 @@ def layer_of(module: str) -> str | None:
     return "base"
   top = module.removeprefix("t5x_lite.").split(".")[0]
   return next((layer for layer, names in LAYERS.items() if top in names), None)
+
+
+# The seqio tasks live in the top-level tasks/ folder, imported as `t5x_lite.tasks` (the name run
+# configs record; no generic top-level `tasks` package is installed). A wheel holds the folder as
+# t5x_lite/tasks (setup.cfg, package_dir). In a checkout (an editable install, or the checkout on
+# the path) the tasks/ beside this package is read in place, so a module added there needs no
+# reinstall; this finder goes first so that neither another install of the package nor a leftover
+# t5x_lite/tasks/__pycache__ (a namespace package to Python) is taken for it.
+_CHECKOUT_TASKS = pathlib.Path(__file__).parent.parent / "tasks"
+
+
+class _CheckoutTasksFinder:
+  @staticmethod
+  def find_spec(name, path=None, target=None):
+    if name != "t5x_lite.tasks":
+      return None
+    return importlib.util.spec_from_file_location(
+      name, _CHECKOUT_TASKS / "__init__.py", submodule_search_locations=[str(_CHECKOUT_TASKS)]
+    )
+
+
+if (
+  not (pathlib.Path(__file__).parent / "tasks" / "__init__.py").is_file()
+  and (_CHECKOUT_TASKS / "__init__.py").is_file()
+):
+  sys.meta_path.insert(0, _CheckoutTasksFinder)

@@ -11,6 +11,10 @@ same cache_dir); each finished shard survives a crash, reruns skip it, and which
 finds every shard present marks the cache complete. See `t5x_lite/data/tokenized_cache.py`.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import sys
 import time
@@ -32,9 +36,13 @@ def main(argv=None) -> int:
   parser.add_argument("--worker_id", type=int, default=0)
   parser.add_argument("--num_workers", type=int, default=1)
   args = parser.parse_args(rest)
+  for flag, value in (("--num_shards", args.num_shards), ("--num_workers", args.num_workers)):
+    if value is not None and value < 1:
+      raise UserError(f"{flag} must be a positive number, got {value}")
 
   import_configurables()
   parse_gin(files, bindings)
+  from t5x_lite import run_setup
   from t5x_lite.data import registry, tokenized_cache
 
   name = args.task or required_macro("MIXTURE_OR_TASK_NAME")
@@ -43,6 +51,8 @@ def main(argv=None) -> int:
     raise UserError("no cache directory: pass --cache_dir=... or bind tokenized_cache.cache_dir")
   provider = registry.refresh(name)
   splits = [s for s in args.splits.split(",") if s]
+  run_setup.check_splits(name, provider, splits)
+  run_setup.task_vocab_size(name)  # a vocabulary that cannot be read: one line, not seqio's
   start = time.perf_counter()
   complete = True
   for task in registry.leaf_tasks(provider):

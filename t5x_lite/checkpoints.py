@@ -6,11 +6,12 @@ step that looks complete):
   state/  parameters, optimizer state, step and RNG (StandardSave, sharded, async)
   meta/   JSON: step, batches consumed, the operative gin config, the model config
           and the data settings a resume is checked against (t5x_lite/resume_check.py)
-The tf.data iterator of each logical data shard (exact position, shuffle buffers included) is
-saved beside it in MODEL_DIR/data_state/<step>/shard_<j>/ by the process that reads it, written
-before the orbax save and renamed into place, and is only used together with a complete orbax
-step; a run on another process count restores the shards it reads (data/logical_shards.py). Paths go through orbax and
-tf.io.gfile, so MODEL_DIR may be local or gs://.
+The data position of each logical data shard (a few numbers, data/stream_iterator.py; or, for
+data read by seqio pipelines, a tf.data iterator checkpoint) is saved beside it in
+MODEL_DIR/data_state/<step>/shard_<j>/ by the process that reads it, written before the orbax
+save and renamed into place, and is only used together with a complete orbax step; a run on
+another process count restores the shards it reads (data/logical_shards.py). Paths go through
+orbax and tf.io.gfile, so MODEL_DIR may be local or gs://.
 """
 
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from t5x_lite import paths, resume_check, step_fallback
-from t5x_lite.errors import UserError, first_line
+from t5x_lite.errors import UserError
 
 
 def _rmtree(path: str) -> None:
@@ -128,8 +129,9 @@ class Checkpointer:
     expected = resume_check.leaf_shapes(abstract_state)
 
     def attempt(candidate: int) -> tuple[int, Any, dict]:
-      with step_fallback.reading():
+      with step_fallback.reading("meta"):
         meta = self.read_meta(candidate)
+      with step_fallback.reading("state"):
         saved = self.saved_shapes(candidate)
       if check_meta is not None:
         check_meta(candidate, meta)
@@ -141,7 +143,7 @@ class Checkpointer:
           f"optimizer changed? Use another MODEL_DIR for a new run (the checkpoints "
           f"are unchanged)"
         )
-      with step_fallback.reading():
+      with step_fallback.reading("state"):
         restored = self.manager.restore(
           candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
@@ -157,7 +159,7 @@ class Checkpointer:
   ) -> str:
     """Moves an unreadable latest step aside and returns where; refuses to move a second one."""
     where = os.path.join(self.directory, str(step))
-    reason = first_line(error)
+    reason = step_fallback.reason(error)
     if explicit is not None or step == steps[0] or moved:
       earlier = f"{moved[0]} was moved aside on this start; " if moved else ""
       older = [s for s in steps if s < step]
@@ -171,9 +173,10 @@ class Checkpointer:
         f"moved: {fallback}restore it from a copy, or use another MODEL_DIR"
       )
     target = self._quarantine(step)
+    previous = max(s for s in steps if s < step)
     print(
-      f"warning: checkpoint {where} cannot be read ({reason}); moved to {target}, using the "
-      f"previous one",
+      f"warning: checkpoint {where} cannot be read ({reason}); moved it to {target}, falling "
+      f"back to step {previous}",
       flush=True,
     )
     return target
@@ -192,3 +195,31 @@ class Checkpointer:
   def close(self) -> None:
     self.wait()
     self.manager.close()
+
+
+def measure_write_rate(directory: str, num_bytes: int = 256 << 20) -> float:
+  """Bytes per second of writing `num_bytes` into `directory` (or, where it does not exist yet,
+  its nearest existing parent), through to the disk; the test file is removed."""
+  if not paths.is_remote(directory):
+    directory = os.path.abspath(directory)
+    while not os.path.isdir(directory):
+      directory = os.path.dirname(directory)
+  path = os.path.join(directory, f".t5x_lite_write_test_{os.getpid()}")
+  chunk = os.urandom(min(num_bytes, 8 << 20))
+  started = time.perf_counter()
+  try:
+    if paths.is_remote(directory):  # an object store: the upload completes on close
+      with tf.io.gfile.GFile(path, "wb") as f:
+        for _ in range(num_bytes // len(chunk)):
+          f.write(chunk)
+    else:
+      with open(path, "wb") as f:
+        for _ in range(num_bytes // len(chunk)):
+          f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    elapsed = time.perf_counter() - started
+  finally:
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
+  return (num_bytes // len(chunk)) * len(chunk) / max(elapsed, 1e-9)

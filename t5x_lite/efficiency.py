@@ -12,6 +12,10 @@ accelerator and to small ones on CPU (inputs 128 / targets 32, batch 8, float32)
 Prints one table (markdown with --markdown); --csv and --plot write files as well.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import csv
 import dataclasses
@@ -103,10 +107,6 @@ def measure(name: str, s: Settings) -> dict:
   devices (data parallel over all of them); returns paper metrics and measurements as one row."""
   import jax
 
-  from t5x_lite import partitioning
-  from t5x_lite.models import EncoderDecoderModel
-  from t5x_lite.trainer import Trainer
-
   cfg = dataclasses.replace(config.resolve_model_name(name), dtype=s.dtype)
   devices = jax.devices()
   if s.batch_size % len(devices):
@@ -120,60 +120,80 @@ def measure(name: str, s: Settings) -> dict:
     "target_length": s.target_length,
     "decode_length": s.decode_length,
   }
+  trainer = _trainer(cfg, devices, s)
+  batch = random_batch(s.batch_size, s.input_length, s.target_length, cfg.vocab_size)
+  params, training = _time_training(trainer, batch, s)
+  row.update(training)
+  row["peak_memory_MB"] = _mb(_peak_memory_bytes(devices[0]))
+  row.update(_time_decoding(trainer, params, batch["encoder_input_tokens"], s))
+  row["peak_memory_with_decode_MB"] = _mb(_peak_memory_bytes(devices[0]))
+  return row
 
-  model = EncoderDecoderModel(cfg)
-  mesh = partitioning.make_mesh(1, devices=devices)
-  trainer = Trainer(
-    model,
-    mesh,
+
+def _trainer(cfg: config.T5Config, devices: list, s: Settings):
+  """A data-parallel Trainer of `cfg` over `devices`."""
+  from t5x_lite import partitioning
+  from t5x_lite.models import EncoderDecoderModel
+  from t5x_lite.trainer import Trainer
+
+  return Trainer(
+    EncoderDecoderModel(cfg),
+    partitioning.make_mesh(1, devices=devices),
     partitioning.logical_axis_rules(),
     {"inputs": s.input_length, "targets": s.target_length},
   )
-  batch = random_batch(s.batch_size, s.input_length, s.target_length, cfg.vocab_size)
+
+
+def _time_training(trainer, batch: dict, s: Settings) -> tuple[dict, dict]:
+  """Compiles the train step, then times `s.steps` steps on `batch`; returns the trained params
+  and the row's training fields."""
+  import jax
+
+  cfg = trainer.model.cfg
   state = trainer.init_state(0)
   start = time.perf_counter()
   state, metrics = trainer.train_step(state, batch)
   jax.block_until_ready(metrics)
-  row["compile_s"] = round(time.perf_counter() - start, 2)
+  compile_s = round(time.perf_counter() - start, 2)
   start = time.perf_counter()
   for _ in range(s.steps):
     state, metrics = trainer.train_step(state, batch)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - start) / s.steps
   if not np.isfinite(float(metrics["loss"])):
-    raise UserError(f"{name}: the training loss is not finite; the measurement is void")
-  row.update(
-    step_ms=round(step_s * 1e3, 2),
-    examples_per_s=round(s.batch_size / step_s, 2),
-    tokens_per_s=round(s.batch_size * (s.input_length + s.target_length) / step_s, 1),
-    train_tflops_per_s=_significant(
-      config.train_flops_per_example(cfg, s.input_length, s.target_length)
-      * s.batch_size
-      / step_s
-      / 1e12
-    ),
-  )
-  row["peak_memory_MB"] = _mb(_peak_memory_bytes(devices[0]))
-  params = state.params
-  del state
+    raise UserError(f"{cfg.name}: the training loss is not finite; the measurement is void")
+  flops_per_example = config.train_flops_per_example(cfg, s.input_length, s.target_length)
+  return state.params, {
+    "compile_s": compile_s,
+    "step_ms": round(step_s * 1e3, 2),
+    "examples_per_s": round(s.batch_size / step_s, 2),
+    "tokens_per_s": round(s.batch_size * (s.input_length + s.target_length) / step_s, 1),
+    "train_tflops_per_s": _significant(flops_per_example * s.batch_size / step_s / 1e12),
+  }
+
+
+def _time_decoding(trainer, params, inputs: np.ndarray, s: Settings) -> dict:
+  """Compiles greedy decoding, then times `s.decode_repeats` calls on `inputs`; returns the
+  row's decoding fields."""
+  import jax
+
+  from t5x_lite import partitioning
 
   # Decoding always runs all decode_length steps (the batch has no EOS to stop at), so each
   # timed call decodes batch_size * decode_length tokens.
-  decode = jax.jit(model.greedy_decode, static_argnums=2)
-  inputs = jax.device_put(batch["encoder_input_tokens"], trainer.batch_sharding)
-  with partitioning.activate(mesh, partitioning.logical_axis_rules()):
+  decode = jax.jit(trainer.model.greedy_decode, static_argnums=2)
+  inputs = jax.device_put(inputs, trainer.batch_sharding)
+  with partitioning.activate(trainer.mesh, partitioning.logical_axis_rules()):
     jax.block_until_ready(decode(params, inputs, s.decode_length))
     start = time.perf_counter()
     for _ in range(s.decode_repeats):
       tokens = decode(params, inputs, s.decode_length)
     jax.block_until_ready(tokens)
   decode_s = (time.perf_counter() - start) / s.decode_repeats
-  row.update(
-    decode_ms=round(decode_s * 1e3, 2),
-    decode_tokens_per_s=round(s.batch_size * s.decode_length / decode_s, 1),
-  )
-  row["peak_memory_with_decode_MB"] = _mb(_peak_memory_bytes(devices[0]))
-  return row
+  return {
+    "decode_ms": round(decode_s * 1e3, 2),
+    "decode_tokens_per_s": round(s.batch_size * s.decode_length / decode_s, 1),
+  }
 
 
 def _significant(x: float, digits: int = 4) -> float:
@@ -302,6 +322,22 @@ def default_settings_for_device(steps: int = 5, decode_repeats: int = 2) -> Sett
 
 
 def main(argv=None) -> int:
+  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  _check_names_and_plot(args)
+  s = _checked(_settings(args))
+  if args.jsonl:
+    for name in args.names:
+      print(json.dumps(measure(name, s)), flush=True)
+    return 0
+  rows = []
+  for name in args.names:
+    print(f"measuring {name} ...", file=sys.stderr, flush=True)
+    rows.append(measure(name, s) if len(args.names) == 1 else measure_in_child(name, s))
+  _report(rows, s, args)
+  return 0
+
+
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m t5x_lite.efficiency",
     description=__doc__,
@@ -323,9 +359,12 @@ def main(argv=None) -> int:
     action="store_true",
     help="measure in this process and print one JSON object per name",
   )
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  return parser
 
-  for name in args.names:  # Bad names fail before anything is measured.
+
+def _check_names_and_plot(args: argparse.Namespace) -> None:
+  """Bad names and an unusable --plot fail before anything is measured."""
+  for name in args.names:
     config.resolve_model_name(name)
   if args.plot and not args.plot.lower().endswith(".png"):
     raise UserError(f"--plot must name a .png file, got {args.plot!r}")
@@ -334,15 +373,22 @@ def main(argv=None) -> int:
       import matplotlib  # noqa: F401
     except ImportError:
       raise UserError("--plot needs matplotlib: pip install -e '.[plot]'") from None
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+  """The flags given, and this device's defaults for those not given."""
   import jax
 
   defaults = default_settings(jax.devices()[0].platform)
   given = (args.input_length, args.target_length, args.batch_size, args.decode_length, args.dtype)
-  s = Settings(
+  return Settings(
     *(d if g is None else g for g, d in zip(given, defaults)),
     steps=args.steps,
     decode_repeats=args.decode_repeats,
   )
+
+
+def _checked(s: Settings) -> Settings:
   for field in (
     "input_length",
     "target_length",
@@ -355,15 +401,11 @@ def main(argv=None) -> int:
       raise UserError(f"--{field} must be positive, got {getattr(s, field)}")
   if s.target_length < 2:
     raise UserError("--target_length must be at least 2")
+  return s
 
-  if args.jsonl:
-    for name in args.names:
-      print(json.dumps(measure(name, s)), flush=True)
-    return 0
-  rows = []
-  for name in args.names:
-    print(f"measuring {name} ...", file=sys.stderr, flush=True)
-    rows.append(measure(name, s) if len(args.names) == 1 else measure_in_child(name, s))
+
+def _report(rows: list[dict], s: Settings, args: argparse.Namespace) -> None:
+  """Prints the table, and writes the CSV and the plot when asked to."""
   first = rows[0]
   print(
     f"# {first['device']}, {s.dtype}, batch {s.batch_size}, inputs {s.input_length} / "
@@ -376,7 +418,6 @@ def main(argv=None) -> int:
   if args.plot:
     plot(rows, args.plot)
     print(f"wrote {os.path.abspath(args.plot)}")
-  return 0
 
 
 if __name__ == "__main__":

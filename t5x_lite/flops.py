@@ -120,7 +120,12 @@ def peak_flops_per_device(device=None) -> float | None:
   device = device or jax.devices()[0]
   if device.platform == "cpu":
     return cpu_host_peak_flops() / max(1, len(jax.local_devices(backend="cpu")))
-  kind = device.device_kind.lower()
+  return peak_flops_of_kind(device.device_kind)
+
+
+def peak_flops_of_kind(device_kind: str) -> float | None:
+  """Datasheet bfloat16 peak FLOP/s of a device kind ('TPU v4', 'NVIDIA H100 80GB HBM3', ...)."""
+  kind = device_kind.lower()
   for name, peak in _PEAK_BF16:
     if name in kind:
       return peak

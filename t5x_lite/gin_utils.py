@@ -8,7 +8,7 @@ them: gin's own include lookup treats a directory such as `runs/` in the working
 Python package and fails on it.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 import contextlib
 import difflib
 import io
@@ -58,13 +58,16 @@ def _read_text(path: str) -> str:
 
     with tf.io.gfile.GFile(path) as f:
       return f.read()
-  with open(path, encoding="utf-8") as f:
-    return f.read()
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except UnicodeDecodeError:
+    raise UserError(f"gin file {path} is not text (not UTF-8); is it a gin file?") from None
 
 
 # Configs written by earlier versions (a run's config.gin, a checkpoint's stored gin_config) name
 # things that have since moved or gone; `upgrade_old_names` rewrites them so they parse again.
-_MOVED_MODULES = (  # (pattern, replacement): the seqio tasks moved into the package
+_MOVED_MODULES = (  # (pattern, replacement): the seqio tasks, once `tasks`, are t5x_lite.tasks
   (re.compile(r"^(\s*)import tasks\b", re.M), r"\1import t5x_lite.tasks"),
   (re.compile(r"^(\s*)from tasks\b", re.M), r"\1from t5x_lite.tasks"),
   (re.compile(r"(?<![\w.])tasks\.(c4|local_corpora|quickstart)\."), r"t5x_lite.tasks.\1."),
@@ -176,6 +179,24 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = Tr
   except (ValueError, SyntaxError, KeyError, TypeError, NameError, AttributeError) as e:
     raise UserError(f"bad gin configuration: {first_line(e, limit=None)}") from None
   check_command_line_macros(bindings)
+
+
+@contextlib.contextmanager
+def required_bindings_checked() -> Iterator[None]:
+  """Gin refuses a call of a configurable whose gin.REQUIRED parameters nothing binds with a
+  RuntimeError (and its traceback); here that is a one-line UserError naming them."""
+  try:
+    yield
+  except RuntimeError as e:
+    m = re.match(r"Required bindings for `([\w.]+)` not provided in config: \[(.*)\]", str(e))
+    if not m:
+      raise
+    names = [f"{m.group(1)}.{name}" for name in re.findall(r"'(\w+)'", m.group(2))]
+    raise UserError(
+      f"the gin files bind no {', '.join(names)}; add the gin file that does (a model gin binds "
+      f"model_config.*, a run gin such as runs/pretrain.gin binds train.*) or pass "
+      f"--gin.{names[0]}=VALUE"
+    ) from None
 
 
 def required_macro(name: str):

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any, NamedTuple
 
@@ -159,6 +160,25 @@ def read_params(manager, step: int, abstract, shardings) -> Any:
   return state["params"]
 
 
+def _drop_closed_loop_reports() -> None:
+  """Orbax's failed asynchronous reads leave callbacks behind that report "Event loop is closed"
+  through sys.unraisablehook once their loop is gone, a traceback each, sometimes before the
+  read has failed: after the line that names the unreadable step they say nothing, so they are
+  dropped (other reports still show)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_drops_closed_loops", False):
+    return
+
+  def hook(report):
+    if not (
+      isinstance(report.exc_value, RuntimeError) and "Event loop is closed" in str(report.exc_value)
+    ):
+      previous(report)
+
+  hook._drops_closed_loops = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
 def restore_params(model_dir: str, step: int | None = None, device=None) -> Restored:
   """Restores only the params of a checkpoint (the latest complete one, or `step`) onto one device.
 
@@ -169,6 +189,7 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
 
   from t5x_lite.models import EncoderDecoderModel
 
+  _drop_closed_loop_reports()
   directory = os.path.join(paths.resolve(model_dir), "checkpoints")
   if not isdir(directory):
     raise UserError(f"no checkpoints in {model_dir} (expected {directory}/<step>/)")
@@ -185,22 +206,23 @@ def restore_params(model_dir: str, step: int | None = None, device=None) -> Rest
 
   def attempt(candidate: int) -> Restored:
     where = os.path.join(directory, str(candidate))
-    with step_fallback.reading(), quiet_absl():
+    with step_fallback.reading("meta"), quiet_absl():
       meta = read_meta(manager, candidate)
     cfg = config_from_meta(meta, where)
     abstract = EncoderDecoderModel(cfg).abstract_params()
-    with step_fallback.reading():
+    with step_fallback.reading("state"):
       params = read_params(manager, candidate, abstract, jax.tree.map(lambda x: sharding, abstract))
     return Restored(candidate, cfg, params, meta)
 
   def unreadable(candidate: int, error: BaseException) -> None:
     """Read-only: a step that cannot be read is named and skipped, never moved."""
     where = os.path.join(directory, str(candidate))
+    reason = step_fallback.reason(error)
     if step is not None or candidate == steps[0]:
-      raise UserError(f"checkpoint {where} cannot be restored: {first_line(error)}") from None
+      raise UserError(f"checkpoint {where} cannot be restored: {reason}") from None
+    previous = max(s for s in steps if s < candidate)
     print(
-      f"warning: checkpoint {where} cannot be restored ({first_line(error)}); "
-      "using the previous one",
+      f"warning: checkpoint {where} cannot be restored ({reason}); falling back to step {previous}",
       flush=True,
     )
 
@@ -218,10 +240,13 @@ def check_sentencepiece(model_bytes: bytes, source: str) -> int:
   """Validates a T5 SentencePiece model (pad 0, eos 1, unk 2, no extra ids); returns its size."""
   import sentencepiece as spm
 
+  if not model_bytes:
+    raise UserError(f"{source} is empty, not a SentencePiece model")
   try:
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
-  except Exception as e:
-    raise UserError(f"{source} is not a SentencePiece model: {first_line(e)}") from None
+  except Exception:
+    # The library's own words are a C++ assertion ("ParseFromArray(...)").
+    raise UserError(f"{source} is not a SentencePiece model (it does not parse as one)") from None
   ids = (sp.pad_id(), sp.eos_id(), sp.unk_id())
   if ids != (PAD_ID, EOS_ID, UNK_ID):
     raise UserError(f"{source} has pad/eos/unk ids {ids}; T5 needs {(PAD_ID, EOS_ID, UNK_ID)}")
@@ -257,6 +282,8 @@ def run_sentencepiece(
   """The SentencePiece model of a run, as (bytes or None, where from, why not): the file `vocab`
   (--vocab), else MODEL_DIR/spiece.model (what import_hf copies in), else the run's task's."""
   if vocab:
+    if isdir(vocab):
+      raise UserError(f"--vocab {vocab} is a directory; give the SentencePiece model file in it")
     if not isfile(vocab):
       raise UserError(f"--vocab file {vocab} does not exist")
     return read_bytes(vocab), vocab, ""
@@ -374,6 +401,7 @@ def write_json(path: str, value: dict) -> None:
 def check_output_dir(out_dir: str, overwrite: bool, flag: str = "--overwrite") -> None:
   if exists(out_dir) and not isdir(out_dir):
     raise UserError(f"{out_dir} exists and is not a directory")
+  paths.check_creatable(out_dir, "output directory")
   if isdir(out_dir) and _gfile().listdir(out_dir) and not overwrite:
     hint = f" (pass {flag} to replace it)" if flag else ""
     raise UserError(f"output directory {out_dir} exists and is not empty{hint}")
@@ -423,8 +451,13 @@ def staged_output_dir(out_dir: str, overwrite: bool = False, flag: str | None = 
       shutil.rmtree(tmp, ignore_errors=True)
     return
   parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  except OSError as e:  # a read-only file system, a name too long, ...
+    raise UserError(
+      f"output directory {out_dir} cannot be created: {e.strerror}; choose another output directory"
+    ) from None
   try:
     yield tmp
     _publish(tmp)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from t5x_lite import config, hf_files
-from t5x_lite.errors import UserError
+from t5x_lite.errors import UserError, first_line
 
 # Fixed in our model and not bindable in a model gin: an HF config must agree with these.
 FIXED = {
@@ -67,18 +67,38 @@ def dims_from_hf_config(hf: dict, source: str) -> dict:
   )
 
 
-def load_hf_state_dict(hf_dir: str, allow_pickle: bool) -> dict:
-  from safetensors.numpy import load as load_safetensors
+def _load_safetensors(path: str) -> dict:
+  from safetensors import SafetensorError
+  from safetensors.numpy import load
 
+  if not hf_files.isfile(path):
+    raise UserError(f"{path} is missing (the index of {os.path.dirname(path)} lists it)")
+  try:
+    return load(hf_files.read_bytes(path))
+  except SafetensorError as e:
+    raise UserError(
+      f"{path} is not a complete safetensors file ({first_line(e)}): truncated or not "
+      f"safetensors; download or copy it again"
+    ) from None
+
+
+def _shards_of(index: str) -> list[str]:
+  try:
+    weight_map = json.loads(hf_files.read_text(index))["weight_map"]
+    return sorted(set(weight_map.values()))
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise UserError(f"{index} is not a safetensors index ({first_line(e)})") from None
+
+
+def load_hf_state_dict(hf_dir: str, allow_pickle: bool) -> dict:
   single = os.path.join(hf_dir, "model.safetensors")
   index = os.path.join(hf_dir, "model.safetensors.index.json")
   if hf_files.isfile(single):
-    return load_safetensors(hf_files.read_bytes(single))
+    return _load_safetensors(single)
   if hf_files.isfile(index):
-    shards = sorted(set(json.loads(hf_files.read_text(index))["weight_map"].values()))
     state = {}
-    for shard in shards:
-      state.update(load_safetensors(hf_files.read_bytes(os.path.join(hf_dir, shard))))
+    for shard in _shards_of(index):
+      state.update(_load_safetensors(os.path.join(hf_dir, shard)))
     return state
   pickle_path = os.path.join(hf_dir, "pytorch_model.bin")
   if hf_files.isfile(pickle_path):
@@ -91,11 +111,14 @@ def load_hf_state_dict(hf_dir: str, allow_pickle: bool) -> dict:
       import torch
     except ImportError:
       raise UserError("reading pytorch_model.bin needs torch (pip install torch)") from None
-    return dict(
-      torch.load(
-        io.BytesIO(hf_files.read_bytes(pickle_path)), map_location="cpu", weights_only=True
+    try:
+      return dict(
+        torch.load(
+          io.BytesIO(hf_files.read_bytes(pickle_path)), map_location="cpu", weights_only=True
+        )
       )
-    )
+    except Exception as e:  # noqa: BLE001  (pickle and torch raise many kinds)
+      raise UserError(f"{pickle_path} cannot be read ({first_line(e)})") from None
   raise UserError(f"no model.safetensors (or model.safetensors.index.json) in {hf_dir}")
 
 

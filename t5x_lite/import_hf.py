@@ -9,6 +9,10 @@ OUT/model.gin binding the model. DIR and OUT may be local or gs://. Continue wit
 or, without C4 at hand, on the offline quickstart corpus with --gin_file=runs/quickstart.gin.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import dataclasses
 import json
@@ -109,13 +113,10 @@ def import_hf(
   log=print,
 ) -> T5Config:
   """Writes the step-0 checkpoint and model.gin; returns the model's config."""
-  import gin
-  import jax
-  import jax.numpy as jnp
+  # jax before TensorFlow (which hf_files reads with) keeps TensorFlow's start-up quieter.
+  import jax  # noqa: F401
 
-  from t5x_lite import checkpoints, hf_mapping, partitioning
-  from t5x_lite.models import EncoderDecoderModel
-  from t5x_lite.trainer import Trainer, TrainState
+  from t5x_lite import hf_mapping
 
   hf_dir, model_dir = paths.resolve(hf_dir), paths.resolve(model_dir)
   config_path = os.path.join(hf_dir, "config.json")
@@ -123,6 +124,36 @@ def import_hf(
     raise UserError(f"no config.json in {hf_dir}")
   # Never write into a run that has checkpoints or a model gin: checked before any work.
   hf_files.check_output_dir(model_dir, overwrite=False, flag=None)
+  dims = dims_from_hf_config(_read_hf_config(config_path), config_path)
+  if gin_file:
+    check_against_model_gin(dims, gin_file)
+  name = model_name_for(dims)
+  state_dict = with_output_embedding(load_hf_state_dict(hf_dir, allow_pickle), dims, hf_dir)
+  spm_bytes = _vocabulary(hf_dir, dims)
+
+  # The run gin decides what the checkpoint must match when training restores it: scan layout,
+  # optimizer state structure, activation dtype.
+  with gin_utils.fresh_config():
+    gin_utils.parse_gin([run_gin_file], [], finalize=False)
+    cfg = config.model_config(name=name, **dims)
+    params = hf_mapping.from_hf_state_dict(state_dict, cfg)
+    shared_structure = hf_mapping.tied_variants(state_dict, cfg)
+    state = _step_zero_state(params, cfg)
+    meta = _step_zero_meta(cfg, hf_dir)
+    with hf_files.staged_output_dir(model_dir, overwrite=False, flag=None) as tmp:
+      _write_run(tmp, state, meta, model_gin_text(name, dims, os.path.basename(hf_dir)), spm_bytes)
+
+  log(f"imported {hf_dir} as step 0 of {model_dir} (model {name}, scan_layers={cfg.scan_layers})")
+  if shared_structure:
+    log(
+      f"{hf_dir} holds a -{'-'.join(shared_structure)} model written out in HF's layout; imported "
+      f"as an ordinary untied model ({name}): its key/value weights train independently from here"
+    )
+  _log_next_steps(hf_dir, model_dir, run_gin_file, spm_bytes is not None, log)
+  return cfg
+
+
+def _read_hf_config(config_path: str) -> dict:
   try:
     hf_config = json.loads(hf_files.read_text(config_path))
   except (OSError, ValueError) as e:
@@ -132,76 +163,86 @@ def import_hf(
       f"{config_path} holds a JSON {type(hf_config).__name__}, not an object; "
       f"use the config.json of a Hugging Face T5 model"
     )
-  dims = dims_from_hf_config(hf_config, config_path)
-  if gin_file:
-    check_against_model_gin(dims, gin_file)
-  name = model_name_for(dims)
-  state_dict = with_output_embedding(load_hf_state_dict(hf_dir, allow_pickle), dims, hf_dir)
+  return hf_config
 
+
+def _vocabulary(hf_dir: str, dims: dict) -> bytes | None:
+  """The HF directory's spiece.model, checked against the model's vocabulary size, or None."""
   spm_path = os.path.join(hf_dir, "spiece.model")
-  spm_bytes = None
-  if hf_files.isfile(spm_path):
-    spm_bytes = hf_files.read_bytes(spm_path)
-    pieces = hf_files.check_sentencepiece(spm_bytes, spm_path)
-    tokens.check_vocab_fits(
-      pieces + tokens.EXTRA_IDS,
-      dims["vocab_size"],
-      f"{spm_path} ({pieces} pieces + {tokens.EXTRA_IDS} extra ids)",
-    )
+  if not hf_files.isfile(spm_path):
+    return None
+  spm_bytes = hf_files.read_bytes(spm_path)
+  pieces = hf_files.check_sentencepiece(spm_bytes, spm_path)
+  tokens.check_vocab_fits(
+    pieces + tokens.EXTRA_IDS,
+    dims["vocab_size"],
+    f"{spm_path} ({pieces} pieces + {tokens.EXTRA_IDS} extra ids)",
+  )
+  return spm_bytes
 
-  # The run gin decides what the checkpoint must match when training restores it: scan layout,
-  # optimizer state structure, activation dtype.
-  with gin_utils.fresh_config():
-    gin_utils.parse_gin([run_gin_file], [], finalize=False)
-    cfg = config.model_config(name=name, **dims)
-    params = hf_mapping.from_hf_state_dict(state_dict, cfg)
-    shared_structure = hf_mapping.tied_variants(state_dict, cfg)
-    model = EncoderDecoderModel(cfg)
-    mesh = partitioning.make_mesh(1, devices=jax.local_devices()[:1])
-    trainer = Trainer(model, mesh, partitioning.logical_axis_rules(), {"inputs": 1, "targets": 1})
-    expected = jax.tree.structure(trainer.abstract_params)
-    if jax.tree.structure(params) != expected:
-      raise UserError(f"the HF weights do not form the params of {name!r}")
-    shardings = trainer.state_shardings
-    params = jax.device_put(jax.tree.map(jnp.asarray, params), shardings.params)
-    opt_state = jax.jit(trainer.optimizer.init, out_shardings=shardings.opt_state)(params)
-    # The same dropout key as a fresh run with seed 0 (Trainer.init_state).
-    rng = jax.device_put(jax.random.split(jax.random.PRNGKey(0))[1], shardings.rng)
-    state = TrainState(
-      step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
-      params=params,
-      opt_state=opt_state,
-      rng=rng,
-    )
-    lengths = _bound("train.task_feature_lengths")
-    meta = {
-      "step": 0,
-      "batches_consumed": 0,
-      "model_config": dataclasses.asdict(cfg),
-      "gin_config": gin.config_str(),
-      "mixture_or_task_name": _bound("train.mixture_or_task_name"),
-      "task_feature_lengths": dict(lengths) if isinstance(lengths, dict) else None,
-      "imported_from": os.path.basename(hf_dir),
-    }
-    with hf_files.staged_output_dir(model_dir, overwrite=False, flag=None) as tmp:
-      ckpt = checkpoints.Checkpointer(tmp, async_save=False)
-      ckpt.save(0, state, meta, None)
-      ckpt.close()
-      with open(os.path.join(tmp, "model.gin"), "w", encoding="utf-8") as f:
-        f.write(model_gin_text(name, dims, os.path.basename(hf_dir)))
-      if spm_bytes is not None:
-        with open(os.path.join(tmp, "spiece.model"), "wb") as f:
-          f.write(spm_bytes)
 
-  log(f"imported {hf_dir} as step 0 of {model_dir} (model {name}, scan_layers={cfg.scan_layers})")
-  if shared_structure:
-    log(
-      f"{hf_dir} holds a -{'-'.join(shared_structure)} model written out in HF's layout; imported "
-      f"as an ordinary untied model ({name}): its key/value weights train independently from here"
-    )
-  for label, command in continue_commands(model_dir, run_gin_file, spm_bytes is not None):
-    log(f"{label}: {command}")
+def _step_zero_state(params: dict, cfg: T5Config):
+  """The TrainState a run of the parsed run gin starts from, with these params: a fresh
+  optimizer state, laid out on one device as training restores it."""
+  import jax
+  import jax.numpy as jnp
+
+  from t5x_lite import partitioning
+  from t5x_lite.models import EncoderDecoderModel
+  from t5x_lite.trainer import Trainer, TrainState
+
+  model = EncoderDecoderModel(cfg)
+  mesh = partitioning.make_mesh(1, devices=jax.local_devices()[:1])
+  trainer = Trainer(model, mesh, partitioning.logical_axis_rules(), {"inputs": 1, "targets": 1})
+  if jax.tree.structure(params) != jax.tree.structure(trainer.abstract_params):
+    raise UserError(f"the HF weights do not form the params of {cfg.name!r}")
+  shardings = trainer.state_shardings
+  params = jax.device_put(jax.tree.map(jnp.asarray, params), shardings.params)
+  opt_state = jax.jit(trainer.optimizer.init, out_shardings=shardings.opt_state)(params)
+  # The same dropout key as a fresh run with seed 0 (Trainer.init_state).
+  rng = jax.device_put(jax.random.split(jax.random.PRNGKey(0))[1], shardings.rng)
+  return TrainState(
+    step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+    params=params,
+    opt_state=opt_state,
+    rng=rng,
+  )
+
+
+def _step_zero_meta(cfg: T5Config, hf_dir: str) -> dict:
+  """The checkpoint meta of step 0, with the parsed run gin's data settings."""
+  import gin
+
+  lengths = _bound("train.task_feature_lengths")
+  return {
+    "step": 0,
+    "batches_consumed": 0,
+    "model_config": dataclasses.asdict(cfg),
+    "gin_config": gin.config_str(),
+    "mixture_or_task_name": _bound("train.mixture_or_task_name"),
+    "task_feature_lengths": dict(lengths) if isinstance(lengths, dict) else None,
+    "imported_from": os.path.basename(hf_dir),
+  }
+
+
+def _write_run(tmp: str, state, meta: dict, model_gin: str, spm_bytes: bytes | None) -> None:
+  """The step-0 checkpoint, model.gin and, when the HF directory has one, spiece.model."""
+  from t5x_lite import checkpoints
+
+  ckpt = checkpoints.Checkpointer(tmp, async_save=False)
+  ckpt.save(0, state, meta, None)
+  ckpt.close()
+  with open(os.path.join(tmp, "model.gin"), "w", encoding="utf-8") as f:
+    f.write(model_gin)
   if spm_bytes is not None:
+    with open(os.path.join(tmp, "spiece.model"), "wb") as f:
+      f.write(spm_bytes)
+
+
+def _log_next_steps(hf_dir: str, model_dir: str, run_gin_file: str, has_vocab: bool, log) -> None:
+  for label, command in continue_commands(model_dir, run_gin_file, has_vocab):
+    log(f"{label}: {command}")
+  if has_vocab:
     log(
       f"the commands train with its vocabulary, {model_dir}/spiece.model, so the data uses the "
       "same ids"
@@ -211,7 +252,6 @@ def import_hf(
       f"{hf_dir} has no spiece.model: make sure the run's vocabulary is the one the model "
       "was trained with"
     )
-  return cfg
 
 
 def continue_commands(model_dir: str, run_gin_file: str, has_vocab: bool) -> list[tuple[str, str]]:
@@ -274,7 +314,12 @@ def main(argv=None) -> int:
     help="allow reading pytorch_model.bin (pickle) when no safetensors exist",
   )
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  import_hf(args.hf_dir, args.model_dir, args.run_gin_file, args.gin_file, args.allow_pickle)
+  if hf_files.exists(args.hf_dir) and not hf_files.isdir(args.hf_dir):
+    raise UserError(
+      f"--hf_dir {args.hf_dir} is a file; give the directory that holds the model's config.json"
+    )
+  with gin_utils.required_bindings_checked():
+    import_hf(args.hf_dir, args.model_dir, args.run_gin_file, args.gin_file, args.allow_pickle)
   return 0
 
 

@@ -6,6 +6,10 @@ line per --input (repeatable), or with --ids one JSON object per input:
 {"input_ids": [... 1], "output_ids": [... through the first EOS]}.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import dataclasses
 import json

@@ -9,6 +9,10 @@ object per line, {"inputs": [...], "targets": [...]}: ids after span corruption 
 packing; --decode adds "inputs_text"/"targets_text" with sentinels shown as <extra_id_N>.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import itertools
 import json
@@ -45,13 +49,17 @@ def main(argv=None) -> int:
     help="count documents, empty ones skipped and invalid UTF-8 instead",
   )
   args = parser.parse_args(rest)
+  if args.num_examples < 0:
+    raise UserError(f"--num_examples must be 0 or more, got {args.num_examples}")
 
   import_configurables()
   parse_gin(files, bindings)
+  from t5x_lite import run_setup
   from t5x_lite.data import pipeline, registry, seq2seq_sources, sources
 
   name = required_macro("MIXTURE_OR_TASK_NAME")
   provider = registry.refresh(name)
+  run_setup.check_splits(name, provider, [args.split])
   if args.stats:
     for task in registry.leaf_tasks(provider):
       if isinstance(task.source, seq2seq_sources.Seq2SeqFiles):  # rows kept and skipped
@@ -64,6 +72,9 @@ def main(argv=None) -> int:
     return 0
 
   lengths = dict(required_macro("TASK_FEATURE_LENGTHS"))
+  for task in registry.leaf_tasks(provider):
+    task.source.list_shards(args.split)  # files that are not there: named before the vocabulary
+  run_setup.task_vocab_size(name)  # a vocabulary that cannot be read: one line, not seqio's
   seed = pipeline.DEFAULT_SEED if args.seed is None else args.seed
   ds = provider.get_dataset(
     sequence_length=lengths, split=args.split, shuffle=args.shuffle, seed=seed, num_epochs=1

@@ -22,6 +22,17 @@ attention_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 mlp_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
 
+def relpos_init(key, shape, dtype=jnp.float32):
+  """T5X's relative-position table init: uniform with std sqrt(2 / (heads + buckets)).
+
+  T5X keeps the table as [heads, buckets] and ours is [buckets, heads]: drawing in T5X's layout and
+  transposing gives, for the same key, exactly T5X's values.
+  """
+  buckets, heads = shape
+  uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+  return uniform(key, (heads, buckets), dtype).T
+
+
 def activation_dtype(cfg: T5Config):
   return jnp.dtype(cfg.dtype)
 
@@ -138,7 +149,7 @@ class RelativePositionBias(nn.Module):
     """Positions [batch|1, q] and [batch|1, k] -> float32 bias [batch|1, heads, q, k]."""
     table = self.param(
       "rel_embedding",
-      nn.with_logical_partitioning(embedding_init, ("relpos_buckets", "heads")),
+      nn.with_logical_partitioning(relpos_init, ("relpos_buckets", "heads")),
       (self.cfg.relative_attention_num_buckets, self.cfg.num_heads),
       jnp.float32,
     )

@@ -25,20 +25,19 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class MetricsWriter:
+  """Writes nothing before the first row: a run that fails before it leaves MODEL_DIR as it was."""
+
   def __init__(self, model_dir: str, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._model_dir = model_dir
     self._path = os.path.join(model_dir, "metrics.jsonl")
     self._lines: list[str] = []
+    self._rows_dropped = False  # in memory: the file is rewritten with the next row
     self._tb = None
-    if self.enabled:
-      tf.io.gfile.makedirs(model_dir)
-      # Object stores (gs://) cannot append: keep the lines and rewrite the file each time.
-      if tf.io.gfile.exists(self._path):
-        with tf.io.gfile.GFile(self._path) as f:
-          self._lines = f.read().splitlines()
-      # tf.summary writes TensorBoard events locally and to gs:// alike; TF is already here.
-      with tf.device("/CPU:0"):
-        self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+    # Object stores (gs://) cannot append: keep the lines and rewrite the file each time.
+    if self.enabled and tf.io.gfile.exists(self._path):
+      with tf.io.gfile.GFile(self._path) as f:
+        self._lines = f.read().splitlines()
 
   def drop_rows_after(self, step: int | None) -> None:
     """Drops rows past the step a run resumes from (None: a fresh start drops them all).
@@ -57,7 +56,7 @@ class MetricsWriter:
     lines = [line for line in self._lines if kept(line)]
     if len(lines) != len(self._lines):
       self._lines = lines
-      self._rewrite()
+      self._rows_dropped = True
 
   def _rewrite(self) -> None:
     text = "".join(line + "\n" for line in self._lines)
@@ -78,11 +77,16 @@ class MetricsWriter:
       for k, v in record.items()
     }
     self._lines.append(json.dumps(record))
-    if paths.is_remote(self._path):
+    if self._rows_dropped or paths.is_remote(self._path):
       self._rewrite()
+      self._rows_dropped = False
     else:
       with open(self._path, "a", encoding="utf-8") as f:
         f.write(self._lines[-1] + "\n")
+    if self._tb is None:
+      # tf.summary writes TensorBoard events locally and to gs:// alike; TF is already here.
+      with tf.device("/CPU:0"):
+        self._tb = tf.summary.create_file_writer(os.path.join(self._model_dir, "tensorboard"))
     step = int(record["step"])
     with tf.device("/CPU:0"), self._tb.as_default():
       for key, value in record.items():

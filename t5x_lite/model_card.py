@@ -52,15 +52,18 @@ def model_card(
   license_id: str,
   has_tokenizer: bool,
 ) -> str:
-  version = (
-    "T5 v1.1 (gated-gelu, untied lm_head)"
-    if cfg.feed_forward_proj == "gated-gelu"
-    else "T5 v1.0 / T5-Efficient (relu, tied and rescaled output embedding)"
-  )
-  task = meta.get("mixture_or_task_name")
-  lengths = meta.get("task_feature_lengths") or {}
-  batch = batch_size_of(meta.get("gin_config", ""))
   lines = [
+    *_front_matter(license_id),
+    *_model_section(cfg, num_params, step, dtype),
+    *_training_section(step, meta, metrics_jsonl),
+    *_loading_section(has_tokenizer),
+  ]
+  return "\n".join(lines)
+
+
+def _front_matter(license_id: str) -> list[str]:
+  """The Hub's metadata block."""
+  return [
     "---",
     f"license: {license_id}",
     "library_name: transformers",
@@ -71,6 +74,17 @@ def model_card(
     "- span-corruption",
     "---",
     "",
+  ]
+
+
+def _model_section(cfg: T5Config, num_params: int, step: int, dtype: str) -> list[str]:
+  """The title, what the model is and its dimensions."""
+  version = (
+    "T5 v1.1 (gated-gelu, untied lm_head)"
+    if cfg.feed_forward_proj == "gated-gelu"
+    else "T5 v1.0 / T5-Efficient (relu, tied and rescaled output embedding)"
+  )
+  return [
     f"# {cfg.name}",
     "",
     f"A {version} encoder-decoder, pretrained with span corruption by t5x_lite (JAX/Flax) and "
@@ -81,9 +95,14 @@ def model_card(
     f"| {cfg.d_model} | {cfg.d_ff} | {cfg.num_heads} | {cfg.d_kv} | "
     f"{cfg.num_encoder_layers} / {cfg.num_decoder_layers} | {cfg.vocab_size} | {num_params:,} |",
     "",
-    "## Training",
-    "",
   ]
+
+
+def _training_section(step: int, meta: dict, metrics_jsonl: str | None) -> list[str]:
+  task = meta.get("mixture_or_task_name")
+  lengths = meta.get("task_feature_lengths") or {}
+  batch = batch_size_of(meta.get("gin_config", ""))
+  lines = ["## Training", ""]
   if meta.get("imported_from"):
     lines.append(f"- imported from `{meta['imported_from']}` (Hugging Face); no training since")
   lines.append(f"- steps: {step:,}")
@@ -105,31 +124,33 @@ def model_card(
     )
   else:
     lines.append("- evaluation: none recorded for this checkpoint")
-  lines += [
-    "",
+  return lines + [""]
+
+
+def _loading_section(has_tokenizer: bool) -> list[str]:
+  """A transformers snippet, with the tokenizer when one was exported."""
+  lines = [
     "## How to load",
     "",
     "```python",
     "from transformers import AutoTokenizer, T5ForConditionalGeneration",
     'model = T5ForConditionalGeneration.from_pretrained("PATH_OR_REPO_ID")',
   ]
-  if has_tokenizer:
-    lines += [
-      'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO_ID")',
-      'inputs = tokenizer("The <extra_id_0> walks in <extra_id_1> park", return_tensors="pt")',
-      "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))",
-    ]
-  lines += ["```", ""]
-  if has_tokenizer:
-    lines += [
-      "`tokenizer.json` is the SentencePiece vocabulary with 100 sentinels `<extra_id_0>` "
-      "... `<extra_id_99>` (ids from the top down), so `pip install transformers torch` "
-      "is enough; `spiece.model` is included for the slow tokenizer.",
+  if not has_tokenizer:
+    return lines + [
+      "```",
       "",
-    ]
-  else:
-    lines += [
       "No tokenizer was exported with this model; use the vocabulary it was trained with.",
       "",
     ]
-  return "\n".join(lines)
+  return lines + [
+    'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO_ID")',
+    'inputs = tokenizer("The <extra_id_0> walks in <extra_id_1> park", return_tensors="pt")',
+    "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))",
+    "```",
+    "",
+    "`tokenizer.json` is the SentencePiece vocabulary with 100 sentinels `<extra_id_0>` "
+    "... `<extra_id_99>` (ids from the top down), so `pip install transformers torch` "
+    "is enough; `spiece.model` is included for the slow tokenizer.",
+    "",
+  ]

@@ -6,6 +6,10 @@ training and inference FLOPs per token, KV-cache bytes per decoded token, and th
 To measure speed as well: `python -m t5x_lite.efficiency NAME...`.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import dataclasses
 import json
@@ -75,7 +79,8 @@ def main(argv=None) -> int:
     cfg = config.resolve_model_name(args.name)
   elif files or bindings:
     gin_utils.parse_gin(files, bindings)
-    cfg = config.model_config()
+    with gin_utils.required_bindings_checked():
+      cfg = config.model_config()
   else:
     raise UserError(f"give a model name or --gin_file; names: {config.GRAMMAR}")
   info = describe(cfg, args.input_length, args.target_length)

@@ -185,47 +185,49 @@ class Decoder(nn.Module):
     decode=False,
   ):
     cfg = self.cfg
-    batch, length = decoder_input_tokens.shape
     x = dropout(cfg, enable_dropout, self.shared_embedding(decoder_input_tokens))
     relpos = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
+    batch, length = decoder_input_tokens.shape
     encoder_valid = encoder_input_tokens > 0
-
-    decode_step = None
-    if decode:
-      initialized = self.has_variable("cache", "step")
-      step = self.variable("cache", "step", lambda: jnp.zeros((), jnp.int32))
-      # Its shape records the cache length chosen when the cache was made.
-      key_positions = self.variable(
-        "cache", "key_positions", lambda: jnp.arange(length, dtype=jnp.int32)
-      )
-    if decode and initialized:
-      # One token at position `step`, attending to cached keys 0..step.
-      decode_step = step.value
-      query_pos = jnp.full((batch, 1), decode_step, jnp.int32)
-      key_pos = jnp.broadcast_to(key_positions.value, (batch,) + key_positions.value.shape)
-      bias = relpos(query_pos, key_pos)
-      mask = (key_pos <= decode_step)[:, None, None, :]
-      cross_mask = attention_mask(jnp.ones((batch, 1), bool), encoder_valid)
-      step.value = decode_step + 1
+    cached = self._advance_cache(length) if decode else None
+    if cached is not None:
+      decode_step, key_positions = cached
+      bias, mask, cross_mask = _step_masks(relpos, batch, decode_step, key_positions, encoder_valid)
     else:
-      # Padding comes from the targets: the inputs start with token 0 (decoder start = pad id).
-      if decoder_target_tokens is not None:
-        valid = decoder_target_tokens > 0
-      elif decoder_segment_ids is not None:
-        valid = decoder_segment_ids > 0
-      else:
-        valid = jnp.ones((batch, length), bool)
-      positions = default_positions(decoder_input_tokens, decoder_positions)
-      bias = relpos(positions, positions)
-      mask = attention_mask(valid, valid, decoder_segment_ids, decoder_segment_ids, causal=True)
-      cross_mask = attention_mask(valid, encoder_valid, decoder_segment_ids, encoder_segment_ids)
-
+      decode_step = None
+      bias, mask, cross_mask = _sequence_masks(
+        relpos,
+        decoder_input_tokens,
+        decoder_target_tokens,
+        decoder_segment_ids,
+        decoder_positions,
+        encoder_valid,
+        encoder_segment_ids,
+      )
     stack = layer_stack(
       cfg, DecoderLayer, cfg.num_decoder_layers, 5, enable_dropout=enable_dropout, decode=decode
     )
     x = stack(x, bias, mask, encoded, cross_mask, decode_step)
     x = dropout(cfg, enable_dropout, RMSNorm(cfg, name="decoder_norm")(x))
+    return self._logits(x)  # [batch, length, vocab]
 
+  def _advance_cache(self, length: int):
+    """While decoding: (this token's position, the cached key positions [length]), counting the
+    step; None on the call that makes the cache."""
+    initialized = self.has_variable("cache", "step")
+    step = self.variable("cache", "step", lambda: jnp.zeros((), jnp.int32))
+    # Its shape records the cache length chosen when the cache was made.
+    key_positions = self.variable(
+      "cache", "key_positions", lambda: jnp.arange(length, dtype=jnp.int32)
+    )
+    if not initialized:
+      return None
+    decode_step = step.value
+    step.value = decode_step + 1
+    return decode_step, key_positions.value
+
+  def _logits(self, x):
+    cfg = self.cfg
     if cfg.tie_word_embeddings:
       # v1.0: rescale before the tied projection (the embedding is normal(1.0)).
       logits = self.shared_embedding.attend(x * jnp.asarray(cfg.d_model**-0.5, x.dtype))
@@ -238,9 +240,37 @@ class Decoder(nn.Module):
         out_dtype=jnp.float32,
         name="logits_dense",
       )(x)
-    return constrain(
-      logits.astype(jnp.float32), "batch", "length", "vocab"
-    )  # [batch, length, vocab]
+    return constrain(logits.astype(jnp.float32), "batch", "length", "vocab")
+
+
+def _step_masks(relpos, batch: int, decode_step, key_positions, encoder_valid):
+  """(bias, mask, cross_mask) of one decoded token at position `decode_step`, attending to the
+  cached keys 0..decode_step."""
+  query_pos = jnp.full((batch, 1), decode_step, jnp.int32)
+  key_pos = jnp.broadcast_to(key_positions, (batch,) + key_positions.shape)
+  bias = relpos(query_pos, key_pos)
+  mask = (key_pos <= decode_step)[:, None, None, :]
+  cross_mask = attention_mask(jnp.ones((batch, 1), bool), encoder_valid)
+  return bias, mask, cross_mask
+
+
+def _sequence_masks(
+  relpos, input_tokens, target_tokens, segment_ids, positions, encoder_valid, encoder_segment_ids
+):
+  """(bias, mask, cross_mask) of whole target sequences: causal, within each packed segment."""
+  batch, length = input_tokens.shape
+  # Padding comes from the targets: the inputs start with token 0 (decoder start = pad id).
+  if target_tokens is not None:
+    valid = target_tokens > 0
+  elif segment_ids is not None:
+    valid = segment_ids > 0
+  else:
+    valid = jnp.ones((batch, length), bool)
+  positions = default_positions(input_tokens, positions)
+  bias = relpos(positions, positions)
+  mask = attention_mask(valid, valid, segment_ids, segment_ids, causal=True)
+  cross_mask = attention_mask(valid, encoder_valid, segment_ids, encoder_segment_ids)
+  return bias, mask, cross_mask
 
 
 class Transformer(nn.Module):

@@ -11,6 +11,10 @@ by FLOP overhead (XLA's cost analysis of the unscanned step on the host CPU, lay
 linearly), then by microbatches. Gin flags are those of `train`.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import dataclasses
 import json
@@ -216,6 +220,8 @@ def _compile_and_measure(
   )
   return {
     "target": target_name,
+    "devices": len(devices),
+    "hosts": len({d.process_index for d in devices}),
     "mesh": dict(trainer.mesh.shape),
     "per_device_bytes": fp.as_dict(),
     "peak_bytes": fp.peak,
@@ -384,7 +390,8 @@ def main(argv=None) -> int:
 
     gin_utils.parse_gin(gin_files, gin_bindings)
     settings = run_settings()
-    cfg = config.model_config()
+    with gin_utils.required_bindings_checked():
+      cfg = config.model_config()
     devices = topology_devices(target)
     if args.sweep:
       result = plan_one(cfg, args.target, devices, settings, settings.num_microbatches)

@@ -7,6 +7,10 @@ Everything runs on CPU with no network; the corpus is a smoke test built from do
 that ships with Python, not C4.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import json
 import os
@@ -22,47 +26,17 @@ FINETUNE_STEPS = 800
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m t5x_lite.quickstart", description=__doc__)
-  parser.add_argument("--model_dir", default="runs/quickstart")
-  parser.add_argument("--export_dir", default=None, help="default: MODEL_DIR/hf")
-  parser.add_argument(
-    "--finetune",
-    action="store_true",
-    help="fine-tune the model in MODEL_DIR on the demo task instead",
-  )
-  parser.add_argument("--finetune_dir", default=None, help="default: MODEL_DIR-finetuned")
-  parser.add_argument(
-    "--finetune_steps",
-    type=int,
-    default=FINETUNE_STEPS,
-    help="steps after the pretrained checkpoint's",
-  )
+  parser = _parser()
   args, extra = parser.parse_known_args(argv)
   if args.finetune:
     return finetune(args, extra)
   model_dir = os.path.abspath(args.model_dir)
   export_dir = os.path.abspath(args.export_dir or os.path.join(model_dir, "hf"))
-
-  from t5x_lite.data import quickstart_corpus
-
-  started = time.time()
-  corpus, vocab = quickstart_corpus.ensure_quickstart_assets(log=print)
-  print(
-    f"quickstart corpus: {corpus['train']} (vocabulary {vocab}), ready in "
-    f"{time.time() - started:.0f}s",
-    flush=True,
-  )
-
-  from t5x_lite import training
-  import t5x_lite.tasks  # noqa: F401
-
+  _build_corpus()
   files, bindings, rest = gin_utils.split_gin_flags(extra)
   if rest:
     parser.error(f"unknown arguments {rest}")
-  gin_utils.parse_gin([*GIN_FILES, *files], [f"MODEL_DIR = {model_dir!r}", *bindings])
-  started = time.time()
-  result = training.train()
-  train_seconds = time.time() - started
+  result, train_seconds = _train([*GIN_FILES, *files], [f"MODEL_DIR = {model_dir!r}", *bindings])
 
   from t5x_lite import export_hf
 
@@ -82,8 +56,51 @@ def main(argv=None) -> int:
     model_dir, export_dir if exported else None, result["step"], extra
   ):
     print(f"  {label + ':':<15}{command}")
-  print("  real C4:       see README, 'Pretraining on C4'")
+  print("  real C4:       see docs/pretraining.md")
   return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m t5x_lite.quickstart", description=__doc__)
+  parser.add_argument("--model_dir", default="runs/quickstart")
+  parser.add_argument("--export_dir", default=None, help="default: MODEL_DIR/hf")
+  parser.add_argument(
+    "--finetune",
+    action="store_true",
+    help="fine-tune the model in MODEL_DIR on the demo task instead",
+  )
+  parser.add_argument("--finetune_dir", default=None, help="default: MODEL_DIR-finetuned")
+  parser.add_argument(
+    "--finetune_steps",
+    type=int,
+    default=FINETUNE_STEPS,
+    help="steps after the pretrained checkpoint's",
+  )
+  return parser
+
+
+def _build_corpus() -> None:
+  """The quickstart corpus and its vocabulary, built once."""
+  from t5x_lite.data import quickstart_corpus
+
+  started = time.time()
+  corpus, vocab = quickstart_corpus.ensure_quickstart_assets(log=print)
+  print(
+    f"quickstart corpus: {corpus['train']} (vocabulary {vocab}), ready in "
+    f"{time.time() - started:.0f}s",
+    flush=True,
+  )
+
+
+def _train(gin_files: list[str], bindings: list[str]) -> tuple[dict, float]:
+  """Trains with this gin; returns what training.train returns and the seconds it took."""
+  from t5x_lite import training
+  import t5x_lite.tasks  # noqa: F401
+
+  gin_utils.parse_gin(gin_files, bindings)
+  started = time.time()
+  result = training.train()
+  return result, time.time() - started
 
 
 def next_commands(
@@ -145,33 +162,18 @@ def finetune(args, extra: list[str]) -> int:
     raise UserError(
       f"no checkpoint in {model_dir}: run `make quickstart MODEL_DIR={args.model_dir}` first"
     )
-  from t5x_lite.data import finetune_demo, quickstart_corpus
-
-  files = finetune_demo.write_demo_files(
-    str(quickstart_corpus.default_cache_dir()) + "-finetune-demo", log=print
-  )
-  run_flags = [f"--gin_file={f}" for f in FINETUNE_GIN_FILES] + [
-    f"--gin.MODEL_DIR='{tuned_dir}'",
-    f"--gin.INITIAL_CHECKPOINT_PATH='{model_dir}'",
-    f"--gin.FINETUNE_TRAIN_FILES='{files['train']}'",
-    f"--gin.FINETUNE_EVAL_FILES='{files['validation']}'",
-  ]
+  files = _write_demo_files()
+  run_flags = _finetune_flags(model_dir, tuned_dir, files)
   gin_flags = [*run_flags, f"--gin.TRAIN_STEPS={pretrained_step + args.finetune_steps}", *extra]
-
-  from t5x_lite import export_hf, training
-  import t5x_lite.tasks  # noqa: F401
-
   gin_files, bindings, rest = gin_utils.split_gin_flags(gin_flags)
   if rest:
     raise UserError(f"unknown arguments {rest}")
-  gin_utils.parse_gin(gin_files, bindings)
-  started = time.time()
-  result = training.train()
-  train_seconds = time.time() - started
+  result, train_seconds = _train(gin_files, bindings)
+
+  from t5x_lite import export_hf
+
   exported = export_hf.export(tuned_dir, export_dir, overwrite=True)
 
-  with open(files["validation"], encoding="utf-8") as f:
-    sample = f.readline().split("\t")[0]
   print("\n== fine-tuning demo done ==")
   print(
     f"fine-tuned steps {pretrained_step}..{result['step']} in {train_seconds:.0f}s; exact "
@@ -181,19 +183,40 @@ def finetune(args, extra: list[str]) -> int:
   print(f"run directory:   {tuned_dir} (predictions/<step>.jsonl, metrics.jsonl, checkpoints/)")
   if exported:
     print(f"HF export:       {export_dir}")
-  print("next:")
-  print(
-    f"  {'resume/extend:':<15}"
-    + commands.module_command(
-      "t5x_lite.train",
-      [*run_flags, f"--gin.TRAIN_STEPS={result['step'] + args.finetune_steps}", *extra],
-    )
+  resume_flags = [*run_flags, f"--gin.TRAIN_STEPS={result['step'] + args.finetune_steps}", *extra]
+  _print_finetune_next(tuned_dir, resume_flags, files["validation"])
+  return 0
+
+
+def _write_demo_files() -> dict[str, str]:
+  """The demo task's train and validation files, made from the quickstart corpus."""
+  from t5x_lite.data import finetune_demo, quickstart_corpus
+
+  return finetune_demo.write_demo_files(
+    str(quickstart_corpus.default_cache_dir()) + "-finetune-demo", log=print
   )
+
+
+def _finetune_flags(model_dir: str, tuned_dir: str, files: dict[str, str]) -> list[str]:
+  """The fine-tuning run's flags, but for its step count."""
+  return [f"--gin_file={f}" for f in FINETUNE_GIN_FILES] + [
+    f"--gin.MODEL_DIR='{tuned_dir}'",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{model_dir}'",
+    f"--gin.FINETUNE_TRAIN_FILES='{files['train']}'",
+    f"--gin.FINETUNE_EVAL_FILES='{files['validation']}'",
+  ]
+
+
+def _print_finetune_next(tuned_dir: str, resume_flags: list[str], validation_file: str) -> None:
+  """Commands to resume the fine-tuning and to decode the first validation input."""
+  with open(validation_file, encoding="utf-8") as f:
+    sample = f.readline().split("\t")[0]
+  print("next:")
+  print(f"  {'resume/extend:':<15}" + commands.module_command("t5x_lite.train", resume_flags))
   print(
     f"  {'generate:':<15}"
     + commands.module_command("t5x_lite.infer", [f"--model_dir={tuned_dir}", f"--input={sample}"])
   )
-  return 0
 
 
 if __name__ == "__main__":

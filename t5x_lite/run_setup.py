@@ -12,32 +12,81 @@ import tempfile
 import jax
 import tensorflow as tf
 
-from t5x_lite import paths, tokens
+from t5x_lite import paths, run_lock, tokens
 from t5x_lite.config import T5Config
 from t5x_lite.data import pipeline
 from t5x_lite.errors import UserError, first_line
 
+# Directories a run writes in MODEL_DIR: a file by one of these names would fail the first save.
+_RUN_DIRS = ("checkpoints", "data_state", "logs", "tensorboard", "predictions")
 
-def prepare_model_dir(model_dir: str) -> None:
-  """Creates MODEL_DIR; a path that is a file or cannot be written is a one-line error."""
-  if paths.is_remote(model_dir):
-    try:
-      tf.io.gfile.makedirs(model_dir)
-    except tf.errors.OpError as e:
-      raise UserError(f"cannot create MODEL_DIR {model_dir}: {first_line(e)}") from None
-    return
-  existing = model_dir
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    where = "is a file" if existing == model_dir else f"cannot be created: {existing} is a file"
-    raise UserError(f"MODEL_DIR {model_dir} {where}, not a directory; choose another MODEL_DIR")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise UserError(
-      f"MODEL_DIR {model_dir} is not writable ({existing} does not allow writing "
-      f"for this user); choose another MODEL_DIR or fix its permissions"
-    )
-  os.makedirs(model_dir, exist_ok=True)
+
+def prepare_model_dir(model_dir: str) -> "ModelDirBefore":
+  """Creates MODEL_DIR; a path that is a file or cannot be created is a one-line error.
+
+  Returns what MODEL_DIR held before, to undo the run's start with if it fails before training.
+  """
+  before = ModelDirBefore(model_dir)
+  paths.make_dirs(model_dir, "MODEL_DIR")
+  for name in _RUN_DIRS:
+    path = os.path.join(model_dir, name)
+    if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+      before.undo()
+      raise UserError(
+        f"{path} is a file where the run keeps its {name} directory; move it away or choose "
+        f"another MODEL_DIR"
+      )
+  return before
+
+
+class ModelDirBefore:
+  """What MODEL_DIR held before a run started: a run that fails before its first train step (a
+  bad setting, a refused resume, no data) takes back what its start added, so MODEL_DIR is left
+  as it was, or is not there at all.
+
+  A start may add MODEL_DIR itself, `checkpoints/` (Orbax creates it), `metrics.jsonl`,
+  `tensorboard/`, `predictions/` (the step-0 evaluation) and a fine-tuning run's `spiece.model`;
+  it changes no file that was there (library logs wait in memory until training starts, dropped
+  metrics rows are written with the next row, the lock is released).
+  """
+
+  def __init__(self, model_dir: str):
+    self.model_dir = model_dir
+    # The names in MODEL_DIR, or None when it is not there; then the outermost missing parent.
+    self._names = _listdir(model_dir) if tf.io.gfile.isdir(model_dir) else None
+    self._top_created = model_dir
+    if self._names is None and not paths.is_remote(model_dir):
+      while not os.path.exists(os.path.dirname(self._top_created)):
+        self._top_created = os.path.dirname(self._top_created)
+
+  def undo(self) -> None:
+    if jax.process_index() != 0:  # process 0 holds the lock and speaks for the run
+      return
+    if self._names is not None:
+      for name in _listdir(self.model_dir) - self._names - {run_lock.LOCK_NAME}:
+        _remove(os.path.join(self.model_dir, name))
+      return
+    if tf.io.gfile.exists(self.model_dir):
+      tf.io.gfile.rmtree(self.model_dir)
+    # Parents created for it go too, unless something else has been put there since.
+    parent, stop = os.path.dirname(self.model_dir), os.path.dirname(self._top_created)
+    while parent != stop:
+      try:
+        os.rmdir(parent)
+      except OSError:
+        return
+      parent = os.path.dirname(parent)
+
+
+def _listdir(path: str) -> set[str]:
+  return {name.rstrip("/") for name in tf.io.gfile.listdir(path)}
+
+
+def _remove(path: str) -> None:
+  if tf.io.gfile.isdir(path):
+    tf.io.gfile.rmtree(path)
+  else:
+    tf.io.gfile.remove(path)
 
 
 def check_model_splits(cfg: T5Config, num_partitions: int) -> None:
@@ -63,9 +112,20 @@ def task_vocab_size(mixture_or_task_name: str) -> int:
   try:
     return task_vocab.vocab_size
   except Exception as e:  # noqa: BLE001  (tf, sentencepiece and gcs raise many kinds)
-    raise UserError(
-      _vocab_unreadable(mixture_or_task_name, path, first_line(e, limit=200))
-    ) from None
+    empty = (
+      path and not paths.is_remote(path) and os.path.isfile(path) and not os.path.getsize(path)
+    )
+    reason = "the file is empty" if empty else first_line(e, limit=200)
+    raise UserError(_vocab_unreadable(mixture_or_task_name, path, reason)) from None
+
+
+def check_splits(mixture_or_task_name: str, provider, splits: list[str]) -> None:
+  for split in splits:
+    if split not in provider.splits:
+      raise UserError(
+        f"task {mixture_or_task_name!r} has no split {split!r}; its splits: "
+        f"{', '.join(provider.splits)}"
+      )
 
 
 def check_task_fits_model(mixture_or_task_name: str, model_vocab_size: int) -> None:
@@ -85,9 +145,25 @@ def _vocab_unreadable(task: str, path: str | None, reason: str) -> str:
   )
 
 
+class _HeldRecords(logging.Handler):
+  def __init__(self):
+    super().__init__()
+    self.records: list[logging.LogRecord] = []
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.records.append(record)
+
+
+def hold_library_logs() -> None:
+  """Takes library logging off the console (see send_library_logs_to) and keeps it in memory
+  until training starts: a run that fails before then writes no log file into MODEL_DIR."""
+  _route_library_logs(_HeldRecords())
+
+
 def send_library_logs_to(model_dir: str) -> str:
   """Routes Python logging (absl, Orbax, asyncio), warnings and unraisable-exception reports to
-  MODEL_DIR/logs/python_<process>.log (a local temp dir for object stores); returns its path.
+  MODEL_DIR/logs/python_<process>.log (a local temp dir for object stores), after what
+  hold_library_logs kept; returns its path.
 
   Our own messages are printed, so the console shows them alone.
   """
@@ -99,6 +175,14 @@ def send_library_logs_to(model_dir: str) -> str:
   path = os.path.join(log_dir, f"python_{jax.process_index()}.log")
   handler = logging.FileHandler(path, encoding="utf-8")
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  held = [h for h in logging.getLogger().handlers if isinstance(h, _HeldRecords)]
+  _route_library_logs(handler)
+  for record in held[0].records if held else []:
+    handler.handle(record)
+  return path
+
+
+def _route_library_logs(handler: logging.Handler) -> None:
   root = logging.getLogger()
   for old in list(root.handlers):
     # absl's stderr handler and earlier handlers of ours go; test harness handlers stay.
@@ -116,4 +200,3 @@ def send_library_logs_to(model_dir: str) -> str:
   # Orbax's failed async reads leave callbacks that report into sys.unraisablehook (stderr).
   log = logging.getLogger("t5x_lite.unraisable")
   sys.unraisablehook = lambda u: log.warning("unraisable %s: %s", u.exc_type.__name__, u.exc_value)
-  return path

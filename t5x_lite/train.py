@@ -4,42 +4,25 @@ Pretrains from gin; running the same command again resumes from the latest compl
 The loop itself is t5x_lite/training.py (gin: `train.*`).
 """
 
+if __name__ == "__main__":
+  # SIGTERM / Ctrl-C during start-up end the command at once: set up before any import starts a
+  # thread (t5x_lite/shutdown.py).
+  from t5x_lite import shutdown
+
+  shutdown.guard_startup()
+
+from t5x_lite import quiet_startup  # noqa: E402,F401  (hides native start-up noise)
+
+# isort: split
+
 import argparse
-import contextlib
 import json
-import os
 import sys
-import tempfile
 
-# TF's C++ errors on a machine without a GPU ("failed call to cuInit") are noise here: tf.data is
-# all TF does. Set before TF is imported; an explicit setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import jax
 
-
-@contextlib.contextmanager
-def _startup_banners_hidden():
-  """Keeps the native libraries' import banners (oneDNN, CUDA probing) off the console; they are
-  shown only if the import fails."""
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    except BaseException:
-      os.dup2(saved, 2)
-      captured.seek(0)
-      sys.stderr.write(captured.read().decode(errors="replace"))
-      raise
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)
-
-
-with _startup_banners_hidden():
-  import jax  # noqa: E402
-
-  from t5x_lite import distributed, gin_utils, training  # noqa: E402
-from t5x_lite.errors import UserError, run_main  # noqa: E402
+from t5x_lite import distributed, gin_utils
+from t5x_lite.errors import UserError, run_main
 
 
 def main(argv=None) -> int:
@@ -75,10 +58,16 @@ def main(argv=None) -> int:
     args.multi_host,
     args.distributed_timeout_s,
   )
-  import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks named in gin)
+  # The seqio tasks (every module of tasks/) and the loop, imported here, inside run_main: a task
+  # module that fails to import is then a one-line error. (The data layer keeps TensorFlow off
+  # GPUs when it is imported; TF's CUDA probing then prints what no one needs to read.)
+  with quiet_startup.banners_hidden():
+    from t5x_lite import training
+    import t5x_lite.tasks  # noqa: F401
 
   gin_utils.parse_gin(gin_files, gin_bindings)
-  result = training.train(stop_at_step=args.stop_at_step)
+  with gin_utils.required_bindings_checked():
+    result = training.train(stop_at_step=args.stop_at_step)
   if jax.process_index() == 0:
     print(json.dumps({"final": result}), flush=True)
   return 0

@@ -9,6 +9,10 @@ Writes PREFIX.model and PREFIX.vocab. Use it through
 which appends the 100 sentinels <extra_id_99> .. <extra_id_0> after the pieces.
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import sys
 import time

@@ -196,9 +196,12 @@ class Trainer:
       for k, v in local_batch.items()
     }
 
-  def train_step(self, state: TrainState, local_batch: dict[str, np.ndarray]):
+  def train_step(self, state: TrainState, batch: dict):
+    """One update from this process's rows (numpy) or from a batch make_global_batch placed."""
+    if not all(isinstance(v, jax.Array) for v in batch.values()):
+      batch = self.make_global_batch(batch)
     with partitioning.activate(self.mesh, self.rules):
-      return self._train_step(state, self.make_global_batch(local_batch))
+      return self._train_step(state, batch)
 
   def eval_step(self, state: TrainState, local_batch: dict[str, np.ndarray]) -> dict:
     with partitioning.activate(self.mesh, self.rules):

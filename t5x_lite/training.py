@@ -3,6 +3,7 @@
 Configured by gin as `train.*` (see gin/runs/pretrain.gin); the CLI is t5x_lite/train.py.
 """
 
+import collections
 import dataclasses
 import math
 import os
@@ -13,6 +14,7 @@ from typing import Any
 import gin
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import tensorflow as tf
 
 from t5x_lite import (
@@ -26,8 +28,9 @@ from t5x_lite import (
   resume_check,
   run_lock,
   run_setup,
+  shutdown,
 )
-from t5x_lite.data import logical_shards, pipeline, tokenized_cache
+from t5x_lite.data import logical_shards, pipeline, quality, tokenized_cache
 from t5x_lite.errors import UserError
 from t5x_lite.memory_fit import fit_trainer
 from t5x_lite.metrics_writer import MetricsWriter
@@ -105,11 +108,14 @@ def _no_eval_data(task: str, shard_count: int) -> UserError:
 
 
 def evaluate(
-  trainer: Trainer, state, eval_dataset, eval_steps: int, task: str = "?", shard_count: int = 1
+  trainer: Trainer, state, eval_batches, eval_steps: int, task: str = "?", shard_count: int = 1
 ) -> dict:
+  """Loss and accuracy over `eval_steps` batches (an EvalBatches, or a tf.data.Dataset)."""
+  if not isinstance(eval_batches, pipeline.EvalBatches):
+    eval_batches = pipeline.EvalBatches(eval_batches, eval_steps)
   totals = {"loss_sum": 0.0, "num_correct": 0.0, "num_tokens": 0.0}
   batches = 0
-  for batch in eval_dataset.take(eval_steps).as_numpy_iterator():
+  for batch in eval_batches:
     out = jax.device_get(trainer.eval_step(state, batch))
     batches += 1
     for k in totals:
@@ -187,38 +193,26 @@ def train(
   `memory_fit`: 'auto' switches to the cheapest remat policy / microbatch count that fits the
   device when the configured step does not; 'off' fails instead (see memory_fit.py).
   """
-  s = _checked(
-    Settings(
-      model_dir,
-      train_steps,
-      batch_size,
-      mixture_or_task_name,
-      task_feature_lengths,
-      num_partitions,
-      num_microbatches,
-      checkpoint_period,
-      eval_period,
-      eval_steps,
-      log_period,
-      seed,
-      use_packing,
-      peak_flops_per_device,
-      allow_data_change,
-      memory_fit,
-      stop_at_step,
-    )
-  )
-  run_setup.prepare_model_dir(s.model_dir)
+  s = _checked(Settings(**locals()))  # the parameters are Settings' fields, by name
+  before = run_setup.prepare_model_dir(s.model_dir)
   lock = run_lock.RunLock(s.model_dir) if jax.process_index() == 0 else None
   stale = lock.acquire() if lock else None
+  # A signal before the first step ends the process at once (shutdown.py), leaving MODEL_DIR
+  # as a failed start does.
+  shutdown.on_startup_exit(before.undo)
+  if lock:
+    shutdown.on_startup_exit(lock.release)
   preemption = _Preemption()  # early: a SIGTERM during set-up still ends in a clean save
+  started = False
   try:
-    run_setup.send_library_logs_to(s.model_dir)
+    run_setup.hold_library_logs()
     if stale:
       print(f"warning: {stale}", flush=True)
     run = _setup(s, preemption)
     _restore(run)
     _start(run)
+    started = True
+    run_setup.send_library_logs_to(s.model_dir)
     _loop(run)
     result = _finish(run)
     run.train_iter.close()  # before returning: see DataIterator.close
@@ -227,6 +221,8 @@ def train(
     preemption.close()
     if lock:
       lock.release()
+    if not started:  # a failed start (a bad setting, a refused resume) leaves no trace
+      before.undo()
 
 
 def _checked(s: Settings) -> Settings:
@@ -267,16 +263,19 @@ class _Run:
   flops_per_example: float
   writer: MetricsWriter | None = None  # opened once a checkpoint is accepted (or none is there)
   peak: float | None = None  # FLOP/s per device that MFU is measured against (set in _start)
-  train_iter: pipeline.DataIterator | None = None
-  eval_dataset: Any = None
+  train_iter: Any = None  # a StreamIterator or, for seqio-per-shard data, a DataIterator
+  eval_batches: pipeline.EvalBatches | None = None
   decoding: decode_eval.DecodeEval | None = None  # decoding metrics at each evaluation
   restored: tuple | None = None  # (step, state, meta) of the checkpoint resumed from
   data_reset: list = dataclasses.field(default_factory=list)  # changes that reset the data
   # The loop.
   step: int = 0
   state: Any = None
-  first_batch: dict | None = None
+  ahead: tuple | None = None  # (batch on its devices, data position after it), read ahead
+  trained_position: Any = None  # the data position after the last batch a step trained on
+  data_reported: bool = False  # whether skipped or repaired data was reported yet
   pending: list = dataclasses.field(default_factory=list)  # (step, metrics) not yet checked
+  in_flight: collections.deque = dataclasses.field(default_factory=collections.deque)
   last_saved: int | None = None
   last_train: dict = dataclasses.field(default_factory=dict)
   last_eval: dict = dataclasses.field(default_factory=dict)
@@ -379,16 +378,19 @@ def _make_data(run: _Run) -> None:
     seed=s.seed,
     use_packing=s.use_packing,
     batch_sharding=run.trainer.batch_sharding,
-    autotune=_saved_data_autotune(run),
+    saved_data=_saved_data(run),
     **processes,
   )
-  run.eval_dataset = pipeline.eval_dataset(
-    s.mixture_or_task_name,
-    s.task_feature_lengths,
-    s.batch_size,
-    seed=s.seed,
-    use_packing=s.use_packing,
-    **processes,
+  run.eval_batches = pipeline.EvalBatches(
+    pipeline.eval_dataset(
+      s.mixture_or_task_name,
+      s.task_feature_lengths,
+      s.batch_size,
+      seed=s.seed,
+      use_packing=s.use_packing,
+      **processes,
+    ),
+    s.eval_steps,
   )
   run.decoding = decode_eval.DecodeEval(
     s.model_dir,
@@ -403,13 +405,11 @@ def _make_data(run: _Run) -> None:
     )
 
 
-def _saved_data_autotune(run: _Run) -> bool:
-  """A resumed data position keeps the tf.data autotuning it was saved with; a new stream runs
-  without (pipeline.AUTOTUNE_STATE_KEY)."""
+def _saved_data(run: _Run) -> str | None:
+  """The data position this run continues (its layout decides how the data is read)."""
   if run.restored is None or run.data_reset:
-    return False
-  data_path = run.ckpt.data_state_path(run.restored[0])
-  return data_path is not None and pipeline.DataIterator.saved_autotune(data_path)
+    return None
+  return run.ckpt.data_state_path(run.restored[0])
 
 
 def _restore_data_position(run: _Run, meta: dict) -> None:
@@ -422,45 +422,99 @@ def _restore_data_position(run: _Run, meta: dict) -> None:
     )
   elif data_path is not None:
     run.train_iter.restore(data_path)
-  elif meta.get("batches_consumed", 0) != 0:
-    raise UserError(
-      f"checkpoint step {run.step} in {run.ckpt.directory} has no data position "
-      f"in {run.ckpt.data_directory}"
+  elif meta.get("batches_consumed", 0) == 0:
+    pass  # a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh
+  elif run.s.allow_data_change:
+    run.writer.console(
+      f"checkpoint step {run.step} has no data position: training continues from step "
+      f"{run.step} with the data read from its start"
     )
-  # else: a checkpoint that consumed no data (e.g. from import_hf) starts the stream afresh.
+  else:
+    raise UserError(_no_data_position(run))
 
 
-def _next_batch(run: _Run) -> dict:
-  if run.first_batch is not None:
-    batch, run.first_batch = run.first_batch, None
-    return batch
+def _no_data_position(run: _Run) -> str:
+  """A step whose data position is gone (data_state/ deleted, or not copied with checkpoints/):
+  the ways on, as they work."""
+  ckpt_dir = run.ckpt.directory
+  steps = run.ckpt.all_steps()
+  good = [s for s in steps if s < run.step and run.ckpt.data_state_path(s) is not None]
+  if good:
+    # Orbax lists only the directories named by a step number: a renamed one is not a step.
+    later = [s for s in steps if s > good[-1]]
+    aside = (
+      f"move step{'s' if len(later) > 1 else ''} {', '.join(map(str, later))} aside (e.g. "
+      f"rename {ckpt_dir}/{run.step} to {ckpt_dir}/moved.{run.step}) to resume from step "
+      f"{good[-1]}"
+    )
+  else:
+    aside = "use another MODEL_DIR to start afresh"
+  return (
+    f"checkpoint step {run.step} in {ckpt_dir} has no data position in "
+    f"{os.path.join(run.ckpt.data_directory, str(run.step))}; pass "
+    f"--gin.train.allow_data_change=True to continue from step {run.step} with the data read "
+    f"from its start, or {aside}"
+  )
+
+
+def _fetch(run: _Run) -> tuple:
+  """The next batch, placed on its devices, and the data position after it (None where the
+  iterator cannot tell it apart from its current one, see _train_step)."""
   try:
-    return next(run.train_iter)
+    batch = next(run.train_iter)
   except StopIteration:
     raise _no_data(run.s.mixture_or_task_name, "train") from None
+  position = run.train_iter.position() if run.train_iter.reads_ahead else None
+  return run.trainer.make_global_batch(batch), position
 
 
 def _start(run: _Run) -> None:
   """The first batch, the initial state and (for a new run) the step-0 evaluation."""
   run.peak = run.s.peak_flops_per_device or flops.peak_flops_per_device()
-  # The first batch before anything compiles: an empty corpus is an error within seconds.
-  if run.step < run.s.train_steps:
-    run.first_batch = _next_batch(run)
+  # The data pipelines start reading while the state is initialised; the first batch is read
+  # before the train step compiles (an empty corpus is an error long before that).
+  run.train_iter.start()
+  run.eval_batches.start()
   if run.state is None:
     run.state = run.trainer.init_state(run.s.seed)
+  if run.step < run.s.train_steps:
+    run.ahead = _fetch(run)
   if run.step == 0 or run.restored is None:  # a new run (or fine-tuning run) starts measured
     _evaluate(run)
   run.last_log_time = run.started = time.time()
   run.first_step = run.last_log_step = run.step
 
 
+# Dispatched steps the host may be ahead of the devices. Dispatch is asynchronous and, with no
+# sync between log points, the loop would queue steps as fast as it reads batches: a SIGTERM, a
+# save or a NaN would then be acted on only after every queued step has run (34 steps, 18 min,
+# in a CPU run). Waiting for step N-2 after dispatching step N keeps the next step queued, so the
+# devices never wait for the host, and nothing is copied to the host.
+MAX_STEPS_AHEAD = 2
+
+
+def _bound_steps_ahead(run: _Run, metrics: dict) -> None:
+  run.in_flight.append(metrics["loss"])
+  if len(run.in_flight) > MAX_STEPS_AHEAD:
+    run.in_flight.popleft().block_until_ready()
+
+
 def _train_step(run: _Run) -> None:
-  batch = _next_batch(run)
+  """Dispatches one step, then reads the next batch while the devices run it.
+
+  Reading ahead needs a data position that can be saved for the batch trained on rather than
+  the one read (StreamIterator); a seqio-per-shard iterator is read when its step is due.
+  """
+  (batch, run.trained_position), run.ahead = run.ahead or _fetch(run), None
   step_started = time.time()
   run.state, metrics = run.trainer.train_step(run.state, batch)
   run.step += 1
   run.pending.append((run.step, metrics))
+  if run.train_iter.reads_ahead and run.step < run.s.end_step:
+    run.ahead = _fetch(run)
+  _bound_steps_ahead(run, metrics)
   if run.compile_s is None:
+    shutdown.training_started()  # a signal now saves this step (see _loop)
     run.compile_s = _first_step_seconds(metrics, step_started)
     run.writer.console(
       f"compiled the train step in {run.compile_s:.1f} s (step {run.step}; not "
@@ -485,11 +539,12 @@ def _loop(run: _Run) -> None:
     _train_step(run)
     step = run.step
     stop_now = run.preemption.should_stop(step)
-    do_log = step % s.log_period == 0 or step == s.end_step
+    do_log = step % s.log_period == 0 or step == s.end_step or stop_now
     do_eval = step % s.eval_period == 0 or step == s.train_steps
     do_save = step % s.checkpoint_period == 0 or step == s.end_step or stop_now
     if do_log or do_eval or do_save:
       _maybe_log(run, do_log, _check_finite(run))
+      _report_data(run, final=False)
     _maybe_eval(run, do_eval)
     _maybe_save(run, do_save)
     if stop_now:
@@ -498,6 +553,7 @@ def _loop(run: _Run) -> None:
 
 
 def _finish(run: _Run) -> dict:
+  _report_data(run, final=True)
   run.ckpt.close()
   _write_config(run.s.model_dir)
   run.writer.close()
@@ -506,6 +562,27 @@ def _finish(run: _Run) -> dict:
     **run.last_train,
     **{k: v for k, v in run.last_eval.items() if k != "step"},
   }
+
+
+def _report_data(run: _Run, final: bool) -> None:
+  """What the data streams skipped or repaired (quality.py): one console line the first time
+  there is any, and at the end of the run the counts of all processes, in metrics.jsonl too."""
+  if not run.train_iter.reads_ahead or run.trained_position is None:
+    return  # seqio-per-shard data is not counted
+  counts = run.train_iter.quality_counts(run.trained_position)
+  if final:
+    if jax.process_count() > 1:
+      gathered = multihost_utils.process_allgather(np.array([counts[k] for k in quality.COUNTERS]))
+      counts = dict(zip(quality.COUNTERS, (int(x) for x in np.sum(gathered, axis=0))))
+    run.writer.write({"step": run.step, **{f"data_{k}": v for k, v in counts.items()}})
+    if quality.any_reported(counts):
+      run.writer.console(f"data: {quality.describe(counts)} (metrics.jsonl: data_*)")
+  elif not run.data_reported and quality.any_reported(counts):
+    run.data_reported = True
+    run.writer.console(
+      f"data: {quality.describe(counts)} so far; reading on (data_quality.max_skipped_fraction "
+      "sets when skipped records stop the run; totals at the end)"
+    )
 
 
 def _check_finite(run: _Run) -> dict:
@@ -578,7 +655,7 @@ def _evaluate(run: _Run) -> None:
     **evaluate(
       run.trainer,
       run.state,
-      run.eval_dataset,
+      run.eval_batches,
       run.s.eval_steps,
       run.s.mixture_or_task_name,
       logical_shards.make_plan(run.s.batch_size).count,
@@ -602,15 +679,22 @@ def _maybe_save(run: _Run, due: bool) -> None:
   if not due:
     return
   s = run.s
+  position = run.trained_position
+  batches = position.batches if position is not None else run.train_iter.state()["batches"]
   meta = {
     "step": run.step,
-    "batches_consumed": run.train_iter.state()["batches"],
+    "batches_consumed": batches,
     "model_config": run.model_meta,
     "gin_config": gin.config_str(),
     "mixture_or_task_name": s.mixture_or_task_name,
     "task_feature_lengths": dict(s.task_feature_lengths),
     "data": run.data,
   }
-  run.ckpt.save(run.step, run.state, meta, run.train_iter.save)
+  save_data = (
+    (lambda directory: run.train_iter.save(directory, position))
+    if position is not None
+    else run.train_iter.save
+  )
+  run.ckpt.save(run.step, run.state, meta, save_data)
   run.last_saved = run.step
   run.last_log_time = time.time()  # nor the blocking part of the save

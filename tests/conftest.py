@@ -45,6 +45,18 @@ TINY_MODEL = [
 ONE_DATA_SHARD = "logical_shards.count = 1"
 
 
+# The train command's flags for one step of the tiny model, no evaluation: the tests that run
+# it share them, so a session's persistent compilation cache holds the step after the first.
+TINY_TRAIN_FLAGS = [
+  "--gin_file=runs/quickstart.gin",
+  *[f"--gin.{binding.replace(' = ', '=', 1)}" for binding in [*TINY_MODEL, ONE_DATA_SHARD]],
+  "--gin.train.eval_steps=0",
+  "--gin.TRAIN_STEPS=1",
+  "--gin.CHECKPOINT_PERIOD=1",
+  "--gin.EVAL_PERIOD=1",
+]
+
+
 @dataclasses.dataclass(frozen=True)
 class TinyCorpus:
   """Text shards for `text_span_corruption` and a 100-piece vocabulary trained on them."""
@@ -91,6 +103,7 @@ def train_in_process(gin_files, bindings, stop_at_step=None) -> dict:
 
 INTEGRATION_FILES = {
   "test_bad_inputs.py",
+  "test_docs.py",
   "test_export_import.py",
   "test_hf_tokenizer.py",
   "test_infer.py",
@@ -102,6 +115,7 @@ INTEGRATION_FILES = {
   "test_tfds_c4.py",
   "test_tokenized_cache.py",
   "test_train_e2e.py",
+  "test_user_tasks.py",
 }
 
 

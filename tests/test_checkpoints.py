@@ -7,6 +7,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import dataclasses  # noqa: E402
 import pathlib  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -129,7 +130,15 @@ def test_corrupt_latest_falls_back(saved, tmp_path, capsys):
   ckpt.close()
   assert step == 1
   assert_same_values(state, saved[1][1])
-  assert f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be read" in capsys.readouterr().out
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 1
+  # One readable line: the step, the file and what is wrong with it, where it went, what is used.
+  assert lines[0].startswith(
+    f"warning: checkpoint {model_dir}/checkpoints/2 cannot be read (state: Error reading "
+  )
+  assert re.search(r"is not valid for value of size \d+\); moved it to ", lines[0]), lines[0]
+  assert re.search(r"/unreadable\.2\.\d+, falling back to step 1$", lines[0]), lines[0]
+  assert "TensorStore" not in lines[0] and "tensorstore_spec" not in lines[0]
   # The unreadable step is kept aside (never deleted), so training can write step 2 again.
   assert [p.name.split(".")[:2] for p in (model_dir / "checkpoints").glob("unreadable.*")] == [
     ["unreadable", "2"]
@@ -145,6 +154,27 @@ def test_params_restore_skips_corrupt_latest(saved, tmp_path, capsys):
   assert (
     f"checkpoint {model_dir / 'checkpoints' / '2'} cannot be restored" in capsys.readouterr().out
   )
+
+
+def test_export_says_in_one_line_which_step_it_skips(saved, tmp_path):
+  model_dir = copy_run(saved[0], tmp_path / "run")
+  corrupt_state(model_dir, 2)
+  (model_dir / "checkpoints" / "2" / "state" / "manifest.ocdbt").unlink()
+  done = subprocess.run(
+    [sys.executable, "-m", "t5x_lite.export_hf", f"--model_dir={model_dir}"]
+    + [f"--output_dir={tmp_path / 'hf'}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  warning = f"warning: checkpoint {model_dir}/checkpoints/2 cannot be restored (state: "
+  assert done.stdout.startswith(warning) and "falling back to step 1\n" in done.stdout
+  assert "exported step 1 of" in done.stdout
+  # No library dump in it, and none of the tracebacks Orbax's failed reads leave behind.
+  assert "TensorStore" not in done.stdout and "tensorstore_spec" not in done.stdout
+  assert "Traceback" not in done.stderr, done.stderr[-3000:]
 
 
 def test_only_corrupt_checkpoint_is_a_user_error(saved, tmp_path):

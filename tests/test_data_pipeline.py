@@ -174,3 +174,31 @@ def test_validation_split(configured):
     1000,
   )
   assert 0 < len(batches) < 100
+
+
+def test_stream_features_equal_seqios_converter():
+  """The streams' EOS, trimming, padding and teacher forcing (streams._features) are seqio's
+  append_eos_after_trim + EncDecFeatureConverter(pack=False), example for example."""
+  import seqio
+  import tensorflow as tf
+
+  from t5x_lite.data import streams
+
+  lengths = {"inputs": 6, "targets": 4}
+  examples = [([5, 6, 7], [8, 9]), ([], [3]), ([4] * 9, [7] * 9), ([2, 3, 4, 5, 6], [3, 4, 5])]
+  vocab = seqio.PassThroughVocabulary(100, eos_id=1)
+  features = {k: seqio.Feature(vocab, add_eos=True) for k in ("inputs", "targets")}
+  ds = tf.data.Dataset.from_generator(
+    lambda: ({"inputs": i, "targets": t} for i, t in examples),
+    output_signature={k: tf.TensorSpec([None], tf.int32) for k in ("inputs", "targets")},
+  )
+  ds = seqio.preprocessors.append_eos_after_trim(ds, features, lengths)
+  expected = list(seqio.EncDecFeatureConverter(pack=False)(ds, lengths).as_numpy_iterator())
+  ours = streams._features(
+    tf.ragged.constant([i for i, _ in examples], dtype=tf.int32),
+    tf.ragged.constant([t for _, t in examples], dtype=tf.int32),
+    lengths,
+  )
+  for row, want in enumerate(expected):
+    for name in streams.FEATURES:
+      np.testing.assert_array_equal(ours[name][row].numpy(), want[name], err_msg=name)

@@ -39,6 +39,31 @@ def test_train_vocab_rejects_empty_pattern(tmp_path):
     train_vocab.train_vocab(str(tmp_path / "none*.txt"), str(tmp_path / "v"), 80)
 
 
+@pytest.mark.parametrize(
+  "make_input, output, message",
+  [
+    (lambda d: d.joinpath("b.bin").write_bytes(bytes(range(256)) * 40), "v", "is a binary file"),
+    (lambda d: d.joinpath("empty.txt").write_text(""), "v", "hold no text"),
+    (lambda d: d.joinpath("docs").mkdir(), "v", "matches only directories; give the files, e.g."),
+    (
+      lambda d: d.joinpath("a.txt").write_text("some text\n"),
+      "a.txt/v",
+      "output directory {d}/a.txt is a file, not a directory",
+    ),
+  ],
+  ids=["binary input", "empty input", "a directory as input", "output under a file"],
+)
+def test_train_vocab_refuses_what_is_not_a_corpus(tmp_path, make_input, output, message):
+  """One line that says what the input is, instead of SentencePiece's own words (which ask for
+  a smaller vocabulary, or name a C++ check), and nothing written."""
+  make_input(tmp_path)
+  inputs = sorted(p.name for p in tmp_path.iterdir())
+  with pytest.raises(UserError, match=message.format(d=tmp_path)) as refused:
+    train_vocab.train_vocab(str(tmp_path / inputs[0]), str(tmp_path / output), 50)
+  assert "\n" not in str(refused.value)
+  assert sorted(p.name for p in tmp_path.iterdir()) == inputs
+
+
 def test_clean_paragraphs_keeps_prose_and_drops_code():
   doc = """Return the number of items in the container, counting duplicates once.
 

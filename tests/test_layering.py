@@ -1,21 +1,30 @@
 """The package's imports run one way (the rule is in t5x_lite/__init__.py): read from the source
-with ast, nothing is imported or run."""
+with ast, nothing is imported or run. The top-level tasks/ folder is the package's
+`t5x_lite.tasks` and follows the same rule."""
 
 import ast
+import configparser
+import importlib.util
 import pathlib
 
 import t5x_lite
 
 PACKAGE = pathlib.Path(t5x_lite.__file__).parent
+# Where `t5x_lite.tasks` is found (tasks/ of the checkout), without running it.
+TASKS = pathlib.Path(importlib.util.find_spec("t5x_lite.tasks").submodule_search_locations[0])
 
 
-def _module_name(path: pathlib.Path) -> str:
-  parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _modules(root: pathlib.Path, package: str) -> dict[str, pathlib.Path]:
+  """module name -> file, for the .py files under `root`, the folder of `package`."""
+  found = {}
+  for path in root.rglob("*.py"):
+    parts = path.relative_to(root).with_suffix("").parts
+    found[".".join([package, *(parts[:-1] if parts[-1] == "__init__" else parts)])] = path
+  return found
 
 
-def _imports(path: pathlib.Path, modules: set[str]) -> set[str]:
-  """The package modules a file imports, at module level or inside functions."""
+def _imports(path: pathlib.Path, module: str, modules: set[str]) -> set[str]:
+  """The package modules the file of `module` imports, at module level or inside functions."""
   found = set()
   for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
     if isinstance(node, ast.Import):
@@ -30,18 +39,19 @@ def _imports(path: pathlib.Path, modules: set[str]) -> set[str]:
         name = name.rpartition(".")[0]
       if name and name != "t5x_lite":
         found.add(name)
-  found.discard(_module_name(path))
+  found.discard(module)
   return found
 
 
 def import_graph() -> dict[str, set[str]]:
-  files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+  files = {**_modules(PACKAGE, "t5x_lite"), **_modules(TASKS, "t5x_lite.tasks")}
   modules = set(files)
-  return {name: _imports(path, modules) for name, path in files.items()}
+  return {name: _imports(path, name, modules) for name, path in files.items()}
 
 
 def test_every_module_has_a_layer():
   graph = import_graph()
+  assert {"t5x_lite.trainer", "t5x_lite.tasks", "t5x_lite.tasks.c4"} <= set(graph)
   unplaced = sorted(m for m in graph if t5x_lite.layer_of(m) is None)
   assert not unplaced, f"add these modules to a layer in t5x_lite/__init__.py: {unplaced}"
 
@@ -85,18 +95,19 @@ def test_the_check_sees_a_back_edge(tmp_path):
     "import t5x_lite.trainer as t\n",
     "def f():\n  from t5x_lite.trainer import Trainer\n",
   ):
-    path = tmp_path / "t5x_lite" / "data" / "vocab.py"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "vocab.py"
     path.write_text(source)
-    found = _imports_as(path, tmp_path, modules)
+    found = _imports(path, "t5x_lite.data.vocab", modules)
     assert found == {"t5x_lite.trainer"}, source
     assert t5x_lite.layer_of("t5x_lite.trainer") not in t5x_lite.MAY_IMPORT["data"]
 
 
-def _imports_as(path, root, modules):
-  global PACKAGE
-  saved, PACKAGE = PACKAGE, root / "t5x_lite"
-  try:
-    return _imports(path, modules)
-  finally:
-    PACKAGE = saved
+def test_setup_cfg_packages_the_package_and_tasks():
+  # setup.cfg lists the packages (find: cannot see tasks/ as t5x_lite.tasks): a new sub-package
+  # missing there would be missing from wheels.
+  config = configparser.ConfigParser()
+  config.read(PACKAGE.parent / "setup.cfg")
+  listed = config["options"]["packages"].split()
+  on_disk = [f"t5x_lite.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")]
+  assert sorted(listed) == sorted(["t5x_lite", "t5x_lite.tasks", *on_disk])
+  assert config["options"]["package_dir"].split() == ["t5x_lite.tasks", "=", "tasks"]

@@ -181,28 +181,60 @@ def test_a_shard_without_documents_is_named(corpus, tmp_path):
   few = testing.write_text_shards(tmp_path, "few", testing.make_documents(3, seed=2), 1)
   configure(corpus, train=few)
   try:
-    it = pipeline.train_iterator("text_span_corruption", LENGTHS, 4)
     with pytest.raises(
       UserError,
-      match=r"logical data shards \[3\] give no batch.*lower "
+      match=r"the train split .* gives logical data shard 3 of 4 no document.*lower "
       r"logical_shards.count",
     ):
-      next(it)
+      next(pipeline.train_iterator("text_span_corruption", LENGTHS, 4))
   finally:
     gin.clear_config()
 
 
 def test_a_validation_split_with_fewer_documents_than_shards_is_named(corpus, tmp_path):
   # Eval batches stack one part per logical shard: 2 documents leave shards 2 and 3 without any,
-  # so no eval batch forms, and the error says why (not only "no documents").
+  # and the error says why (not only "no documents").
   from t5x_lite import training
 
   two = testing.write_text_shards(tmp_path, "two", testing.make_documents(2, seed=5), 1)
   configure(corpus, validation=two)
   try:
-    eval_ds = pipeline.eval_dataset("text_span_corruption", LENGTHS, BATCH)
-    # No batch reaches the trainer, so none is needed.
-    with pytest.raises(UserError, match=r"fewer than the 4 logical data shards.*lower logical"):
+    with pytest.raises(
+      UserError, match=r"the validation split .* gives logical data shard 2 of 4 no document.*lower"
+    ):
+      eval_ds = pipeline.eval_dataset("text_span_corruption", LENGTHS, BATCH)
+      # No batch reaches the trainer, so none is needed.
       training.evaluate(None, None, eval_ds, 2, "text_span_corruption", shard_count=COUNT)
+  finally:
+    gin.clear_config()
+
+
+def test_shards_sharing_a_file_read_the_same_from_memory_or_from_the_file(corpus, tmp_path):
+  """With fewer files than shards each shard reads every k-th line of a file it shares, and
+  keeps those lines in memory after its first epoch: the batches are those of reading the file
+  again every epoch, over several epochs."""
+  import dataclasses
+
+  from t5x_lite.data import registry, stream_iterator
+
+  two_files = testing.write_text_shards(tmp_path, "two", testing.make_documents(60, seed=7), 2)
+  configure(corpus, train=two_files)
+  try:
+    plan = logical_shards.make_plan(BATCH)
+    provider = registry.refresh("text_span_corruption")
+    config = pipeline._stream_config(provider, "train", LENGTHS, plan, 3, shuffle=True)
+    assert not config.file_sharded and config.lines_in_memory
+    from_file = dataclasses.replace(config, lines_in_memory_bytes=0)
+    assert not from_file.lines_in_memory
+    its = [stream_iterator.StreamIterator(c, list(plan.shards)) for c in (config, from_file)]
+
+    def epochs_begun():
+      return min(start[0] for start in its[0].position().starts.values())
+
+    for _ in range(400):  # until every shard has read its lines from memory in a later epoch
+      assert_same(next(its[0]), next(its[1]))
+      if epochs_begun() >= 2:
+        break
+    assert epochs_begun() >= 2
   finally:
     gin.clear_config()

@@ -351,8 +351,8 @@ def test_one_failure_stops_all_processes(tmp_path, fake_python):
   assert not any(alive(p) for p in pids)
 
 
-def test_sigterm_is_forwarded(tmp_path, fake_python):
-  env = fake_env(tmp_path, fake_python)
+def start_launcher(tmp_path, env) -> subprocess.Popen:
+  """local.sh with 2 fake processes, once both have started."""
   proc = subprocess.Popen(
     ["bash", str(LOCAL_SH), "2"],
     env=env,
@@ -362,30 +362,65 @@ def test_sigterm_is_forwarded(tmp_path, fake_python):
     stderr=subprocess.PIPE,
     start_new_session=True,
   )
+  deadline = time.monotonic() + 20
+  while len(os.listdir(tmp_path / "pids")) < 2 and time.monotonic() < deadline:
+    time.sleep(0.1)
+  time.sleep(0.3)  # let the fakes install their traps
+  return proc
+
+
+def signal_launcher(proc, *, pause_between: float | None = None) -> str:
+  """SIGTERM to the launcher (twice, `pause_between` seconds apart, if given); its stderr once it
+  has exited (killed with its process group if it has not within 30 s)."""
   try:
-    deadline = time.monotonic() + 20
-    while len(os.listdir(tmp_path / "pids")) < 2 and time.monotonic() < deadline:
-      time.sleep(0.1)
-    time.sleep(0.3)  # let the fakes install their traps
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
+    if pause_between is not None:
+      time.sleep(pause_between)
+      proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=30)[1]
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigterm_is_forwarded(tmp_path, fake_python):
+  proc = start_launcher(tmp_path, fake_env(tmp_path, fake_python))
+  err = signal_launcher(proc)
   # Every process saved and exited 0 (what the fakes do on SIGTERM): so does the launcher.
   assert proc.returncode == 0, err
   assert "terminated, asking all processes to save and stop" in err
-  assert "all processes saved and stopped" in err
+  assert "all processes stopped cleanly" in err
   assert sorted(p.name for p in (tmp_path / "pids").glob("term_*")) == ["term_0", "term_1"]
+
+
+def test_a_save_longer_than_the_kill_grace_is_waited_for(tmp_path, fake_python):
+  # On a loaded host a save can take longer than KILL_GRACE_S: a signal never escalates by time.
+  saving = 'sleep 3; echo saved >"$PIDS/term_$T5X_LITE_PROCESS_ID"; exit 0'
+  proc = start_launcher(tmp_path, fake_env(tmp_path, fake_python, ON_TERM=saving))
+  err = signal_launcher(proc)
+  assert proc.returncode == 0, err
+  assert "SIGKILL" not in err and "all processes stopped cleanly" in err
+  assert sorted(p.name for p in (tmp_path / "pids").glob("term_*")) == ["term_0", "term_1"]
+
+
+def test_a_second_signal_kills_at_once(tmp_path, fake_python):
+  proc = start_launcher(tmp_path, fake_env(tmp_path, fake_python, ON_TERM="sleep 60; exit 0"))
+  started = time.monotonic()
+  err = signal_launcher(proc, pause_between=1)
+  assert time.monotonic() - started < 11  # 1 s between the signals, then at once
+  assert proc.returncode == 130
+  assert "stopping now (SIGKILL)" in err
 
 
 # -- (d) the launch scripts parse and are shellcheck-clean -----------------------------------------
 
 
 def test_launch_scripts_exist_and_run_the_train_command():
-  """Every script the READMEs point to is there, executable, and starts `python -m t5x_lite.train`
-  with no distributed flag the CLI lacks; every script in launch/ is documented."""
-  readme = (REPO / "README.md").read_text() + (REPO / "launch" / "README.md").read_text()
+  """Every script the documentation points to is there, executable, and starts
+  `python -m t5x_lite.train` with no distributed flag the CLI lacks; every script in launch/ is
+  documented."""
+  docs = [REPO / "README.md", REPO / "launch" / "README.md", *(REPO / "docs").glob("*.md")]
+  readme = "".join(path.read_text() for path in docs)
   named = set(re.findall(r"launch/([\w.]+\.(?:sh|sbatch))", readme))
   assert (
     named == {p.name for p in LAUNCH_SCRIPTS} >= {"local.sh", "tpu_vm_pod.sh", "slurm_gpu.sbatch"}

@@ -1,4 +1,5 @@
-"""New data streams run without tf.data autotuning (whose iterators took up to a minute each to
+"""The seqio-per-shard pipelines (data_reader.kind='seqio', and every data position saved by
+earlier versions) run without tf.data autotuning (whose iterators took up to a minute each to
 delete, so a finished run sat idle); a data position saved by the earlier pipelines, which
 autotuned, still resumes bit-exactly and keeps autotuning."""
 
@@ -14,7 +15,7 @@ from test_logical_shards import assert_same
 from test_train_e2e import assert_bit_identical, final_params
 
 from t5x_lite import gin_utils
-from t5x_lite.data import pipeline
+from t5x_lite.data import logical_shards, pipeline, seqio_shards
 from t5x_lite.errors import UserError
 import t5x_lite.tasks  # noqa: F401  (registers the tasks)
 
@@ -43,8 +44,9 @@ def configured(tiny_corpus):
 
 
 def stream(autotune: bool) -> pipeline.DataIterator:
-  """The trainer's train stream of the tiny run (seed 0, one process)."""
-  return pipeline.train_iterator(TASK, LENGTHS, BATCH_SIZE, seed=0, autotune=autotune)
+  """The seqio-per-shard train stream of the tiny run (seed 0, one process)."""
+  plan = logical_shards.make_plan(BATCH_SIZE)
+  return seqio_shards.train_iterator(TASK, LENGTHS, plan, seed=0, autotune=autotune)
 
 
 def save_as_earlier_version(it: pipeline.DataIterator, directory: pathlib.Path) -> None:
@@ -53,7 +55,7 @@ def save_as_earlier_version(it: pipeline.DataIterator, directory: pathlib.Path) 
   it.save(str(directory))
   for state_file in directory.glob("shard_*/state.json"):
     state = json.loads(state_file.read_text())
-    del state[pipeline.AUTOTUNE_STATE_KEY]
+    del state[seqio_shards.AUTOTUNE_STATE_KEY]
     state_file.write_text(json.dumps(state))
 
 
@@ -102,22 +104,31 @@ def test_new_position_records_no_autotuning_and_resumes_exactly(configured, tmp_
   assert_same_batches(expected, [next(resumed) for _ in range(3)])
 
 
-def run_bindings(corpus, model_dir, steps) -> list[str]:
-  return [*TINY, *corpus.bindings(), f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}"]
+def run_bindings(corpus, model_dir, steps, reader="auto") -> list[str]:
+  return [
+    *TINY,
+    *corpus.bindings(),
+    f"MODEL_DIR = '{model_dir}'",
+    f"TRAIN_STEPS = {steps}",
+    f"data_reader.kind = '{reader}'",
+  ]
 
 
-def train(corpus, model_dir, steps):
-  return conftest.train_in_process(["runs/quickstart.gin"], run_bindings(corpus, model_dir, steps))
+def train(corpus, model_dir, steps, reader="auto"):
+  return conftest.train_in_process(
+    ["runs/quickstart.gin"], run_bindings(corpus, model_dir, steps, reader)
+  )
 
 
 def test_a_run_of_an_earlier_version_resumes_bit_identically(tiny_corpus, tmp_path):
   reference = tmp_path / "reference"
-  train(tiny_corpus, reference, 6)
+  train(tiny_corpus, reference, 6, reader="seqio")
   assert not pipeline.DataIterator.saved_autotune(str(reference / "data_state" / "6"))
 
-  # A run whose step-4 data position was saved by the earlier pipelines (4 batches consumed).
+  # A run whose step-4 data position was saved by the earlier pipelines (4 batches consumed);
+  # resumed with the default reader, it goes on reading them as they were read.
   run = tmp_path / "run"
-  train(tiny_corpus, run, 4)
+  train(tiny_corpus, run, 4, reader="seqio")
   shutil.rmtree(run / "data_state" / "4")
   with gin_utils.fresh_config():
     gin_utils.parse_gin(["runs/quickstart.gin"], run_bindings(tiny_corpus, run, 4))

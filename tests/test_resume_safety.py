@@ -148,6 +148,36 @@ def test_checkpoint_without_data_settings_is_checked_on_what_it_has(base_run, co
   assert train(corpus, model_dir, 6)["step"] == 6
 
 
+def listing(model_dir: pathlib.Path) -> dict[str, int]:
+  return {str(p.relative_to(model_dir)): p.stat().st_size for p in model_dir.rglob("*")}
+
+
+def test_a_step_without_its_data_position_names_the_ways_on(base_run, corpus, tmp_path, capsys):
+  model_dir = copy_of(base_run, tmp_path)
+  shutil.rmtree(model_dir / "data_state" / "4")
+  before = listing(model_dir)
+  ckpt = model_dir / "checkpoints"
+  with pytest.raises(UserError) as refused:
+    train(corpus, model_dir, 6)
+  assert str(refused.value).splitlines()[0] == (  # gin adds a line naming the configurable
+    f"checkpoint step 4 in {ckpt} has no data position in {model_dir}/data_state/4; pass "
+    f"--gin.train.allow_data_change=True to continue from step 4 with the data read from its "
+    f"start, or move step 4 aside (e.g. rename {ckpt}/4 to {ckpt}/moved.4) to resume from step 2"
+  )
+  assert listing(model_dir) == before
+  # Both ways work as said: the flag ...
+  other = pathlib.Path(shutil.copytree(model_dir, tmp_path / "other"))
+  assert train(corpus, other, 6, "train.allow_data_change = True")["step"] == 6
+  assert (
+    "checkpoint step 4 has no data position: training continues from step 4 with the data read "
+    "from its start" in capsys.readouterr().out
+  )
+  # ... and the step moved aside.
+  (ckpt / "4").rename(ckpt / "moved.4")
+  assert train(corpus, model_dir, 6)["step"] == 6
+  assert f"resumed from step 2 ({ckpt})" in capsys.readouterr().out
+
+
 def test_replayed_steps_appear_once_in_metrics(base_run, corpus, tmp_path):
   """A run that logged steps 5 and 6 and died before saving them: the resume from step 4 trains
   them again, and metrics.jsonl keeps only the new rows (and drops a line cut short)."""
@@ -211,30 +241,25 @@ def test_a_stale_lock_is_replaced(base_run, corpus, tmp_path, capsys):
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
-@pytest.mark.slow
-def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
-  """Two real processes: SIGTERM to the launcher reaches both, they save one step, exit 0."""
-  model_dir = tmp_path / "run"
+def start_local_sh(corpus, model_dir, *extra_flags) -> subprocess.Popen:
+  """launch/local.sh with two real CPU processes training the tiny model on the corpus."""
   env = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
     CUDA_VISIBLE_DEVICES="",
     XLA_FLAGS=FAST_COMPILE,
     PYTHON=sys.executable,
-    KILL_GRACE_S="60",
     DEVICES_PER_PROCESS="2",
   )
   flags = [
     "--gin_file=runs/quickstart.gin",
     *[f"--gin_bindings={b}" for b in TINY],
     f"--gin.MODEL_DIR='{model_dir}'",
-    "--gin.TRAIN_STEPS=100000",
-    "--gin.CHECKPOINT_PERIOD=100000",
-    "--gin.EVAL_PERIOD=100000",
     "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'",
     *corpus.flags(),
+    *extra_flags,
   ]
-  proc = subprocess.Popen(
+  return subprocess.Popen(
     ["bash", str(REPO / "launch" / "local.sh"), "2", *flags],
     cwd=REPO,
     env=env,
@@ -242,6 +267,19 @@ def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
     stderr=subprocess.PIPE,
     text=True,
     start_new_session=True,
+  )
+
+
+@pytest.mark.slow
+def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
+  """Two real processes: SIGTERM to the launcher reaches both, they save one step, exit 0."""
+  model_dir = tmp_path / "run"
+  proc = start_local_sh(
+    corpus,
+    model_dir,
+    "--gin.TRAIN_STEPS=100000",
+    "--gin.CHECKPOINT_PERIOD=100000",
+    "--gin.EVAL_PERIOD=100000",
   )
   try:
     deadline = time.monotonic() + 400
@@ -255,12 +293,39 @@ def test_sigterm_to_local_sh_saves_on_every_process(corpus, tmp_path):
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
   assert proc.returncode == 0, out[-2000:] + err[-2000:]
-  assert "SIGTERM: saved step" in out and "all processes saved and stopped" in err
+  assert "SIGTERM: saved step" in out and "all processes stopped cleanly" in err
   steps = [s for s in os.listdir(model_dir / "checkpoints") if s.isdigit()]
   assert len(steps) == 1
   # One data position per logical shard (default count: gcd(BATCH_SIZE, 64)), from both processes.
   assert sorted(os.listdir(model_dir / "data_state" / steps[0])) == [f"shard_{j}" for j in range(8)]
   assert "still running after" not in err  # no process needed SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_sigterm_to_local_sh_during_start_up_ends_every_process(corpus, tmp_path):
+  """Two real processes still starting (nothing trained): both exit at once, and so does the
+  launcher, with status 0."""
+  model_dir = tmp_path / "run"
+  proc = start_local_sh(corpus, model_dir)
+  try:
+    deadline = time.monotonic() + 300
+    while not (model_dir / run_lock.LOCK_NAME).exists():
+      assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert time.monotonic() - signalled < 30
+  assert proc.returncode == 0, out[-2000:] + err[-2000:]
+  assert "all processes stopped cleanly" in err
+  for i in range(2):
+    log = (model_dir / "logs" / f"process_{i}.log").read_text()
+    assert "SIGTERM during start-up: no step trained yet" in log
+  assert not (model_dir / run_lock.LOCK_NAME).exists()
 
 
 def test_a_per_process_data_position_of_an_old_checkpoint_is_a_data_change():

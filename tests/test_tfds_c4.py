@@ -1,6 +1,6 @@
-"""The C4 TFDS task end to end: `c4/en` read through seqio's TFDS loader and TFDS itself
-(`tfds.testing.mock_data` stands in for the examples of a prepared data dir), span corruption,
-and a few training steps."""
+"""The C4 TFDS task end to end: `c4/en` prepared in a data dir (TFRecord shards and
+dataset_info.json written the way `tfds build` writes them, with TFDS's own serializer), read by
+the trainer's streams and by seqio's TFDS loader, span corruption, and a few training steps."""
 
 import json
 import pathlib
@@ -8,6 +8,7 @@ import pathlib
 from conftest import ONE_DATA_SHARD
 import gin
 import pytest
+import tensorflow as tf
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -16,31 +17,42 @@ from t5x_lite.data import pipeline, testing  # noqa: E402
 import t5x_lite.tasks  # noqa: E402,F401
 
 VERSION = "3.1.0"
+SHARDS, PER_SHARD = 2, 32
 
 
-def prepared_metadata(data_dir, num_examples: int) -> None:
-  """What `tfds build c4/en` leaves besides the examples: dataset_info.json with both splits."""
+def prepare(data_dir) -> None:
+  """A prepared c4/en: both splits in SHARDS TFRecord files of PER_SHARD examples each."""
   builder = tfds.builder(f"c4/en:{VERSION}", data_dir=str(data_dir))
+  pathlib.Path(builder.data_dir).mkdir(parents=True)
+  docs = iter(testing.make_documents(2 * SHARDS * PER_SHARD, seed=7))
   splits = []
   for name in ("train", "validation"):
     template = tfds.core.ShardedFileTemplate(
       data_dir=builder.data_dir, dataset_name="c4", split=name, filetype_suffix="tfrecord"
     )
-    splits.append(
-      tfds.core.SplitInfo(
-        name=name, shard_lengths=[num_examples], num_bytes=0, filename_template=template
-      )
+    split = tfds.core.SplitInfo(
+      name=name, shard_lengths=[PER_SHARD] * SHARDS, num_bytes=0, filename_template=template
     )
+    for path in split.filepaths:
+      with tf.io.TFRecordWriter(str(path)) as writer:
+        for i in range(PER_SHARD):
+          example = {
+            "text": next(docs),
+            "timestamp": "2019-04-25",
+            "url": f"https://x/{i}",
+            "content-length": "0",
+            "content-type": "text/plain",
+          }
+          writer.write(builder.info.features.serialize_example(example))
+    splits.append(split)
   builder.info.set_splits(tfds.core.SplitDict(splits))
-  pathlib.Path(builder.data_dir).mkdir(parents=True)
   builder.info.write_to_directory(builder.data_dir)
 
 
 @pytest.fixture
 def c4_data_dir(tmp_path):
-  prepared_metadata(tmp_path / "tensorflow_datasets", num_examples=64)
-  with tfds.testing.mock_data(num_examples=64, data_dir=str(tmp_path / "tensorflow_datasets")):
-    yield tmp_path / "tensorflow_datasets"
+  prepare(tmp_path / "tensorflow_datasets")
+  return tmp_path / "tensorflow_datasets"
 
 
 def bindings(tmp_path, data_dir):

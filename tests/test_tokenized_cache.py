@@ -95,6 +95,51 @@ def test_cache_of_another_vocabulary_is_refused(configured, tmp_path):
     batches()
 
 
+def test_lost_shard_is_named_and_a_rerun_writes_it_alone(configured, tmp_path):
+  task = registry.refresh(TASK)
+  assert tokenized_cache.write_cache(task, str(tmp_path), ["train"])
+  task_dir = tokenized_cache.task_cache_dir(str(tmp_path), TASK)
+  lost = os.path.join(task_dir, "train.tfrecord-00001-of-00003")
+  os.remove(lost)
+  before = {n: os.stat(os.path.join(task_dir, n)).st_mtime_ns for n in os.listdir(task_dir)}
+  gin.bind_parameter("tokenized_cache.cache_dir", str(tmp_path))
+  with pytest.raises(UserError) as refused:
+    batches()
+  message = str(refused.value)
+  assert "\n" not in message
+  assert message.startswith(
+    f"the tokenized cache in {task_dir} is incomplete: train.tfrecord-00001-of-00003 is missing "
+    f"or empty; rewrite the missing shards with `"
+  )
+  assert f"-m t5x_lite.cache_tokenized --task={TASK} --cache_dir={tmp_path}` (same gin" in message
+  assert {n: os.stat(os.path.join(task_dir, n)).st_mtime_ns for n in os.listdir(task_dir)} == before
+  # What the message says works: the writer redoes that shard alone, then training reads it.
+  assert tokenized_cache.write_cache(task, str(tmp_path), ["train"])
+  assert os.path.getsize(lost) > 0
+  assert all(
+    os.stat(os.path.join(task_dir, n)).st_mtime_ns == t
+    for n, t in before.items()
+    if n.startswith("train.tfrecord-")
+  )
+  assert len(batches()) > 3
+
+
+def test_cache_of_another_vocabulary_is_not_completed_again(configured, tmp_path):
+  assert tokenized_cache.write_cache(registry.refresh(TASK), str(tmp_path), ["train"])
+  task_dir = tokenized_cache.task_cache_dir(str(tmp_path), TASK)
+  before = sorted(os.listdir(task_dir))
+  gin.bind_parameter("task_vocabulary.path", testing.train_tiny_vocab(tmp_path / "v", 80))
+  with pytest.raises(UserError, match=rf"written with another vocabulary .*delete {task_dir}"):
+    tokenized_cache.write_cache(registry.refresh(TASK), str(tmp_path), ["train"])
+  assert sorted(os.listdir(task_dir)) == before
+
+
+def test_cache_dir_that_cannot_be_created(configured, tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(UserError, match=r"cache directory .*file/.* cannot be created: .*file is a"):
+    tokenized_cache.write_cache(registry.refresh(TASK), str(tmp_path / "file"), ["train"])
+
+
 def test_cli_writes_a_cache_the_trainer_reads(configured, tmp_path):
   cmd = [
     sys.executable,

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite import hf_files
+from t5x_lite import hf_files, run_lock
 from t5x_lite.errors import UserError
 import t5x_lite.tasks  # noqa: F401
 
@@ -135,7 +135,8 @@ def test_sigkill_then_restart_is_bit_identical(corpus, reference_run, tmp_path, 
   ],
 )
 def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path, signum, said):
-  cmd = train_command(corpus, tmp_path, steps=10_000, period=10_000)
+  # Rows every 5 steps: the step saved on the signal is seldom one of them.
+  cmd = train_command(corpus, tmp_path, steps=10_000, period=10_000, extra=["train.log_period = 5"])
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   deadline = time.time() + 180
   while (
@@ -147,8 +148,48 @@ def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path, signum, sai
   proc.send_signal(signum)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0
-  assert f"{said}: saved step" in out
-  assert len([s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]) == 1
+  saved = [s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+  assert len(saved) == 1
+  assert f"{said}: saved step {saved[0]}, exiting" in out
+  # The summary, the last console line and metrics row name the step saved, not an earlier one.
+  assert json.loads(out.splitlines()[-1])["final"]["step"] == int(saved[0])
+  assert f"step {int(saved[0]):>7d}/10000 | loss" in out
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  last_train_row = [r for r in rows if "loss" in r][-1]
+  assert last_train_row["step"] == int(saved[0])
+  # After it, the run's data counters (the stream's records read, nothing skipped here).
+  assert rows[-1]["step"] == int(saved[0]) and rows[-1]["data_malformed"] == 0
+
+
+@pytest.mark.parametrize(
+  "signum,said",
+  [
+    (signal.SIGTERM, "SIGTERM"),
+    pytest.param(signal.SIGINT, "Ctrl-C", marks=[pytest.mark.slow, pytest.mark.ci]),
+  ],
+)
+def test_a_signal_during_start_up_ends_the_command_at_once(
+  corpus, reference_run, tmp_path, signum, said
+):
+  cmd = train_command(corpus, tmp_path, steps=8, period=4)
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  deadline = time.time() + 180
+  # The run lock is taken before data, pipelines, compilation and the step-0 evaluation.
+  while not (tmp_path / run_lock.LOCK_NAME).exists():
+    assert proc.poll() is None and time.time() < deadline, "the run did not start"
+    time.sleep(0.05)
+  proc.send_signal(signum)
+  signalled = time.time()
+  out, _ = proc.communicate(timeout=120)
+  assert time.time() - signalled < 10
+  assert proc.returncode == 0
+  assert f"{said} during start-up: no step trained yet, nothing to save; exiting" in out
+  assert not (tmp_path / run_lock.LOCK_NAME).exists()
+  checkpoints = tmp_path / "checkpoints"
+  assert not checkpoints.exists() or not [s for s in os.listdir(checkpoints) if s.isdigit()]
+  # Nothing was left that a new run would trip over: the same command trains as if fresh.
+  train_in_process(corpus, tmp_path, steps=8, period=4)
+  assert_bit_identical(final_params(tmp_path), final_params(reference_run[0]))
 
 
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(corpus, tmp_path):

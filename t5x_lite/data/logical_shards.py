@@ -1,11 +1,11 @@
 """One global example order, whatever the number of processes: logical data shards.
 
 The training data is split into `count` logical shards (gin `logical_shards.count`; by default
-gcd(batch size, 64)). Logical shard j is one deterministic seqio stream: its part of the data
-(seqio.ShardInfo(j, count): whole files when there are enough, else every count-th example), its
-own seed (seed * count + j) and batch_size / count rows per step. The global batch of a step is
-the batches of shards 0..count-1 stacked in that order, so it depends on the task or mixture,
-the seed, the batch size and the count, never on the processes.
+gcd(batch size, 64)). Logical shard j is one deterministic stream: its part of the data (whole
+files when there are enough, else an equal part of the lines; streams.py), its own seed
+(seed * count + j) and batch_size / count rows per step. The global batch of a step is the
+batches of shards 0..count-1 stacked in that order, so it depends on the task or mixture, the
+seed, the batch size and the count, never on the processes.
 
 Process p of P owns the contiguous block of shards [p * count / P, (p + 1) * count / P): it reads
 and tokenizes only those, and its rows are rows [p * B / P, (p + 1) * B / P) of the global batch,
@@ -15,14 +15,17 @@ its own, so a checkpoint written by P processes resumes on any other allowed cou
 """
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
 
 import gin
 
 from t5x_lite.errors import UserError
 
-# The default count's ceiling: 64 hosts each read one shard, and a one-process run builds at most
-# 64 small pipelines.
+# The default count's ceiling: up to 64 hosts can share the data (each reads count / hosts shards,
+# all in one pipeline per process).
 MAX_DEFAULT_COUNT = 64
 
 
@@ -123,3 +126,25 @@ def check_process_rows(plan: ShardPlan, batch_sharding, num_rows_axis: int = 0) 
       f"{dict(batch_sharding.mesh.shape)}) needs each process's devices to hold one contiguous "
       f"block of the `data` axis; lower NUM_PARTITIONS to the devices of one process"
     )
+
+
+class RowDigests:
+  """Appends {"batch", "first_row", "sha256"} per batch to `path`: the rows' place in the global
+  batch and a digest of each, so runs on different process counts can be compared row by row."""
+
+  def __init__(self, path: str, first_row: int):
+    import tensorflow as tf  # only here: the shard arithmetic above needs no TF
+
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    self._path, self._first_row = path, first_row
+
+  def record(self, batch_index: int, batch: dict) -> None:
+    rows = len(next(iter(batch.values())))
+    digests = [
+      hashlib.sha256(b"".join(batch[k][i].tobytes() for k in sorted(batch))).hexdigest()[:16]
+      for i in range(rows)
+    ]
+    with open(self._path, "a") as f:
+      f.write(
+        json.dumps({"batch": batch_index, "first_row": self._first_row, "sha256": digests}) + "\n"
+      )

@@ -1,39 +1,29 @@
-"""The trainer's input pipeline: a task's examples as batched, sharded, checkpointable features.
+"""The trainer's input pipeline: a task's examples as batched, sharded, resumable features.
 
   it = train_iterator("quickstart_span_corruption", {"inputs": 512, "targets": 114}, 128,
                       process_index=jax.process_index(), process_count=jax.process_count())
   batch = next(it)          # this process's rows of the global batch: dict of int32 numpy arrays
-  it.save(dir); it.restore(dir)   # exact position of each logical shard, via tf.train.Checkpoint
+  it.save(dir); it.restore(dir)   # the exact position of each logical shard
 
-The global batch sequence does not depend on the process count (logical_shards.py); `get_dataset`
-builds one stream (one logical shard, or all the data as one).
+The global batch sequence does not depend on the process count (logical_shards.py). Tasks that
+are StreamTasks (ours) are read by one pipeline per process whose positions are numbers
+(streams.py, stream_iterator.py); other tasks, mixtures, packing, and data positions saved by
+earlier versions by one seqio pipeline per logical shard (seqio_shards.py). `get_dataset` builds
+one plain seqio stream.
 """
 
 from collections.abc import Mapping
-import hashlib
-import json
+import concurrent.futures
 import os
-import threading
 
 import gin
-import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5x_lite.data import logical_shards, registry, tokenized_cache
-from t5x_lite.errors import UserError, first_line
-
-# A fixed default seed keeps resumption exact: a restored iterator must rebuild the same graph
-# (the stateless span-corruption seeds are baked into it).
-DEFAULT_SEED = 0
-
-# Whether a saved data position came from pipelines with tf.data autotuning (state.json of each
-# shard; absent = on, as every earlier version ran them). New streams run without it: deleting an
-# autotuned iterator waits out its model thread's sleep (up to a minute), and with one iterator per
-# logical shard a finished run sat idle for minutes. But the setting changes the iterator's graph,
-# so a position saved with it on restores only into a pipeline with it on: a run resumed from such
-# a position keeps it. Streams whose position is never saved (evaluation) never autotune.
-AUTOTUNE_STATE_KEY = "autotune"
+from t5x_lite.data import logical_shards, registry, seqio_shards, stream_iterator, streams
+from t5x_lite.data.seqio_shards import DEFAULT_SEED, DataIterator, get_dataset  # noqa: F401
+from t5x_lite.data.stream_tasks import supports_streams
+from t5x_lite.errors import UserError
 
 
 def hide_accelerators_from_tf() -> None:
@@ -47,104 +37,10 @@ def hide_accelerators_from_tf() -> None:
 hide_accelerators_from_tf()
 
 
-def get_dataset(
-  mixture_or_task_name: str,
-  task_feature_lengths: Mapping[str, int],
-  split: str,
-  batch_size: int,
-  *,
-  shard_id: int = 0,
-  num_shards: int = 1,
-  shuffle: bool = True,
-  seed: int | None = None,
-  use_packing: bool = False,
-  repeat: bool = True,
-  autotune: bool = True,
-) -> tf.data.Dataset:
-  """Batches of EncDecFeatureConverter features for one shard (host) of a task or mixture.
-
-  `batch_size` is the global batch: each of `num_shards` shards yields batch_size // num_shards
-  rows and reads a disjoint part of the data (seqio.ShardInfo: whole files when there are enough,
-  else every num_shards-th example). seed=None means DEFAULT_SEED, so runs are reproducible.
-  With `tokenized_cache.cache_dir` bound, tasks read their pre-tokenized cache from there.
-  Features (int32): encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-  decoder_loss_weights, plus encoder/decoder_segment_ids and _positions when packed.
-  `autotune=False` runs the pipeline without tf.data's autotuning (see AUTOTUNE_STATE_KEY).
-  """
-  if num_shards < 1 or not 0 <= shard_id < num_shards:
-    raise UserError(f"shard_id={shard_id} is not in [0, num_shards={num_shards})")
-  if batch_size % num_shards:
-    raise UserError(f"global batch size {batch_size} is not divisible by {num_shards} data shards")
-  missing = {"inputs", "targets"} - set(task_feature_lengths)
-  if missing:
-    raise UserError(
-      f"TASK_FEATURE_LENGTHS needs 'inputs' and 'targets' lengths, missing {sorted(missing)}"
-    )
-  provider = registry.refresh(mixture_or_task_name)
-  seed = DEFAULT_SEED if seed is None else seed
-  shard_info = seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None
-  lengths = {k: int(v) for k, v in task_feature_lengths.items()}
-  cache_dir = tokenized_cache.tokenized_cache_config()
-  if cache_dir:
-    for task in registry.leaf_tasks(provider):
-      tokenized_cache.use_cache(task, cache_dir, split)
-  buffer = {}
-  if (
-    shuffle and num_shards > 1 and isinstance(provider, seqio.Task) and provider.shuffle_buffer_size
-  ):
-    # The shards of one process shuffle as many examples together as one stream did: a buffer of
-    # the task's size in each of 64 shards would tokenize 64 times as much before the first step.
-    buffer["shuffle_buffer_size"] = -(-provider.shuffle_buffer_size // num_shards)
-  ds = provider.get_dataset(
-    sequence_length=lengths,
-    split=split,
-    shuffle=shuffle,
-    seed=seed,
-    shard_info=shard_info,
-    num_epochs=None if repeat else 1,
-    use_cached=bool(cache_dir),
-    **buffer,
-  )
-  ds = seqio.EncDecFeatureConverter(pack=use_packing)(ds, lengths)
-  ds = ds.batch(batch_size // num_shards, drop_remainder=True)
-  ds = ds.map(
-    lambda b: {k: tf.cast(v, tf.int32) for k, v in b.items()}, num_parallel_calls=tf.data.AUTOTUNE
-  )
-  options = tf.data.Options()
-  options.deterministic = True  # Parallel maps, but always the same order.
-  if not autotune:
-    options.autotune.enabled = False
-  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
 def get_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
   """The (shared inputs/targets) vocabulary of a task or mixture, from the current gin config."""
   provider = registry.refresh(mixture_or_task_name)
   return provider.output_features["targets"].vocabulary
-
-
-def _shard_datasets(
-  mixture_or_task_name: str,
-  task_feature_lengths: Mapping[str, int],
-  split: str,
-  plan: logical_shards.ShardPlan,
-  seed: int | None,
-  **kwargs,
-) -> dict[int, tf.data.Dataset]:
-  seed = DEFAULT_SEED if seed is None else seed
-  return {
-    shard: get_dataset(
-      mixture_or_task_name,
-      task_feature_lengths,
-      split,
-      plan.batch_size,
-      shard_id=shard,
-      num_shards=plan.count,
-      seed=plan.shard_seed(seed, shard),
-      **kwargs,
-    )
-    for shard in plan.shards
-  }
 
 
 @gin.configurable("row_digests")
@@ -153,6 +49,49 @@ def row_digests_dir(directory: str | None = None) -> str | None:
   DIRECTORY/process_<i>.jsonl, one line per batch with the rows' place in the global batch: a
   check that runs on different process counts trained on the same rows."""
   return directory
+
+
+def _stream_config(
+  provider, split: str, lengths: Mapping[str, int], plan, seed: int | None, shuffle: bool
+) -> streams.StreamConfig:
+  lengths = {k: int(v) for k, v in lengths.items()}
+  _check_lengths(lengths)
+  spec = provider.stream_spec(split, lengths)
+  return streams.StreamConfig(
+    spec=spec,
+    split=split,
+    count=plan.count,
+    rows_per_shard=plan.rows_per_shard,
+    lengths=lengths,
+    seed=DEFAULT_SEED if seed is None else seed,
+    shuffle=shuffle,
+  )
+
+
+def _check_lengths(lengths: Mapping[str, int]) -> None:
+  missing = {"inputs", "targets"} - set(lengths)
+  if missing:
+    raise UserError(
+      f"TASK_FEATURE_LENGTHS needs 'inputs' and 'targets' lengths, missing {sorted(missing)}"
+    )
+
+
+@gin.configurable("data_reader")
+def data_reader_config(kind: str = "auto") -> str:
+  """How the trainer reads its data: 'auto' (one stream pipeline per process for the tasks that
+  are StreamTasks, else 'seqio') or 'seqio' (one seqio pipeline per logical shard, the data order
+  of earlier versions). A data position saved one way is continued the same way."""
+  if kind not in ("auto", "seqio"):
+    raise UserError(f"data_reader.kind must be 'auto' or 'seqio', got {kind!r}")
+  return kind
+
+
+def reads_streams(provider, use_packing: bool, saved_data: str | None = None) -> bool:
+  """Whether the trainer reads `provider` as streams (else one seqio pipeline per shard)."""
+  saved = stream_iterator.saved_kind(saved_data)
+  if saved is not None:
+    return saved == "stream"
+  return supports_streams(provider) and not use_packing and data_reader_config() == "auto"
 
 
 def train_iterator(
@@ -165,32 +104,31 @@ def train_iterator(
   seed: int | None = None,
   use_packing: bool = False,
   batch_sharding=None,
-  autotune: bool = False,
-) -> "DataIterator":
+  saved_data: str | None = None,
+):
   """This process's rows of the training batches: its logical shards, repeated and shuffled.
 
-  `autotune`: False for a new stream; to resume a saved position, the value it was saved with
-  (DataIterator.saved_autotune).
-
-  With `batch_sharding` (the sharding the trainer assembles batches with), checks that these rows
-  are the ones this process's devices hold.
+  `saved_data`: the data position this run will restore (its layout decides how the data is
+  read). With `batch_sharding` (the sharding the trainer assembles batches with), checks that
+  these rows are the ones this process's devices hold.
   """
   plan = logical_shards.make_plan(batch_size, process_index, process_count)
   if batch_sharding is not None:
     logical_shards.check_process_rows(plan, batch_sharding)
-  it = DataIterator(
-    _shard_datasets(
+  provider = registry.refresh(mixture_or_task_name)
+  if reads_streams(provider, use_packing, saved_data):
+    config = _stream_config(provider, "train", task_feature_lengths, plan, seed, shuffle=True)
+    it = stream_iterator.StreamIterator(config, list(plan.shards))
+  else:
+    autotune = bool(saved_data) and DataIterator.saved_autotune(saved_data)
+    it = seqio_shards.train_iterator(
       mixture_or_task_name,
       task_feature_lengths,
-      "train",
       plan,
-      seed,
-      shuffle=True,
+      seed=seed,
       use_packing=use_packing,
       autotune=autotune,
-    ),
-    autotune=autotune,
-  )
+    )
   if row_digests_dir():
     it.record_rows(
       os.path.join(row_digests_dir(), f"process_{process_index}.jsonl"), plan.rows.start
@@ -211,197 +149,81 @@ def eval_dataset(
 ) -> tf.data.Dataset:
   """This process's rows of the (repeated, unshuffled) evaluation batches, as one dataset."""
   plan = logical_shards.make_plan(batch_size, process_index, process_count)
-  parts = tuple(
-    _shard_datasets(
+  provider = registry.refresh(mixture_or_task_name)
+  if not reads_streams(provider, use_packing):
+    return seqio_shards.eval_dataset(
       mixture_or_task_name,
       task_feature_lengths,
-      split,
       plan,
-      seed,
-      shuffle=False,
+      seed=seed,
       use_packing=use_packing,
-      autotune=False,
-    ).values()
-  )
-  if len(parts) == 1:
-    return parts[0]
-  return tf.data.Dataset.zip(parts).map(
-    lambda *bs: {k: tf.concat([b[k] for b in bs], 0) for k in bs[0]}
-  )
+      split=split,
+    )
+  config = _stream_config(provider, split, task_feature_lengths, plan, seed, shuffle=False)
+  n = len(plan.shards)
+  zeros = [[0] * len(streams.POSITION)] * n
+  totals = [[0] * len(stream_iterator.quality.COUNTERS)] * n
+  ds = streams.process_dataset(config, list(plan.shards), zeros, totals)
+  return ds.map(lambda b: {k: b[k] for k in streams.FEATURES})
 
 
-class DataIterator:
-  """Iterates numpy batches of one or more logical shards' datasets, their rows stacked in shard
-  order; save/restore resume each shard at exactly its next batch.
+class EvalBatches:
+  """The first `steps` batches of an evaluation dataset, kept after the first evaluation when
+  they are small: every evaluation of a run reads the same batches, and building the streams
+  again each time would cost as much as the start-up did."""
 
-  A directory holds one `shard_<j>/` per logical shard (a tf.train.Checkpoint of its iterator and
-  the batches it gave), so processes write their own shards side by side, and a run on another
-  process count restores the shards it now owns.
-  """
+  MAX_KEPT_BYTES = 256 << 20
 
-  _PREFIX = "iterator"
-  _STATE = "state.json"
+  def __init__(self, dataset: tf.data.Dataset, steps: int):
+    self._dataset, self._steps = dataset, steps
+    self._kept: list | None = None
+    self._reading: concurrent.futures.Future | None = None
 
-  def __init__(
-    self, datasets: "tf.data.Dataset | Mapping[int, tf.data.Dataset]", *, autotune: bool = True
-  ):
-    """`autotune`: whether `datasets` were built with tf.data autotuning (recorded on save)."""
-    if isinstance(datasets, tf.data.Dataset):
-      datasets = {0: datasets}
-    self._iterators = {shard: iter(ds) for shard, ds in sorted(datasets.items())}
-    self._checkpoints = {
-      shard: tf.train.Checkpoint(iterator=it) for shard, it in self._iterators.items()
-    }
-    self._autotune = autotune
-    self._batches = 0
-    self._digests: tuple[str, int] | None = None
+  def start(self) -> None:
+    """Reads the batches in a thread now, to keep if they are small: the first evaluation's
+    data start-up then overlaps with what the trainer does before it."""
+    if self._kept is None and self._reading is None and self._fits():
+      executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eval-batches")
+      self._reading = executor.submit(lambda: list(self._read_and_keep()))
+      executor.shutdown(wait=False)
 
-  def record_rows(self, path: str, first_row: int) -> None:
-    """Appends {"batch", "first_row", "sha256"} per batch to `path` (see row_digests_dir)."""
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    self._digests = (path, first_row)
-
-  def _record(self, batch: dict[str, np.ndarray]) -> None:
-    path, first_row = self._digests
-    rows = len(next(iter(batch.values())))
-    digests = [
-      hashlib.sha256(b"".join(batch[k][i].tobytes() for k in sorted(batch))).hexdigest()[:16]
-      for i in range(rows)
+  def _fits(self) -> bool:
+    """Whether all `steps` batches fit the kept size (shapes known ahead, as the trainer's are)."""
+    sizes = [
+      spec.shape.num_elements() * spec.dtype.size
+      for spec in self._dataset.element_spec.values()
+      if spec.shape.is_fully_defined()
     ]
-    with open(path, "a") as f:
-      f.write(
-        json.dumps({"batch": self._batches, "first_row": first_row, "sha256": digests}) + "\n"
-      )
-
-  @property
-  def shards(self) -> list[int]:
-    return list(self._iterators)
+    return len(sizes) == len(self._dataset.element_spec) and sum(sizes) * self._steps <= (
+      self.MAX_KEPT_BYTES
+    )
 
   def __iter__(self):
-    return self
+    if self._reading is not None:
+      reading, self._reading = self._reading, None
+      batches = reading.result()
+      if self._kept is None:  # too large to keep: this pass's batches were read anyway
+        yield from batches
+        return
+    if self._kept is not None:
+      yield from self._kept
+      return
+    yield from self._read_and_keep()
 
-  def __next__(self) -> dict[str, np.ndarray]:
-    parts, empty = [], []
-    for shard, it in self._iterators.items():
+  def _read_and_keep(self):
+    kept, size = [], 0
+    batches = self._dataset.take(self._steps).as_numpy_iterator()
+    while True:
       try:
-        parts.append(next(it))
+        batch = next(batches)
       except StopIteration:
-        empty.append(shard)
-    if empty and not parts:
-      raise StopIteration  # no data at all (the caller names the corpus)
-    if empty:
-      raise UserError(
-        f"logical data shards {empty} give no batch while others do: the data "
-        f"holds too few documents to fill a batch in every logical shard; lower "
-        f"logical_shards.count (a divisor of BATCH_SIZE)"
-      )
-    if len(parts) == 1:
-      batch = {k: v.numpy() for k, v in parts[0].items()}
-    else:
-      batch = {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
-    if self._digests:
-      self._record(batch)
-    self._batches += 1
-    return batch
-
-  def state(self) -> dict[str, int]:
-    """Cheap summary for logs: batches consumed since the start of the run."""
-    return {"batches": self._batches}
-
-  def close(self) -> None:
-    """Deletes the shards' iterators all at once. Deleting an autotuned one (a resumed earlier
-    run's, AUTOTUNE_STATE_KEY) waits for its autotuning thread's next wake-up, up to a minute, with
-    the GIL released: in parallel threads these waits overlap instead of adding up."""
-    holders = [[it] for it in self._iterators.values()]
-    self._iterators, self._checkpoints = {}, {}
-    threads = [threading.Thread(target=holder.clear) for holder in holders]
-    for thread in threads:
-      thread.start()
-    for thread in threads:
-      thread.join()
-
-  @staticmethod
-  def shard_directory(directory: str, shard: int) -> str:
-    return os.path.join(directory, f"shard_{shard}")
-
-  def save(self, directory: str) -> None:
-    """Writes each shard to a temporary name and renames it, so a shard on disk is complete."""
-    tf.io.gfile.makedirs(directory)
-    for shard, checkpoint in self._checkpoints.items():
-      final = self.shard_directory(directory, shard)
-      tmp = final + ".tmp"
-      for path in (tmp, final):
-        if tf.io.gfile.exists(path):
-          tf.io.gfile.rmtree(path)
-      tf.io.gfile.makedirs(tmp)
-      checkpoint.write(os.path.join(tmp, self._PREFIX))
-      with tf.io.gfile.GFile(os.path.join(tmp, self._STATE), "w") as f:
-        f.write(json.dumps({**self.state(), "shard": shard, AUTOTUNE_STATE_KEY: self._autotune}))
-      tf.io.gfile.rename(tmp, final)
-
-  @classmethod
-  def saved_autotune(cls, directory: str) -> bool:
-    """Whether the position saved in `directory` needs a pipeline with tf.data autotuning: yes
-    unless its shards say otherwise (AUTOTUNE_STATE_KEY)."""
-    settings = set()
-    if tf.io.gfile.isdir(directory):
-      for name in tf.io.gfile.listdir(directory):
-        state_path = os.path.join(directory, name.rstrip("/"), cls._STATE)
-        if name.startswith("shard_") and tf.io.gfile.exists(state_path):
-          with tf.io.gfile.GFile(state_path) as f:
-            settings.add(cls._autotuned(json.load(f)))
-    return settings != {False}
-
-  @staticmethod
-  def _autotuned(state: dict) -> bool:
-    """A shard's state.json: saved with autotuning unless it says not (earlier versions wrote
-    no key and always autotuned)."""
-    return bool(state.get(AUTOTUNE_STATE_KEY, True))
-
-  def restore(self, directory: str) -> None:
-    names = (
-      [n.rstrip("/") for n in tf.io.gfile.listdir(directory)]
-      if tf.io.gfile.isdir(directory)
-      else []
-    )
-    if any(n.startswith("process_") for n in names) and not any(
-      n.startswith("shard_") for n in names
-    ):
-      raise UserError(
-        f"the data position in {directory} was saved per process by an older version, which "
-        f"no other version can continue; pass --gin.train.allow_data_change=True to keep the "
-        f"model and optimizer state and restart the data stream, or use another MODEL_DIR"
-      )
-    batches = set()
-    for shard, checkpoint in self._checkpoints.items():
-      path = self.shard_directory(directory, shard)
-      state_path = os.path.join(path, self._STATE)
-      if not tf.io.gfile.exists(state_path):
-        raise UserError(
-          f"no data iterator checkpoint for logical shard {shard} in {directory} "
-          f"(missing shard_{shard}/{self._STATE}); was logical_shards.count changed?"
-        )
-      with tf.io.gfile.GFile(state_path) as f:
-        saved = json.load(f)
-      if self._autotuned(saved) != self._autotune:
-        raise UserError(
-          f"the data position in {path} was saved with tf.data autotuning "
-          f"{'on' if self._autotuned(saved) else 'off'}, this pipeline has it "
-          f"{'on' if self._autotune else 'off'}: build it with "
-          f"autotune=DataIterator.saved_autotune({directory!r})"
-        )
-      try:
-        checkpoint.read(os.path.join(path, self._PREFIX)).assert_consumed()
-      except (tf.errors.OpError, AssertionError, ValueError) as e:
-        raise UserError(
-          f"cannot restore the data iterator from {path}: "
-          f"{first_line(e, limit=None)} (was the data config changed?)"
-        ) from None
-      batches.add(int(saved["batches"]))
-    if len(batches) > 1:
-      raise UserError(
-        f"the logical shards in {directory} were saved at different positions "
-        f"({sorted(batches)} batches); the data state is damaged: use an earlier "
-        f"checkpoint or --gin.train.allow_data_change=True"
-      )
-    self._batches = batches.pop()
+        break
+      except tf.errors.OpError as e:
+        raise stream_iterator.data_error(e, "validation") from None
+      size += sum(v.nbytes for v in batch.values())
+      if kept is not None:
+        kept = kept if size <= self.MAX_KEPT_BYTES else None
+        if kept is not None:
+          kept.append(batch)
+      yield batch
+    self._kept = kept

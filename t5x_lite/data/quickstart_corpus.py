@@ -13,6 +13,10 @@ packages. Output, in `cache_dir`:
 CLI: python -m t5x_lite.data.quickstart_corpus [--cache_dir=DIR] [--force]
 """
 
+from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up noise)
+
+# isort: split
+
 import argparse
 import concurrent.futures
 import hashlib
@@ -27,7 +31,7 @@ import sysconfig
 import tempfile
 import time
 
-from t5x_lite import progress
+from t5x_lite import paths, progress
 from t5x_lite.errors import UserError, run_main
 
 NUM_TRAIN_SHARDS = 4
@@ -280,6 +284,8 @@ def main(argv=None) -> int:
   parser.add_argument("--cache_dir", default=None, help="default: $T5X_LITE_CACHE/quickstart")
   parser.add_argument("--force", action="store_true", help="rebuild even if complete")
   args = parser.parse_args(argv)
+  if args.cache_dir:
+    paths.check_creatable(args.cache_dir, "--cache_dir")
   try:
     patterns, vocab = ensure_quickstart_assets(
       args.cache_dir, force=args.force, log=progress.log_to_stderr

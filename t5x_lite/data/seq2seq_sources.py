@@ -90,6 +90,9 @@ def _check_readable(path: str) -> None:
 class Seq2SeqFiles(seqio.DataSource):
   """Train and validation file patterns of one seq2seq task (see the module docstring)."""
 
+  setting = "FINETUNE_TRAIN_FILES / FINETUNE_EVAL_FILES"
+  format_hint = "TSV lines inputs<TAB>targets, or JSON lines with string 'inputs' and 'targets'"
+
   def __init__(self, split_to_pattern: Mapping[str, str | None]):
     self._patterns = dict(split_to_pattern)
     super().__init__(splits=SPLITS, num_input_examples=None)
@@ -110,6 +113,28 @@ class Seq2SeqFiles(seqio.DataSource):
         raise UserError(f"no files match {part.strip()!r} (set by {setting})")
       files += matched
     return sorted(set(files))
+
+  def records(self, split: str):
+    """(files, "lines", parse) for the logical-shard streams (stream_tasks.py): parse maps a
+    group of lines and their file indices to ({"inputs", "targets"} of the rows kept, quality
+    counters); a group may span files of both formats."""
+    files = self.list_shards(split)
+    formats = [file_format(path) for path in files]
+    if len(set(formats)) == 1:
+      return files, "lines", lambda lines, file_index: _examples_of_lines(lines, formats[0])
+    tsv_files = tf.constant([f == "tsv" for f in formats])
+
+    def parse(lines, file_index):
+      is_tsv = tf.gather(tsv_files, file_index)
+      parts = [
+        _examples_of_lines(tf.boolean_mask(lines, mask), fmt)
+        for fmt, mask in (("tsv", is_tsv), ("jsonl", ~is_tsv))
+      ]
+      # Rows keep their order within each format; only a group at a file boundary mixes them.
+      features = {k: tf.concat([p[0][k] for p in parts], 0) for k in ("inputs", "targets")}
+      return features, {k: parts[0][1][k] + parts[1][1][k] for k in parts[0][1]}
+
+    return files, "lines", parse
 
   def check_files(self) -> None:
     for split in SPLITS:
@@ -135,6 +160,37 @@ class Seq2SeqFiles(seqio.DataSource):
     if shard_info and shard_info.num_shards > 1:
       ds = ds.shard(shard_info.num_shards, shard_info.index)
     return ds
+
+
+def _examples_of_lines(lines, fmt: str):
+  """A batch of lines of one format -> ({"inputs", "targets"} of the rows kept, counters)."""
+  lines = tf.convert_to_tensor(lines)
+  valid_lines = text_decoding.repair_invalid_utf8(lines)
+  inputs, targets, _, blank = _parse(valid_lines, fmt)
+  binary = ~blank & tf.strings.regex_full_match(valid_lines, "(?s).*\\x00.*")
+  if fmt == "tsv":
+    shaped = tf.equal(tf.strings.split(valid_lines, "\t").row_lengths(), 2)
+  else:
+    shaped = text_decoding.json_string_fields_found(valid_lines, "inputs")[1]
+    shaped &= text_decoding.json_string_fields_found(valid_lines, "targets")[1]
+    shaped &= tf.strings.regex_full_match(valid_lines, r"(?s)\s*\{.*\}\s*")
+  malformed = ~blank & ~binary & ~shaped
+  empty = ~blank & ~binary & ~malformed
+  empty &= (tf.strings.length(inputs) == 0) | (tf.strings.length(targets) == 0)
+  keep = ~(blank | binary | malformed | empty)
+  count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.int64))
+  counters = {
+    "records": tf.size(lines, out_type=tf.int64),
+    "blank": count(blank),
+    "binary": count(binary),
+    "malformed": count(malformed),
+    "empty": count(empty),
+    "invalid_utf8": count(tf.not_equal(valid_lines, lines) & keep),
+  }
+  return {
+    "inputs": tf.boolean_mask(inputs, keep),
+    "targets": tf.boolean_mask(targets, keep),
+  }, counters
 
 
 def row_stats(source: Seq2SeqFiles, split: str) -> dict:

@@ -58,6 +58,47 @@ def clean_texts(texts):
   return {"text": tf.boolean_mask(texts, tf.strings.length(texts) > 0)}
 
 
+def documents_of_lines(lines, json_field: str | None = None):
+  """A 1-D batch of raw lines -> ({"text": the documents kept}, quality counters).
+
+  Blank lines are separators; a line with a NUL byte is binary; a JSON line without a closed
+  string in `json_field`, or that is not one whole object, is malformed; a document empty after
+  stripping is empty. Those are skipped; invalid UTF-8 is replaced by U+FFFD and counted.
+  """
+  lines = tf.convert_to_tensor(lines)
+  valid_lines = text_decoding.repair_invalid_utf8(lines)
+  repaired = tf.not_equal(valid_lines, lines)
+  blank = tf.equal(tf.strings.length(tf.strings.strip(valid_lines)), 0)
+  binary = ~blank & tf.strings.regex_full_match(valid_lines, "(?s).*\\x00.*")
+  if json_field:
+    texts, found = text_decoding.json_string_fields_found(valid_lines, json_field)
+    whole = tf.strings.regex_full_match(valid_lines, r"(?s)\s*\{.*\}\s*")
+    malformed = ~blank & ~binary & ~(found & whole)
+  else:
+    texts, malformed = valid_lines, tf.zeros_like(blank)
+  texts = tf.strings.strip(texts)
+  empty = ~blank & ~binary & ~malformed & tf.equal(tf.strings.length(texts), 0)
+  keep = ~(blank | binary | malformed | empty)
+  counters = {
+    "records": tf.size(lines, out_type=tf.int64),
+    **{
+      name: _count(mask)
+      for name, mask in (
+        ("blank", blank),
+        ("binary", binary),
+        ("malformed", malformed),
+        ("empty", empty),
+        ("invalid_utf8", repaired & keep),
+      )
+    },
+  }
+  return {"text": tf.boolean_mask(texts, keep)}, counters
+
+
+def _count(mask) -> tf.Tensor:
+  return tf.reduce_sum(tf.cast(mask, tf.int64))
+
+
 def _lines(path):
   compression = tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
   return tf.data.TextLineDataset(path, compression_type=compression)
@@ -98,7 +139,7 @@ class CorpusFiles(seqio.FileDataSource):
     self, split_to_pattern: Mapping[str, str | None], json_field: str | None, setting: str
   ):
     self.json_field = json_field  # None: plain text, one document per line.
-    self._setting = setting  # The gin binding to suggest when a split has no pattern.
+    self.setting = setting  # The gin binding that names the files, for messages.
     self._patterns = dict(split_to_pattern)
     self._read = jsonl_reader(json_field) if json_field else text_lines_reader
     super().__init__(
@@ -134,13 +175,24 @@ class CorpusFiles(seqio.FileDataSource):
       num_parallel_calls=tf.data.AUTOTUNE,
     )
 
+  def records(self, split: str):
+    """(files, "lines", parse) for the logical-shard streams (stream_tasks.py)."""
+    field = self.json_field
+    return self.list_shards(split), "lines", lambda lines, _: documents_of_lines(lines, field)
+
+  @property
+  def format_hint(self) -> str:
+    if self.json_field:
+      return f"each line one JSON object with a string in its {self.json_field!r} field"
+    return "plain text, one document per line"
+
   def list_shards(self, split: str):
     pattern = self._patterns.get(split)
     if not pattern:
-      raise UserError(f"no files configured for split {split!r}: bind {self._setting}")
+      raise UserError(f"no files configured for split {split!r}: bind {self.setting}")
     files = seqio.utils.list_files(os.path.expanduser(pattern))
     if not files:
-      raise UserError(f"no files match {pattern!r} (split {split!r}; set by {self._setting})")
+      raise UserError(f"no files match {pattern!r} (split {split!r}; set by {self.setting})")
     return files
 
 
@@ -163,9 +215,33 @@ def jsonl_source() -> CorpusFiles:
   return CorpusFiles(patterns, field, "jsonl_corpus.train_files / jsonl_corpus.validation_files")
 
 
+class C4Tfds(seqio.TfdsDataSource):
+  """TFDS `c4/en`, also readable as its record files by the logical-shard streams."""
+
+  setting = "c4_tfds.data_dir / c4_tfds.version"
+  format_hint = "TFDS c4/en examples with a 'text' feature"
+
+  def records(self, split: str):
+    """(the split's TFRecord files in TFDS's order, "tfrecord", parse), for the streams."""
+    instructions = self.tfds_dataset.files(split)
+    files = [os.fspath(i.filename) for i in instructions]
+    if any(
+      i.skip or (i.take not in (-1, None) and i.take != i.examples_in_shard) for i in instructions
+    ):
+      raise UserError(f"c4/en split {split!r} names part of a file; give a whole split")
+    return files, "tfrecord", _c4_documents
+
+
+def _c4_documents(records, file_index):
+  """A group of serialized c4 examples -> ({"text": documents}, quality counters)."""
+  del file_index
+  texts = tf.io.parse_example(records, {"text": tf.io.FixedLenFeature([], tf.string)})["text"]
+  return documents_of_lines(texts)
+
+
 def c4_tfds_source() -> seqio.TfdsDataSource:
   data_dir, version = c4_tfds_config()
-  return seqio.TfdsDataSource(tfds_name=f"c4/en:{version}", tfds_data_dir=data_dir, splits=SPLITS)
+  return C4Tfds(tfds_name=f"c4/en:{version}", tfds_data_dir=data_dir, splits=SPLITS)
 
 
 def check_c4_tfds() -> None:
@@ -189,8 +265,8 @@ def check_c4_tfds() -> None:
 def document_stats(source: "CorpusFiles", split: str, max_documents: int | None = None):
   """Counts over the raw lines of a file source: documents kept, empty ones skipped, bad bytes.
 
-  The training path repairs and skips silently (counters would make it stateful); this scan
-  reports what it does. Used by `inspect_data --stats`.
+  A scan of the files before training, for `inspect_data --stats`; the training streams count
+  what they skip and repair as they read (quality.py).
   """
   field = source.json_field
 

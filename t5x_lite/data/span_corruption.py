@@ -13,6 +13,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from t5x_lite.data import stream_tasks
 from t5x_lite.errors import UserError
 
 # Longest chunk kept from one document (as in T5's C4 task); longer documents contribute a
@@ -258,6 +259,10 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length, output_features) 
 
 @seqio.map_over_dataset(num_seeds=1)
 def _chunk_and_split_groups(docs, seed, raw_length: int, max_length: int = MAX_CHUNK_TOKENS):
+  return chunk_and_split(docs, seed, raw_length, max_length)
+
+
+def chunk_and_split(docs, seed, raw_length: int, max_length: int = MAX_CHUNK_TOKENS):
   """Ragged [documents, None] -> ragged [segments, None]: a random chunk of at most `max_length`
   tokens of each document (the whole document if shorter), concatenated, cut every `raw_length`."""
   n = docs.row_lengths()
@@ -275,12 +280,37 @@ def _chunk_and_split_groups(docs, seed, raw_length: int, max_length: int = MAX_C
   return tf.RaggedTensor.from_row_splits(tokens, splits)
 
 
+class SpanCorruptionExamples:
+  """Span corruption of one group of tokenized documents at once, with explicit seeds: what the
+  logical-shard streams (streams.py) call per group. Same ops as the seqio preprocessor."""
+
+  num_seeds = 3
+
+  def __init__(self, sequence_length, vocab_size: int):
+    self.noise_density, self.mean_span = span_corruption_config()
+    self.raw_length = raw_length_for(
+      sequence_length["inputs"], sequence_length["targets"], self.noise_density, self.mean_span
+    )
+    self.vocab_size = vocab_size
+
+  def __call__(self, features, seeds):
+    """{"targets": ragged [documents, None]}, seeds [3, 2] -> ragged "inputs" / "targets"."""
+    segments = chunk_and_split(features["targets"], seeds[0], self.raw_length)
+    inputs, targets = span_corrupt_batch(
+      segments, [seeds[1], seeds[2]], self.vocab_size, self.noise_density, self.mean_span
+    )
+    return {"inputs": inputs, "targets": targets}
+
+
 def span_corruption_task(
   name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary
 ) -> seqio.Task:
   """A T5-style span-corruption Task over a source of {"text": ...} documents."""
-  return seqio.Task(
+  return stream_tasks.StreamTask(
     name,
+    make_examples=SpanCorruptionExamples,
+    num_seeds=SpanCorruptionExamples.num_seeds,
+    setting=getattr(source, "setting", "the task's source"),
     source=source,
     preprocessors=[
       functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),

@@ -151,6 +151,11 @@ def json_string_fields(lines, field: str):
   its string literals at odd positions, a key is a literal followed by nothing but a colon, and
   the value is the literal after it. The first such key counts.
   """
+  return json_string_fields_found(lines, field)[0]
+
+
+def json_string_fields_found(lines, field: str):
+  """(`json_string_fields`, whether each line has the key with a closed string value)."""
   lines = repair_invalid_utf8(tf.convert_to_tensor(lines))
   text = tf.strings.regex_replace(lines, r"\\\\", _PLACEHOLDER)  # Left to right, as JSON.
   text = tf.strings.regex_replace(text, r'\\"', _QUOTE_PLACEHOLDER)
@@ -167,7 +172,7 @@ def json_string_fields(lines, field: str):
   first_key = tf.math.unsorted_segment_min(tf.where(is_key, index, big), rows, tf.size(lines))
   found = first_key < big
   bodies = tf.where(found, tf.gather(flat, tf.where(found, first_key + 2, 0)), "")
-  return _unescape_json_bodies(bodies)
+  return _unescape_json_bodies(bodies), found
 
 
 def json_string_field(line, field: str):

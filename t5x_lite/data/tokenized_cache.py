@@ -25,7 +25,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5x_lite import commands, progress
+from t5x_lite import commands, paths, progress
 from t5x_lite.errors import UserError
 
 _SHARD = "{split}.tfrecord-{index:05d}-of-{num_shards:05d}"
@@ -99,10 +99,16 @@ def _merged(a: dict, b: dict) -> dict:
   }
 
 
+def _shard_written(out_dir: str, split: str, index: int, num_shards: int) -> bool:
+  """A shard's stats file is written last, once its cache file is in place; a cache file deleted
+  since then makes the shard missing again (a rerun writes it anew)."""
+  return all(tf.io.gfile.exists(p) for p in _shard_paths(out_dir, split, index, num_shards))
+
+
 def write_shard(task: seqio.Task, split: str, index: int, num_shards: int, out_dir: str) -> dict:
   """Tokenizes input shard `index` of `num_shards` into one cache file; returns its stats."""
   path, stats_path = _shard_paths(out_dir, split, index, num_shards)
-  if tf.io.gfile.exists(stats_path):  # Written last: the shard is complete.
+  if _shard_written(out_dir, split, index, num_shards):
     return _read_json(stats_path)
   ds = task.source.get_dataset(
     split=split, shuffle=False, shard_info=seqio.ShardInfo(index=index, num_shards=num_shards)
@@ -159,78 +165,133 @@ def write_cache(
   if not 0 <= worker_id < num_workers:
     raise UserError(f"worker_id={worker_id} is not in [0, num_workers={num_workers})")
   out_dir = task_cache_dir(cache_dir, task.name)
-  tf.io.gfile.makedirs(out_dir)
+  paths.make_dirs(out_dir, "cache directory")
   complete = True
   for split in splits:
-    available = _num_source_shards(task, split)
-    n = num_shards or available or 64
-    if available and n > available:
-      raise UserError(
-        f"task {task.name!r} split {split!r} has {available} input files; "
-        f"--num_shards={n} would leave shards empty (use at most {available})"
-      )
-    totals, done = _NO_STATS, 0
-    mine = [i for i in range(n) if i % num_workers == worker_id]
-    skipped = [i for i in mine if tf.io.gfile.exists(_shard_paths(out_dir, split, i, n)[1])]
-    if skipped:
-      log(
-        f"{task.name} {split}: {len(skipped)} of this worker's {len(mine)} shards are already "
-        f"written, skipping {_shard_ranges(skipped)} (of {n})"
-      )
-    bar = progress.Progress(
-      f"{task.name} {split}", len(mine) - len(skipped), "shards", every_s=0, log=log
-    )
-    for index in range(n):
-      stats_path = _shard_paths(out_dir, split, index, n)[1]
-      if index % num_workers == worker_id:
-        fresh = index not in skipped
-        stats = write_shard(task, split, index, n, out_dir)
-        if fresh:
-          bar.advance(
-            1,
-            f"shard {index + 1}/{n}: {stats['examples']} documents, "
-            f"{stats['targets_tokens']} tokens",
-          )
-      elif tf.io.gfile.exists(stats_path):
-        stats = _read_json(stats_path)
-      else:
-        continue  # Another worker's shard, not written yet.
-      done += 1
-      totals = _merged(totals, stats)
-    if done < n:
-      complete = False
-      continue
-    _write_json(
-      os.path.join(out_dir, _INFO.format(split=split)),
-      {
-        "features": {"targets": {"shape": [None], "dtype": "int32"}},
-        "num_shards": n,
-        "seqio_version": seqio.__version__,
-        "vocabulary_digest": vocabulary_digest(task),
-      },
-    )
-    _write_json(os.path.join(out_dir, _STATS.format(split=split)), totals)
+    complete &= _write_split(task, split, out_dir, num_shards, worker_id, num_workers, log)
   if complete:
     _write_json(os.path.join(out_dir, _COMPLETED), {"splits": list(splits)})
   return complete
 
 
+def _write_split(task, split, out_dir, num_shards, worker_id, num_workers, log) -> bool:
+  """This worker's shards of one split; the split's info and stats once all shards exist.
+  Returns whether the split is complete."""
+  digest = vocabulary_digest(task)
+  info_path = os.path.join(out_dir, _INFO.format(split=split))
+  if tf.io.gfile.exists(info_path) and _read_json(info_path).get("vocabulary_digest") != digest:
+    # Its shards would be skipped as written and the cache marked complete again.
+    raise UserError(
+      f"the tokenized cache in {out_dir} was written with another vocabulary than task "
+      f"{task.name!r} now uses; delete {out_dir} first, or write to another --cache_dir"
+    )
+  available = _num_source_shards(task, split)
+  n = num_shards or available or 64
+  if available and n > available:
+    raise UserError(
+      f"task {task.name!r} split {split!r} has {available} input files; "
+      f"--num_shards={n} would leave shards empty (use at most {available})"
+    )
+  totals, done = _NO_STATS, 0
+  mine = [i for i in range(n) if i % num_workers == worker_id]
+  skipped = [i for i in mine if _shard_written(out_dir, split, i, n)]
+  if skipped:
+    log(
+      f"{task.name} {split}: {len(skipped)} of this worker's {len(mine)} shards are already "
+      f"written, skipping {_shard_ranges(skipped)} (of {n})"
+    )
+  bar = progress.Progress(
+    f"{task.name} {split}", len(mine) - len(skipped), "shards", every_s=0, log=log
+  )
+  for index in range(n):
+    if index % num_workers == worker_id:
+      stats = write_shard(task, split, index, n, out_dir)
+      if index not in skipped:
+        bar.advance(
+          1,
+          f"shard {index + 1}/{n}: {stats['examples']} documents, {stats['targets_tokens']} tokens",
+        )
+    elif _shard_written(out_dir, split, index, n):
+      stats = _read_json(_shard_paths(out_dir, split, index, n)[1])
+    else:
+      continue  # Another worker's shard, not written yet.
+    done += 1
+    totals = _merged(totals, stats)
+  if done < n:
+    return False
+  _write_json(
+    info_path,
+    {
+      "features": {"targets": {"shape": [None], "dtype": "int32"}},
+      "num_shards": n,
+      "seqio_version": seqio.__version__,
+      "vocabulary_digest": digest,
+    },
+  )
+  _write_json(os.path.join(out_dir, _STATS.format(split=split)), totals)
+  return True
+
+
+def cache_files(task: seqio.Task, cache_dir: str, split: str) -> list[str]:
+  """The cache files of a split (after `use_cache` accepted the cache)."""
+  out_dir = task_cache_dir(cache_dir, task.name)
+  n = _read_json(os.path.join(out_dir, _INFO.format(split=split)))["num_shards"]
+  return [_shard_paths(out_dir, split, i, n)[0] for i in range(n)]
+
+
+def _lost_shards(out_dir: str, split: str, num_shards: int) -> list[str]:
+  """The cache files of a split, as its info lists them, that are gone or cut to nothing.
+
+  seqio reads whatever files match, so without this a lost shard would silently drop its part of
+  the data (or fail with a traceback when none is left). Sizes are checked on local disks only,
+  where that is cheap; an empty file is fine for a shard whose inputs held no documents.
+  """
+  present = set(tf.io.gfile.listdir(out_dir))
+  lost = []
+  for index in range(num_shards):
+    path, stats_path = _shard_paths(out_dir, split, index, num_shards)
+    name = os.path.basename(path)
+    if name not in present:
+      lost.append(name)
+    elif (
+      not paths.is_remote(path)
+      and os.path.getsize(path) == 0
+      and (not os.path.exists(stats_path) or _read_json(stats_path)["examples"])
+    ):
+      lost.append(name)
+  return lost
+
+
 def use_cache(task: seqio.Task, cache_dir: str, split: str) -> None:
   """Points seqio at `cache_dir` for `task`, failing in one line if that cache cannot serve."""
   out_dir = task_cache_dir(cache_dir, task.name)
-  hint = (
-    f"write it with `{commands.python()} -m t5x_lite.cache_tokenized --task={task.name} "
-    f"--cache_dir={cache_dir}` (same gin files), or unset tokenized_cache.cache_dir"
+  command = (
+    f"`{commands.python()} -m t5x_lite.cache_tokenized --task={task.name} "
+    f"--cache_dir={cache_dir}` (same gin files)"
   )
+  unset = "or unset tokenized_cache.cache_dir"
   if not tf.io.gfile.exists(os.path.join(out_dir, _COMPLETED)):
-    raise UserError(f"no completed tokenized cache of task {task.name!r} in {out_dir}; {hint}")
+    raise UserError(
+      f"no completed tokenized cache of task {task.name!r} in {out_dir}; write it with "
+      f"{command}, {unset}"
+    )
   info_path = os.path.join(out_dir, _INFO.format(split=split))
   if not tf.io.gfile.exists(info_path):
-    raise UserError(f"the tokenized cache in {out_dir} has no split {split!r}; {hint}")
-  if _read_json(info_path).get("vocabulary_digest") != vocabulary_digest(task):
     raise UserError(
-      f"the tokenized cache in {out_dir} was written with another vocabulary "
-      f"than task {task.name!r} now uses; {hint}"
+      f"the tokenized cache in {out_dir} has no split {split!r}; write it with {command}, {unset}"
+    )
+  info = _read_json(info_path)
+  if info.get("vocabulary_digest") != vocabulary_digest(task):
+    raise UserError(
+      f"the tokenized cache in {out_dir} was written with another vocabulary than task "
+      f"{task.name!r} now uses; delete {out_dir} and write it again with {command}, {unset}"
+    )
+  lost = _lost_shards(out_dir, split, info["num_shards"])
+  if lost:
+    more = f" (and {len(lost) - 1} more of its {info['num_shards']})" if len(lost) > 1 else ""
+    raise UserError(
+      f"the tokenized cache in {out_dir} is incomplete: {lost[0]}{more} is missing or empty; "
+      f"rewrite the missing shards with {command}, {unset}"
     )
   if cache_dir not in seqio.utils.get_global_cache_dirs():
     seqio.add_global_cache_dirs([cache_dir])

@@ -14,6 +14,9 @@ from t5x_lite.tokens import EOS_ID, PAD_ID, UNK_ID
 
 # Lines longer than this many bytes are cut into pieces for training (SentencePiece skips them).
 _MAX_SENTENCE_BYTES = 4096
+# Text holds no NUL bytes; a binary file has some within its first lines (random bytes: one in
+# 256, a line ending at every 256th on average).
+_BINARY_PROBE_LINES = 100
 
 
 def list_files(pattern: str) -> list[str]:
@@ -25,7 +28,17 @@ def list_files(pattern: str) -> list[str]:
     files = glob.glob(os.path.expanduser(pattern))
   if not files:
     raise UserError(f"no files match {pattern!r}")
+  isdir = _remote_isdir if paths.is_remote(pattern) else os.path.isdir
+  files = [f for f in files if not isdir(f)]
+  if not files:
+    raise UserError(f"{pattern!r} matches only directories; give the files, e.g. '{pattern}/*'")
   return sorted(files)
+
+
+def _remote_isdir(path: str) -> bool:
+  import tensorflow as tf
+
+  return tf.io.gfile.isdir(path)
 
 
 def _open_text(path: str) -> tuple[io.TextIOBase, io.RawIOBase]:
@@ -71,6 +84,11 @@ def iter_sentences(
         if bar and line_no % 10_000 == 0:
           bar.advance(raw.tell() - position)
           position = raw.tell()
+        if line_no <= _BINARY_PROBE_LINES and "\x00" in line:
+          raise UserError(
+            f"{path} is a binary file, not text (it holds NUL bytes); give text or JSON-lines "
+            f"corpus files (.gz ones are decompressed)"
+          )
         if input_format == "jsonl":
           try:
             text = json.loads(line).get(json_field, "")
@@ -107,11 +125,18 @@ def train_vocab(
   if input_format not in ("text", "jsonl"):
     raise UserError(f"--input_format must be text or jsonl, got {input_format!r}")
   files = list_files(input_pattern)
-  out_dir = os.path.dirname(os.path.abspath(output_prefix))
-  os.makedirs(out_dir, exist_ok=True)
+  paths.make_dirs(os.path.dirname(os.path.abspath(output_prefix)), "output directory")
+  sentences = 0
+
+  def counted():
+    nonlocal sentences
+    for sentence in iter_sentences(files, input_format, json_field, log):
+      sentences += 1
+      yield sentence
+
   try:
     spm.SentencePieceTrainer.train(
-      sentence_iterator=iter_sentences(files, input_format, json_field, log),
+      sentence_iterator=counted(),
       model_prefix=output_prefix,
       vocab_size=vocab_size,
       model_type="unigram",
@@ -125,5 +150,10 @@ def train_vocab(
       minloglevel=2,
     )
   except RuntimeError as e:  # E.g. a corpus too small for the requested vocab size.
+    if not sentences:
+      what = (
+        f"no field {json_field!r}; check --json_field" if input_format == "jsonl" else "no text"
+      )
+      raise UserError(f"the files matching {input_pattern!r} hold {what}") from None
     raise UserError(f"SentencePiece training failed: {str(e).strip().splitlines()[-1]}") from None
   return output_prefix + ".model"

@@ -9,7 +9,7 @@ with EOS. Bad rows are skipped (counted by `inspect_data --stats`).
 
 import seqio
 
-from t5x_lite.data import registry, seq2seq_sources
+from t5x_lite.data import registry, seq2seq_sources, stream_tasks
 from t5x_lite.data.vocab import sentencepiece_vocabulary
 from t5x_lite.errors import UserError
 
@@ -54,9 +54,13 @@ def seq2seq_files():
   features = {
     name: seqio.Feature(vocab, add_eos=True, required=True) for name in ("inputs", "targets")
   }
-  return seqio.Task(
+  source = _source()
+  return stream_tasks.StreamTask(
     TASK_NAME,
-    source=_source(),
+    make_examples=stream_tasks.examples_as_read,
+    num_seeds=0,
+    setting=source.setting,
+    source=source,
     output_features=features,
     preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
   )
