@@ -64,6 +64,7 @@ LAYERS = {
     "plan",
     "preflight",
     "preflight_report",
+    "write_examples",
   ),
 }
 

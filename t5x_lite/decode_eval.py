@@ -21,7 +21,8 @@ import jax
 import tensorflow as tf
 
 from t5x_lite import models
-from t5x_lite.data import pipeline, registry
+from t5x_lite.data import batches
+from t5x_lite.errors import UserError
 from t5x_lite.tokens import EOS_ID
 
 
@@ -48,6 +49,13 @@ class DecodeEval:
     self._lengths = {k: int(v) for k, v in task_feature_lengths.items()}
     self._cfg = dataclasses.replace(cfg, dropout_rate=0.0)
     self._decode = models.jitted_greedy_decode(self._cfg)
+    if not batches.needs_tasks(mixture_or_task_name):
+      raise UserError(
+        "decode_eval decodes the validation split of a task, which synthetic and ready-made data "
+        "do not keep as text; set --gin.decode_eval.enabled=False"
+      )
+    from t5x_lite.data import pipeline, registry  # seqio: the task's validation examples
+
     self._vocab = pipeline.get_vocabulary(mixture_or_task_name)
     provider = registry.refresh(mixture_or_task_name)
     ds = provider.get_dataset(

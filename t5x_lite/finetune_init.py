@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import tensorflow as tf
 
 from t5x_lite import hf_files, hf_reader, paths, resume_check
+from t5x_lite.data import initial_vocabulary
 from t5x_lite.errors import UserError, first_line
-from t5x_lite.tasks import seq2seq_files
 
 SPIECE = "spiece.model"
 
@@ -239,4 +239,4 @@ def gin_vocabulary() -> str | None:
 
 
 # The fine-tuning task tokenizes with the initial model's vocabulary (when none is bound).
-seq2seq_files.set_vocabulary_finder(vocabulary_path)
+initial_vocabulary.set_finder(vocabulary_path)

@@ -163,22 +163,64 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str
   return files, bindings, rest
 
 
-def parse_gin(files: Sequence[str], bindings: Sequence[str], finalize: bool = True) -> None:
-  """Parses gin files and bindings; any mistake becomes a one-line UserError."""
+# The configurables of the data side's seqio tasks and pipelines (t5x_lite/data, tasks/), which a
+# process that reads no task's pipeline does not import (tests/test_no_tensorflow.py keeps this
+# list complete). Without them, bindings of these are set aside, and bindings of any other
+# unknown name are still errors.
+TASK_DATA_CONFIGURABLES = (
+  "c4_json",
+  "c4_tfds",
+  "data_quality",
+  "data_reader",
+  "jsonl_corpus",
+  "logical_shards",
+  "quickstart_corpus",
+  "ready_made",
+  "row_digests",
+  "seq2seq_files",
+  "span_corruption_config",
+  "synthetic",
+  "task_vocabulary",
+  "text_corpus",
+  "tokenized_cache",
+)
+# gin `import` lines of the data side's modules (runs/c4.gin has two): skipped without the tasks.
+_DATA_IMPORT = re.compile(r"^(\s*)((?:from|import)\s+t5x_lite\.(?:data|tasks)\b.*)$", re.M)
+
+
+def parse_gin(
+  files: Sequence[str], bindings: Sequence[str], finalize: bool = True, with_tasks: bool = True
+) -> None:
+  """Parses gin files and bindings; any mistake becomes a one-line UserError.
+
+  `with_tasks=False`: for a process that imports no seqio task (synthetic or ready-made data, or
+  a command that reads no data): the files' imports of data modules and bindings of the tasks'
+  configurables (TASK_DATA_CONFIGURABLES) are set aside, so TensorFlow is never imported.
+  """
   resolved = [_resolve_gin_file(f) for f in files]
+  skip = False if with_tasks else list(TASK_DATA_CONFIGURABLES)
+  texts = []
   try:
     for path in resolved:
-      text = io.StringIO(expand_gin_file(path))
+      content = expand_gin_file(path)
+      if not with_tasks:
+        content = _DATA_IMPORT.sub(r"\1# without the tasks: \2", content)
+      texts.append(content)
+      text = io.StringIO(content)
       text.name = path  # gin names the file in its error locations
-      gin.parse_config(text, skip_unknown=False)
-    gin.parse_config(list(bindings), skip_unknown=False)
+      gin.parse_config(text, skip_unknown=skip)
+    gin.parse_config(list(bindings), skip_unknown=skip)
     if finalize:
       gin.finalize()
   except OSError as e:  # found, but unreadable
     raise UserError(f"cannot read a gin file: {first_line(e, limit=None)}") from None
   except (ValueError, SyntaxError, KeyError, TypeError, NameError, AttributeError) as e:
     raise UserError(f"bad gin configuration: {first_line(e, limit=None)}") from None
-  check_command_line_macros(bindings)
+  # Bindings set aside still use their macros (e.g. C4_TFDS_DATA_DIR).
+  aside = (
+    set() if with_tasks else set(re.findall(r"%([A-Za-z_]\w*)", "\n".join(texts + list(bindings))))
+  )
+  check_command_line_macros(bindings, aside)
 
 
 @contextlib.contextmanager
@@ -207,17 +249,39 @@ def required_macro(name: str):
     raise UserError(f"the gin files do not set {name}; pass --gin.{name}=...") from None
 
 
+_UNBOUND = object()
+
+
+def bound_value(selector: str, default=_UNBOUND):
+  """The value gin binds to `selector` (e.g. 'train.batch_size'), its macros followed; `default`
+  when nothing binds it (without a default: a one-line error)."""
+  try:
+    value = gin.query_parameter(selector)
+  except ValueError:
+    if default is _UNBOUND:
+      raise UserError(f"the gin files bind no {selector}; pass --gin.{selector}=VALUE") from None
+    return default
+  seen = set()
+  while isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
+    name = value.scoped_selector.rpartition("/")[0]
+    if name in seen:
+      raise UserError(f"gin macro {name} refers to itself")
+    seen.add(name)
+    value = gin.query_parameter(f"{name}/macro.value")
+  return value
+
+
 # Macros that inspect_data and cache_tokenized read themselves (gin.query_parameter), with or
 # without a run gin that references them.
 MACROS_READ_BY_CLIS = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 
 
-def check_command_line_macros(bindings: Sequence[str]) -> None:
+def check_command_line_macros(bindings: Sequence[str], also_used: set[str] = frozenset()) -> None:
   """A macro set on the command line that nothing uses is a typo: gin would bind it silently."""
   config = gin.config._CONFIG  # pylint: disable=protected-access  (gin has no public accessor)
   macro_fn = gin.config.get_configurable(gin.config.macro)
   used = {ref.config_key[0] for ref in gin.config.iterate_references(config, to=macro_fn)}
-  used |= set(MACROS_READ_BY_CLIS)
+  used |= set(MACROS_READ_BY_CLIS) | set(also_used)
   for binding in bindings:
     m = re.match(r"^\s*([A-Za-z_][\w/]*)\s*=", binding)
     if not m or m.group(1) in used:

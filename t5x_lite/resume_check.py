@@ -16,15 +16,14 @@ Checkpoints written before a setting was stored are checked on the settings they
 
 import hashlib
 import inspect
-import os
 from typing import Any
 
+from etils import epath
 import gin
 import jax
-import tensorflow as tf
 
-from t5x_lite.data import logical_shards, registry
-from t5x_lite.data.span_corruption import span_corruption_config
+from t5x_lite.data import batches, logical_shards
+from t5x_lite.data.span_lengths import span_corruption_config
 from t5x_lite.errors import UserError
 
 # T5Config fields that only change how the same function is computed.
@@ -43,6 +42,8 @@ DATA_LOCATIONS = (
 
 def _vocabulary_identity(mixture_or_task_name: str) -> str:
   """sha256 of the SentencePiece model (or the vocabulary's repr) plus the extra ids."""
+  from t5x_lite.data import registry  # seqio: only for the tasks' own pipelines
+
   parts = []
   for task in registry.leaf_tasks(registry.refresh(mixture_or_task_name)):
     vocab = task.output_features["targets"].vocabulary
@@ -88,8 +89,13 @@ def data_settings(
   batch_size: int,
   use_packing: bool,
   seed: int,
+  model_vocab_size: int | None = None,
 ) -> dict:
   """Everything that defines the training data stream and its saved position."""
+  if not batches.needs_tasks(mixture_or_task_name):  # synthetic or ready-made: no TF needed
+    return batches.data_settings(
+      mixture_or_task_name, task_feature_lengths, batch_size, seed, model_vocab_size
+    )
   noise_density, mean_noise_span_length = span_corruption_config()
   return {
     "mixture_or_task_name": mixture_or_task_name,
@@ -194,7 +200,7 @@ def describe(changes: list[str], limit: int = 3) -> str:
 
 def saved_process_count(data_directory: str, step: int) -> int | None:
   """The number of per-process data positions (older layout) saved for `step`, or None."""
-  path = os.path.join(data_directory, str(step))
-  if not tf.io.gfile.isdir(path):
+  path = epath.Path(data_directory) / str(step)
+  if not path.is_dir():
     return None
-  return len([n for n in tf.io.gfile.listdir(path) if n.rstrip("/").startswith("process_")]) or None
+  return len([p for p in path.iterdir() if p.name.startswith("process_")]) or None

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from t5x_lite import paths, run_lock, tokens
 from t5x_lite.config import T5Config
-from t5x_lite.data import pipeline
+from t5x_lite.data import batches
 from t5x_lite.errors import UserError, first_line
 
 # Directories a run writes in MODEL_DIR: a file by one of these names would fail the first save.
@@ -107,6 +107,8 @@ def check_model_splits(cfg: T5Config, num_partitions: int) -> None:
 
 def task_vocab_size(mixture_or_task_name: str) -> int:
   """The task's vocabulary size; a vocabulary file that cannot be read is a one-line error."""
+  from t5x_lite.data import pipeline  # seqio: the task's own vocabulary
+
   task_vocab = pipeline.get_vocabulary(mixture_or_task_name)
   path = getattr(task_vocab, "sentencepiece_model_file", None)
   try:
@@ -129,8 +131,9 @@ def check_splits(mixture_or_task_name: str, provider, splits: list[str]) -> None
 
 
 def check_task_fits_model(mixture_or_task_name: str, model_vocab_size: int) -> None:
+  num_ids = batches.vocab_size(mixture_or_task_name, model_vocab_size)  # synthetic, ready-made
   tokens.check_vocab_fits(
-    task_vocab_size(mixture_or_task_name),
+    num_ids if num_ids is not None else task_vocab_size(mixture_or_task_name),
     model_vocab_size,
     f"the vocabulary of task {mixture_or_task_name!r}",
   )

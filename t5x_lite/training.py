@@ -11,11 +11,11 @@ import signal
 import time
 from typing import Any
 
+from etils import epath
 import gin
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-import tensorflow as tf
 
 from t5x_lite import (
   checkpoints,
@@ -30,7 +30,7 @@ from t5x_lite import (
   run_setup,
   shutdown,
 )
-from t5x_lite.data import logical_shards, pipeline, quality, tokenized_cache
+from t5x_lite.data import batches, logical_shards, quality
 from t5x_lite.errors import UserError
 from t5x_lite.memory_fit import fit_trainer
 from t5x_lite.metrics_writer import MetricsWriter
@@ -110,8 +110,10 @@ def _no_eval_data(task: str, shard_count: int) -> UserError:
 def evaluate(
   trainer: Trainer, state, eval_batches, eval_steps: int, task: str = "?", shard_count: int = 1
 ) -> dict:
-  """Loss and accuracy over `eval_steps` batches (an EvalBatches, or a tf.data.Dataset)."""
-  if not isinstance(eval_batches, pipeline.EvalBatches):
+  """Loss and accuracy over `eval_steps` batches (batches.eval_batches, or a tf.data.Dataset)."""
+  if not hasattr(eval_batches, "start"):  # a tf.data.Dataset: its first eval_steps batches
+    from t5x_lite.data import pipeline
+
     eval_batches = pipeline.EvalBatches(eval_batches, eval_steps)
   totals = {"loss_sum": 0.0, "num_correct": 0.0, "num_tokens": 0.0}
   batches = 0
@@ -134,8 +136,7 @@ def _first_step_seconds(metrics, started: float) -> float:
 
 def _write_config(model_dir: str) -> None:
   if jax.process_index() == 0:
-    with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.operative_config_str())
+    (epath.Path(model_dir) / "config.gin").write_text(gin.operative_config_str())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +265,7 @@ class _Run:
   writer: MetricsWriter | None = None  # opened once a checkpoint is accepted (or none is there)
   peak: float | None = None  # FLOP/s per device that MFU is measured against (set in _start)
   train_iter: Any = None  # a StreamIterator or, for seqio-per-shard data, a DataIterator
-  eval_batches: pipeline.EvalBatches | None = None
+  eval_batches: Any = None  # batches.eval_batches: the same batches at every evaluation
   decoding: decode_eval.DecodeEval | None = None  # decoding metrics at each evaluation
   restored: tuple | None = None  # (step, state, meta) of the checkpoint resumed from
   data_reset: list = dataclasses.field(default_factory=list)  # changes that reset the data
@@ -308,7 +309,7 @@ def _setup(s: Settings, preemption: _Preemption) -> _Run:
     preemption=preemption,
     model_meta=dataclasses.asdict(cfg),
     data=resume_check.data_settings(
-      s.mixture_or_task_name, lengths, s.batch_size, s.use_packing, s.seed
+      s.mixture_or_task_name, lengths, s.batch_size, s.use_packing, s.seed, cfg.vocab_size
     ),
     trainer=trainer,
     ckpt=checkpoints.Checkpointer(s.model_dir),
@@ -371,7 +372,8 @@ def _make_data(run: _Run) -> None:
   validation set: the same global batches whatever the process count (pipeline.py)."""
   s = run.s
   processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  run.train_iter = pipeline.train_iterator(
+  vocab_size = run.trainer.model.cfg.vocab_size
+  run.train_iter = batches.train_iterator(
     s.mixture_or_task_name,
     s.task_feature_lengths,
     s.batch_size,
@@ -379,18 +381,19 @@ def _make_data(run: _Run) -> None:
     use_packing=s.use_packing,
     batch_sharding=run.trainer.batch_sharding,
     saved_data=_saved_data(run),
+    end_step=s.end_step,
+    model_vocab_size=vocab_size,
     **processes,
   )
-  run.eval_batches = pipeline.EvalBatches(
-    pipeline.eval_dataset(
-      s.mixture_or_task_name,
-      s.task_feature_lengths,
-      s.batch_size,
-      seed=s.seed,
-      use_packing=s.use_packing,
-      **processes,
-    ),
+  run.eval_batches = batches.eval_batches(
+    s.mixture_or_task_name,
+    s.task_feature_lengths,
+    s.batch_size,
     s.eval_steps,
+    seed=s.seed,
+    use_packing=s.use_packing,
+    model_vocab_size=vocab_size,
+    **processes,
   )
   run.decoding = decode_eval.DecodeEval(
     s.model_dir,
@@ -399,10 +402,18 @@ def _make_data(run: _Run) -> None:
     s.task_feature_lengths,
     run.writer.console,
   )
-  if tokenized_cache.tokenized_cache_config():
-    run.writer.console(
-      f"reading pre-tokenized data from the cache in {tokenized_cache.tokenized_cache_config()}"
-    )
+  source = batches.describe(s.mixture_or_task_name)
+  if source:
+    run.writer.console(source)
+  _keep_vocabulary(s.model_dir, batches.sentencepiece_path(s.mixture_or_task_name))
+
+
+def _keep_vocabulary(model_dir: str, sentencepiece_path: str | None) -> None:
+  """Ready-made examples ship their SentencePiece model: a copy in MODEL_DIR is what export_hf
+  and infer use, with no task (and no TensorFlow) to ask."""
+  target = epath.Path(model_dir) / "spiece.model"
+  if sentencepiece_path and jax.process_index() == 0 and not target.exists():
+    target.write_bytes(epath.Path(sentencepiece_path).read_bytes())
 
 
 def _saved_data(run: _Run) -> str | None:

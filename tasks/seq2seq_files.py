@@ -9,28 +9,17 @@ with EOS. Bad rows are skipped (counted by `inspect_data --stats`).
 
 import seqio
 
-from t5x_lite.data import registry, seq2seq_sources, stream_tasks
+from t5x_lite.data import initial_vocabulary, registry, seq2seq_sources, stream_tasks
 from t5x_lite.data.vocab import sentencepiece_vocabulary
 from t5x_lite.errors import UserError
 
 TASK_NAME = "seq2seq_files"
 
 
-# The vocabulary of the initial checkpoint or HF directory is found by fine-tuning's set-up
-# (t5x_lite/finetune_init.py), which this data layer may not import: it registers its finder here.
-_vocabulary_finder = []
-
-
-def set_vocabulary_finder(find) -> None:
-  """`find()` -> the SentencePiece path of the model being fine-tuned, or None."""
-  _vocabulary_finder[:] = [find]
-
-
 def _vocabulary_path() -> str | None:
+  """The bound vocabulary, else the initial model's (found by fine-tuning's set-up)."""
   explicit = seq2seq_sources.seq2seq_files_config()["vocabulary"]
-  if explicit or not _vocabulary_finder:
-    return explicit
-  return _vocabulary_finder[0]()
+  return explicit or initial_vocabulary.find()
 
 
 def _prepare() -> None:

@@ -1,0 +1,130 @@
+"""Batches that are a function of the step alone: the synthetic and ready-made sources.
+
+Global example index = step x batch + row, so a process reads its rows of step s directly, any
+process count reads the same global batches, and the data position is the number of batches
+consumed. The loop drives these sources as it drives the stream reader (stream_iterator.py):
+
+  it = SyntheticBatches(...) or ReadyMadeBatches(...)   # this process's rows of each step
+  batch = next(it); at = it.position()                 # batches consumed after that batch
+  it.save(directory, at); it.restore(directory)        # one small JSON file, written by process 0
+
+No TensorFlow: an accelerator host reads these with numpy alone.
+"""
+
+import dataclasses
+import json
+import os
+
+from etils import epath
+import numpy as np
+
+from t5x_lite.data import logical_shards, quality
+from t5x_lite.errors import UserError, first_line
+
+POSITION_FILE = "indexed_position.json"
+FORMAT = "indexed-1"
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexPosition:
+  """Where an indexed source stands: the batches (steps) consumed."""
+
+  batches: int
+
+
+class IndexedBatches:
+  """This process's rows [first_row, first_row + rows) of each global batch of `batch_size`.
+
+  Subclasses give `_read(first_example, count)`: the examples with global indices
+  [first_example, first_example + count) as {feature: array}, in the order of the index.
+  """
+
+  reads_ahead = True
+  source_name = "indexed"
+
+  def __init__(self, batch_size: int, rows: range, process_index: int = 0):
+    self._batch_size = batch_size
+    self._rows = rows
+    self._process_index = process_index
+    self._batches = 0
+    self._digests: logical_shards.RowDigests | None = None
+
+  def _read(self, first_example: int, count: int) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def record_rows(self, path: str, first_row: int) -> None:
+    """Appends the sha256 of each row to `path` (pipeline.row_digests_dir)."""
+    self._digests = logical_shards.RowDigests(path, first_row)
+
+  def start(self) -> None:
+    """Nothing to start: a batch is read when it is due (numpy reads take milliseconds)."""
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    step = self._batches
+    first = step * self._batch_size + self._rows.start
+    batch = {k: np.asarray(v, np.int32) for k, v in self._read(first, len(self._rows)).items()}
+    self._batches += 1
+    if self._digests:
+      self._digests.record(step, batch)
+    return batch
+
+  def position(self) -> IndexPosition:
+    return IndexPosition(self._batches)
+
+  def state(self) -> dict[str, int]:
+    return {"batches": self._batches}
+
+  def quality_counts(self, position: IndexPosition | None = None) -> dict:
+    """Nothing is skipped or repaired here: the examples were checked when they were made."""
+    return {k: 0 for k in quality.COUNTERS}
+
+  def close(self) -> None:
+    pass
+
+  def save(self, directory: str, position: IndexPosition | None = None) -> None:
+    """One file for all processes (they agree on the step), written by process 0."""
+    if self._process_index != 0:
+      return
+    batches = (position or self.position()).batches
+    path = epath.Path(directory) / POSITION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (POSITION_FILE + ".tmp")
+    tmp.write_text(json.dumps({"format": FORMAT, "source": self.source_name, "batches": batches}))
+    tmp.replace(path)
+
+  def restore(self, directory: str) -> None:
+    path = epath.Path(directory) / POSITION_FILE
+    if not path.exists():
+      raise UserError(
+        f"the data position in {directory} was not saved by {self.source_name} data (no "
+        f"{POSITION_FILE}); pass --gin.train.allow_data_change=True to start this data from its "
+        f"beginning, or use another MODEL_DIR"
+      )
+    try:
+      self._batches = int(json.loads(path.read_text())["batches"])
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(
+        f"the data position {path} is unreadable ({first_line(e)}); use an earlier checkpoint "
+        "or --gin.train.allow_data_change=True"
+      ) from None
+
+
+class IndexedEvalBatches:
+  """The evaluation batches of an indexed source: the same `steps` batches at every evaluation."""
+
+  def __init__(self, read_batch, steps: int):
+    self._read_batch, self._steps = read_batch, steps
+
+  def start(self) -> None:
+    pass
+
+  def __iter__(self):
+    for step in range(self._steps):
+      yield {k: np.asarray(v, np.int32) for k, v in self._read_batch(step).items()}
+
+
+def saved_by_indexed(directory: str | None) -> bool:
+  return bool(directory) and os.path.exists(os.path.join(directory, POSITION_FILE))
