@@ -42,4 +42,8 @@ def _where(module: pkgutil.ModuleInfo, error: Exception) -> str:
   return f"{path}:{line}" if line else path
 
 
+# The pipeline that reads the tasks registers gin configurables of its own (data_reader,
+# row_digests): importing the tasks makes every data binding of a run gin known.
+from t5x_lite.data import pipeline  # noqa: E402,F401
+
 _import_all()

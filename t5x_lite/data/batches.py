@@ -33,8 +33,7 @@ def needs_tasks(mixture_or_task_name: str) -> bool:
 def load_tasks() -> None:
   """Imports the seqio tasks (every module of tasks/) and the pipelines that read them, with
   TensorFlow; before gin is parsed, since they register gin configurables."""
-  from t5x_lite.data import pipeline  # noqa: F401
-  import t5x_lite.tasks  # noqa: F401
+  import t5x_lite.tasks  # noqa: F401  (and the pipeline that reads them)
 
 
 def _index() -> ready_made.Index:
