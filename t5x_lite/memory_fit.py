@@ -87,12 +87,10 @@ def per_device_bytes(tree) -> int:
 
 def compile_train_step(trainer, batch_size: int, use_packing: bool = False):
   """The trainer's own jitted train step, compiled for its mesh without running it."""
-  from t5x_lite import partitioning
 
   state = trainer.abstract_state()
   batch = abstract_batch(trainer, batch_size, use_packing)
-  with partitioning.activate(trainer.mesh, trainer.rules):
-    compiled = trainer._train_step.lower(state, batch).compile()
+  compiled = trainer.compile_train_step(state, batch)  # kept by the trainer: its first step runs it
   return compiled, state, batch
 
 
@@ -197,12 +195,12 @@ def fit_trainer(
     return trainer
   cfg = trainer.model.cfg
   cache = {}
+  trainers = {}  # the candidates measured: the one chosen keeps its compiled step
 
   def measured(policy: str, count: int) -> Footprint:
     if (policy, count) not in cache:
-      cache[(policy, count)] = measure(
-        rebuild(trainer, policy, count), batch_size, use_packing, limit
-      )
+      trainers[(policy, count)] = rebuild(trainer, policy, count)
+      cache[(policy, count)] = measure(trainers[(policy, count)], batch_size, use_packing, limit)
     return cache[(policy, count)]
 
   configured = (cfg.remat_policy, trainer.num_microbatches)
@@ -237,7 +235,7 @@ def fit_trainer(
     gin.bind_parameter("memory_fit_choice.remat_policy", policy)
     gin.bind_parameter("memory_fit_choice.num_microbatches", count)
   memory_fit_choice()
-  return rebuild(trainer, policy, count)
+  return trainers.get((policy, count)) or rebuild(trainer, policy, count)
 
 
 @gin.configurable

@@ -87,6 +87,7 @@ class Trainer:
       out_shardings=(self.state_shardings, replicated),
       donate_argnums=(0,),
     )
+    self._compiled_step = None  # compile_train_step's executable, once there is one
     self._eval_step = jax.jit(
       self._eval_step_fn,
       in_shardings=(self.state_shardings.params, self.batch_sharding),
@@ -196,10 +197,22 @@ class Trainer:
       for k, v in local_batch.items()
     }
 
+  def compile_train_step(self, state, batch: dict):
+    """Compiles the train step for arguments like these (arrays or ShapeDtypeStructs with their
+    shardings) ahead of its first call, which then only runs it; returns the executable.
+
+    The train command compiles while a signal still ends start-up at once (shutdown.py), and
+    memory_fit's own compile is the one the run uses."""
+    with partitioning.activate(self.mesh, self.rules):
+      self._compiled_step = self._train_step.lower(state, batch).compile()
+    return self._compiled_step
+
   def train_step(self, state: TrainState, batch: dict):
     """One update from this process's rows (numpy) or from a batch make_global_batch placed."""
     if not all(isinstance(v, jax.Array) for v in batch.values()):
       batch = self.make_global_batch(batch)
+    if self._compiled_step is not None:
+      return self._compiled_step(state, batch)
     with partitioning.activate(self.mesh, self.rules):
       return self._train_step(state, batch)
 

@@ -128,12 +128,6 @@ def evaluate(
   return {"eval_loss": totals["loss_sum"] / n, "eval_accuracy": totals["num_correct"] / n}
 
 
-def _first_step_seconds(metrics, started: float) -> float:
-  """Wall time of the first train step of a process, which is dominated by its compilation."""
-  jax.block_until_ready(metrics)
-  return time.time() - started
-
-
 def _write_config(model_dir: str) -> None:
   if jax.process_index() == 0:
     (epath.Path(model_dir) / "config.gin").write_text(gin.operative_config_str())
@@ -280,7 +274,8 @@ class _Run:
   last_saved: int | None = None
   last_train: dict = dataclasses.field(default_factory=dict)
   last_eval: dict = dataclasses.field(default_factory=dict)
-  compile_s: float | None = None  # this process's first step: compilation, not a step time
+  compile_s: float | None = None  # this process's compile of the train step, before step 1
+  first_step_done: bool = False  # the first step of this process is warm-up, not a step time
   started: float = 0.0  # when the timed part of the run (after the compiled step) began
   first_step: int = 0
   last_log_time: float = 0.0
@@ -492,8 +487,22 @@ def _start(run: _Run) -> None:
     run.ahead = _fetch(run)
   if run.step == 0 or run.restored is None:  # a new run (or fine-tuning run) starts measured
     _evaluate(run)
+  if run.ahead is not None:
+    _compile(run, run.ahead[0])
   run.last_log_time = run.started = time.time()
   run.first_step = run.last_log_step = run.step
+
+
+def _compile(run: _Run, batch: dict) -> None:
+  """Compiles the train step before the first step, while a signal still ends start-up at once
+  (the first step then only runs it). memory_fit's compile, where it made one, is that step's."""
+  started = time.time()
+  if run.trainer._compiled_step is None:  # pylint: disable=protected-access
+    run.trainer.compile_train_step(run.state, batch)
+  run.compile_s = time.time() - started
+  run.writer.console(
+    f"compiled the train step in {run.compile_s:.1f} s (not counted in step times)"
+  )
 
 
 # Dispatched steps the host may be ahead of the devices. Dispatch is asynchronous and, with no
@@ -517,20 +526,18 @@ def _train_step(run: _Run) -> None:
   the one read (StreamIterator); a seqio-per-shard iterator is read when its step is due.
   """
   (batch, run.trained_position), run.ahead = run.ahead or _fetch(run), None
-  step_started = time.time()
   run.state, metrics = run.trainer.train_step(run.state, batch)
   run.step += 1
   run.pending.append((run.step, metrics))
   if run.train_iter.reads_ahead and run.step < run.s.end_step:
     run.ahead = _fetch(run)
   _bound_steps_ahead(run, metrics)
-  if run.compile_s is None:
-    shutdown.training_started()  # a signal now saves this step (see _loop)
-    run.compile_s = _first_step_seconds(metrics, step_started)
-    run.writer.console(
-      f"compiled the train step in {run.compile_s:.1f} s (step {run.step}; not "
-      "counted in step times)"
-    )
+  if not run.first_step_done:
+    run.first_step_done = True
+    # Until the first step has finished, a signal still ends the run at once (nothing trained
+    # yet: it may take long on a busy host); from now on it saves at the next step (see _loop).
+    jax.block_until_ready(metrics)  # the first step warms up too: not a step time
+    shutdown.training_started()
     if run.step != run.s.end_step:  # the first window (and the ETA) starts after it
       run.last_log_time = run.started = time.time()
       run.last_log_step = run.first_step = run.step
