@@ -385,10 +385,9 @@ def main(argv=None) -> int:
   ensure_platform_libraries(target.platform, argv)
 
   try:
-    from t5x_lite import config, memory_fit  # noqa: F401  (gin configurables first)
-    import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks named in gin)
+    from t5x_lite import config, memory_fit, run_setup, training  # noqa: F401  (configurables)
 
-    gin_utils.parse_gin(gin_files, gin_bindings)
+    run_setup.parse_run_config(gin_files, gin_bindings, reads_data=False)  # no data, no TF
     settings = run_settings()
     with gin_utils.required_bindings_checked():
       cfg = config.model_config()

@@ -169,10 +169,9 @@ def main(argv=None) -> int:
       "--gin_file=runs/pretrain.gin"
     )
   memory = _memory([a for a in argv if a.startswith("--gin")], args.target)
-  from t5x_lite import config
-  import t5x_lite.tasks  # noqa: F401  (registers the seqio tasks named in gin)
+  from t5x_lite import config, run_setup, training  # noqa: F401  (configurables)
 
-  gin_utils.parse_gin(gin_files, gin_bindings)
+  run_setup.parse_run_config(gin_files, gin_bindings)
   settings = plan.run_settings()
   cfg = config.model_config()
   hosts = args.hosts or memory.get("hosts") or 1

@@ -60,9 +60,14 @@ def _data(data: dict, required: dict, host_cores: int | None) -> list[str]:
       if best >= 0.6
       else f"input-bound below {best:.0%} MFU with {host_cores} cores per host ({rate}): {remedy}"
     )
+  what = (
+    f"one host's {data['logical_shards']} logical shards"
+    if data.get("logical_shards")
+    else f"the {data.get('pipeline', 'data')} reader"
+  )
   memory = (
-    f"data: one host's {data['logical_shards']} logical shards start in "
-    f"{data['first_batch_s']:.0f} s and hold {data['resident_bytes'] / GB:.2f} GB of host memory"
+    f"data: {what} starts in {data['first_batch_s']:.0f} s and holds "
+    f"{data['resident_bytes'] / GB:.2f} GB of host memory"
   )
   return [line, memory]
 

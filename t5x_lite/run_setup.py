@@ -9,16 +9,45 @@ import os
 import sys
 import tempfile
 
+import gin
 import jax
 import tensorflow as tf
 
-from t5x_lite import paths, run_lock, tokens
+from t5x_lite import gin_utils, paths, quiet_startup, run_lock, tokens
 from t5x_lite.config import T5Config
 from t5x_lite.data import batches
 from t5x_lite.errors import UserError, first_line
 
 # Directories a run writes in MODEL_DIR: a file by one of these names would fail the first save.
 _RUN_DIRS = ("checkpoints", "data_state", "logs", "tensorboard", "predictions")
+
+
+def parse_run_config(gin_files: list[str], gin_bindings: list[str], reads_data: bool = True):
+  """Parses a run's gin files and bindings. The seqio tasks, their pipelines and TensorFlow are
+  imported only when the run's data is read by a task's pipeline (not for synthetic or ready-made
+  data), or when the bindings name a configurable only they register (a task of your own)."""
+  try:
+    gin_utils.parse_gin(gin_files, gin_bindings, finalize=False, with_tasks=False)
+    task = gin_utils.bound_value("train.mixture_or_task_name", None)
+    if not reads_data or (isinstance(task, str) and not batches.needs_tasks(task)):
+      gin.finalize()
+      return
+  except UserError:
+    pass  # parsed again with the tasks below, which report a real mistake in their own words
+  gin.clear_config()
+  # The seqio tasks (every module of tasks/), imported inside the command's run_main: a task
+  # module that fails to import is then a one-line error. (The data layer keeps TensorFlow off
+  # GPUs when it is imported; TF's CUDA probing then prints what no one needs to read.)
+  with quiet_startup.banners_hidden():
+    try:
+      batches.load_tasks()
+    except ImportError as e:
+      raise UserError(
+        f"this run's data is read by a seqio task, which needs {e.name or 'TensorFlow and seqio'} "
+        f"(not installed here): install them, or train on examples written where they are "
+        f"(python -m t5x_lite.write_examples, then --gin.ready_made.directory=...)"
+      ) from None
+  gin_utils.parse_gin(gin_files, gin_bindings)
 
 
 def prepare_model_dir(model_dir: str) -> "ModelDirBefore":

@@ -19,31 +19,10 @@ import argparse
 import json
 import sys
 
-import gin
 import jax
 
 from t5x_lite import distributed, gin_utils
 from t5x_lite.errors import UserError, run_main
-
-
-def parse_run_config(gin_files: list[str], gin_bindings: list[str]) -> None:
-  """Parses the run's gin; the seqio tasks (and TensorFlow) are imported only when its data is
-  read by a task's pipeline, not for synthetic or ready-made data."""
-  from t5x_lite.data import batches
-
-  gin_utils.parse_gin(gin_files, gin_bindings, finalize=False, with_tasks=False)
-  task = gin_utils.bound_value("train.mixture_or_task_name", None)
-  if isinstance(task, str) and not batches.needs_tasks(task):
-    gin.finalize()
-    return
-  gin.clear_config()
-  # The seqio tasks (every module of tasks/), imported here, inside run_main: a task module that
-  # fails to import is then a one-line error. (The data layer keeps TensorFlow off GPUs when it
-  # is imported; TF's CUDA probing then prints what no one needs to read.)
-  with quiet_startup.banners_hidden():
-    batches.load_tasks()
-
-  gin_utils.parse_gin(gin_files, gin_bindings)
 
 
 def main(argv=None) -> int:
@@ -79,9 +58,9 @@ def main(argv=None) -> int:
     args.multi_host,
     args.distributed_timeout_s,
   )
-  from t5x_lite import training  # no TensorFlow: only a task's pipeline needs it
+  from t5x_lite import run_setup, training  # no TensorFlow: only a task's pipeline needs it
 
-  parse_run_config(gin_files, gin_bindings)
+  run_setup.parse_run_config(gin_files, gin_bindings)
   with gin_utils.required_bindings_checked():
     result = training.train(stop_at_step=args.stop_at_step)
   if jax.process_index() == 0:

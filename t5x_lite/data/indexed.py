@@ -71,6 +71,10 @@ class IndexedBatches:
       self._digests.record(step, batch)
     return batch
 
+  def seek(self, batches: int) -> None:
+    """Reads from batch `batches` on (preflight reads ready-made examples round and round)."""
+    self._batches = batches
+
   def position(self) -> IndexPosition:
     return IndexPosition(self._batches)
 

@@ -12,7 +12,8 @@ memory the pipelines added.
 import os
 import time
 
-from t5x_lite.data import pipeline, streams
+from t5x_lite.data import batches as sources
+from t5x_lite.errors import UserError
 
 
 def resident_bytes() -> int:
@@ -46,7 +47,7 @@ def measure_reading(
   """Start-up, steady-state rate and memory of one process's training data (module docstring)."""
   before = resident_bytes()
   started = time.perf_counter()
-  it = pipeline.train_iterator(
+  it = sources.train_iterator(
     mixture_or_task_name,
     task_feature_lengths,
     batch_size,
@@ -58,22 +59,33 @@ def measure_reading(
   first_batch_s = time.perf_counter() - started
   batches, window_start, cpu_start = 0, time.perf_counter(), _cpu_seconds()
   while batches < min_batches or time.perf_counter() - window_start < seconds:
-    next(it)
+    try:
+      next(it)
+    except UserError:
+      if not batches or not hasattr(it, "seek"):
+        raise
+      it.seek(0)  # ready-made examples that end before the time is up: read them again
+      continue
     batches += 1
   elapsed = time.perf_counter() - window_start
   cpu = _cpu_seconds() - cpu_start
   examples = batches * rows
-  shards = len(it.shards)
+  shards = len(getattr(it, "shards", ())) or None  # ready-made and synthetic data have none
   added = max(resident_bytes() - before, 0)  # while the pipelines still hold their buffers
   it.close()
+  kind = sources.source_kind(mixture_or_task_name)
   return {
-    "pipeline": "streams" if it.reads_ahead else "seqio per shard",
+    "pipeline": kind
+    if kind != sources.TASK
+    else "streams"
+    if it.reads_ahead
+    else "seqio per shard",
     "logical_shards": shards,
     "rows_per_batch": rows,
     "first_batch_s": round(first_batch_s, 2),
     "examples_per_s": round(examples / elapsed, 1),
     "examples_per_core_s": round(examples / max(cpu, 1e-9), 1),
-    "cores": streams.cpu_cores(),
+    "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     "cores_busy": round(cpu / elapsed, 2),
     "resident_bytes": added,
     "measured_s": round(elapsed, 1),
