@@ -363,6 +363,36 @@ def fast_tokenizer(model_bytes: bytes):
   return tokenizer
 
 
+class SentencePieceText:
+  """Text <-> ids as seqio's SentencePieceVocabulary with 100 extra ids does, without seqio (or
+  TensorFlow): the same SentencePiece model with the extra ids appended as user-defined pieces
+  ("<extra_id_99>" ... "<extra_id_0>", so "<extra_id_0>" is the last id), decoded up to EOS."""
+
+  def __init__(self, model_bytes: bytes):
+    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model_bytes)
+    for i in reversed(range(EXTRA_IDS)):
+      proto.pieces.add(
+        piece=f"\u2581<extra_id_{i}>",
+        score=0.0,
+        type=sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED,
+      )
+    self._processor = sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    self.vocab_size = self._processor.get_piece_size()
+
+  def encode(self, text: str) -> list[int]:
+    return self._processor.encode_as_ids(text)
+
+  def decode(self, ids) -> str:
+    ids = list(ids)
+    if EOS_ID in ids:
+      ids = ids[: ids.index(EOS_ID)]
+    unk = self._processor.unk_id()
+    return self._processor.decode_ids([i if 0 <= i < self.vocab_size else unk for i in ids])
+
+
 def write_tokenizer_files(out_dir: str, model_bytes: bytes, model_max_length: int = 512) -> None:
   """spiece.model, tokenizer.json and the configs with which `AutoTokenizer` loads them.
 

@@ -13,35 +13,22 @@ from t5x_lite import quiet_startup  # noqa: F401  (first: hides native start-up 
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 
 from t5x_lite import hf_files, paths
 from t5x_lite.errors import UserError, run_main
-from t5x_lite.tokens import EOS_ID, EXTRA_IDS, check_vocab_fits
+from t5x_lite.tokens import EOS_ID, check_vocab_fits
 
 DEFAULT_MAX_DECODE_LENGTH = 64
 
 
-def load_vocabulary(model_dir: str, vocab: str | None, meta: dict):
-  """seqio vocabulary: --vocab, else MODEL_DIR/spiece.model (an import), else the run's task."""
-  import seqio
-
+def load_vocabulary(model_dir: str, vocab: str | None, meta: dict) -> hf_files.SentencePieceText:
+  """--vocab, else MODEL_DIR/spiece.model (an import, a ready-made run), else the run's task."""
   data, source, why = hf_files.run_sentencepiece(model_dir, vocab, meta)
   if data is None:
     raise UserError(f"no vocabulary: {why}; pass --vocab=PATH/spiece.model")
   hf_files.check_sentencepiece(data, source)
-  # seqio reads vocabularies from files: load from a temporary copy, then drop it.
-  fd, path = tempfile.mkstemp(suffix=".model")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    vocab = seqio.SentencePieceVocabulary(path, extra_ids=EXTRA_IDS)
-    vocab.vocab_size  # noqa: B018  (loads the model now, while the file exists)
-  finally:
-    os.remove(path)
-  return vocab
+  return hf_files.SentencePieceText(data)
 
 
 class Decoder:

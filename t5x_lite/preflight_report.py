@@ -61,12 +61,13 @@ def _data(data: dict, required: dict, host_cores: int | None) -> list[str]:
       else f"input-bound below {best:.0%} MFU with {host_cores} cores per host ({rate}): {remedy}"
     )
   what = (
-    f"one host's {data['logical_shards']} logical shards"
+    f"one host's {data['logical_shards']} logical shards start in"
     if data.get("logical_shards")
-    else f"the {data.get('pipeline', 'data')} reader"
+    else f"the {data.get('pipeline', 'data')} reader starts in"
   )
+  held = "hold" if data.get("logical_shards") else "holds"
   memory = (
-    f"data: {what} starts in {data['first_batch_s']:.0f} s and holds "
+    f"data: {what} {data['first_batch_s']:.0f} s and {held} "
     f"{data['resident_bytes'] / GB:.2f} GB of host memory"
   )
   return [line, memory]

@@ -102,6 +102,7 @@ def train_in_process(gin_files, bindings, stop_at_step=None) -> dict:
 
 
 INTEGRATION_FILES = {
+  "test_no_tensorflow.py",
   "test_bad_inputs.py",
   "test_docs.py",
   "test_export_import.py",

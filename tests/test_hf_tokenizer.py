@@ -102,3 +102,13 @@ def test_tokenizer_configs(export_dir):
   specials = json.loads((export_dir / "special_tokens_map.json").read_text())
   assert config["extra_ids"] == 100 and config["model_max_length"] == 64
   assert specials == {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+
+
+def test_sentencepiece_text_encodes_and_decodes_as_seqio(vocab_path):
+  # infer's vocabulary, which needs neither seqio nor TensorFlow.
+  expected, vocab = seqio_ids(vocab_path)
+  text = hf_files.SentencePieceText(pathlib.Path(vocab_path).read_bytes())
+  assert text.vocab_size == vocab.vocab_size
+  assert [text.encode(s) for s in SAMPLES] == expected
+  for ids in [*expected, [5, 6, tokens.EOS_ID, 7], [vocab.vocab_size - 1, 9, 10]]:
+    assert text.decode(ids) == vocab.decode(ids)

@@ -130,7 +130,7 @@ def test_verdicts_name_the_numbers_and_the_way_out():
   assert lines[1].startswith("input-bound below 48% MFU with 24 cores per host")
   assert "cache_tokenized" in lines[1]
   assert lines[2] == (
-    "data: one host's 16 logical shards starts in 12 s and holds 2.00 GB of host memory"
+    "data: one host's 16 logical shards start in 12 s and hold 2.00 GB of host memory"
   )
   assert lines[3].startswith("first step after ~92 s")
   assert "20.0 s at the 100 MB/s measured in MODEL_DIR: 20.0% / 30.0%" in lines[4]
