@@ -660,11 +660,21 @@ def _maybe_log(run: _Run, due: bool, metrics: dict) -> None:
       jax.device_count(),
       not s.peak_flops_per_device,
     )
+  peak_bytes = _device_peak_bytes()
+  if peak_bytes is not None:
+    record["device_peak_bytes"] = peak_bytes
   if run.compile_s is not None and not run.last_train:  # the first logged row of this process
     record["compile_s"] = run.compile_s
   run.writer.write(record)
   run.writer.train_line(record, s.train_steps, run.started, run.first_step)
   run.last_train = record
+
+
+def _device_peak_bytes() -> int | None:
+  """The most memory any local device has held so far (GPU, TPU; None where it is not told)."""
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  peaks = [s.get("peak_bytes_in_use") for s in stats if s]
+  return max(peaks) if peaks and None not in peaks else None
 
 
 def _evaluate(run: _Run) -> None:
