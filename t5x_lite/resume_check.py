@@ -21,8 +21,8 @@ from typing import Any
 
 import gin
 import jax
-import tensorflow as tf
 
+from t5x_lite import files
 from t5x_lite.data import logical_shards, registry
 from t5x_lite.data.span_corruption import span_corruption_config
 from t5x_lite.errors import UserError
@@ -195,6 +195,6 @@ def describe(changes: list[str], limit: int = 3) -> str:
 def saved_process_count(data_directory: str, step: int) -> int | None:
   """The number of per-process data positions (older layout) saved for `step`, or None."""
   path = os.path.join(data_directory, str(step))
-  if not tf.io.gfile.isdir(path):
+  if not files.isdir(path):
     return None
-  return len([n for n in tf.io.gfile.listdir(path) if n.rstrip("/").startswith("process_")]) or None
+  return len([n for n in files.listdir(path) if n.startswith("process_")]) or None

@@ -15,12 +15,12 @@ import gin
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-import tensorflow as tf
 
 from t5x_lite import (
   checkpoints,
   config,
   decode_eval,
+  files,
   finetune_init,
   flops,
   partitioning,
@@ -134,8 +134,7 @@ def _first_step_seconds(metrics, started: float) -> float:
 
 def _write_config(model_dir: str) -> None:
   if jax.process_index() == 0:
-    with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.operative_config_str())
+    files.write_text(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
 
 
 @dataclasses.dataclass(frozen=True)
