@@ -178,7 +178,6 @@ def test_files_on_a_url(tmp_path):
   assert not files.exists(f"{root}/a")
 
 
-@pytest.mark.integration
 def test_metrics_and_lock_without_tensorflow(tmp_path):
   """A process where tensorflow, seqio and tensorflow_datasets cannot be imported makes MODEL_DIR,
   takes the run lock, writes metrics and events, and none of them is loaded."""
