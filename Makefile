@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install test test-ci-slow lint quickstart finetune-demo clean plan-deps plan-deps-tpu plan-deps-cuda
+.PHONY: install install-cuda12 install-cuda13 install-tpu test test-ci-slow lint quickstart finetune-demo clean plan-deps plan-deps-tpu plan-deps-cuda
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# On an accelerator host: the package with jax's own CUDA or TPU build (setup.cfg's extras of the
+# same names), without the test extra.
+install-cuda12: EXTRA = cuda12
+install-cuda13: EXTRA = cuda13
+install-tpu: EXTRA = tpu
+install-cuda12 install-cuda13 install-tpu:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRA)]'
 
 test: install plan-deps-tpu
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -25,6 +25,7 @@ LAYERS = {
   "base": (
     "errors",
     "paths",
+    "files",
     "tokens",
     "gin_utils",
     "progress",
@@ -42,6 +43,7 @@ LAYERS = {
     "checkpoints",
     "resume_check",
     "metrics_writer",
+    "tensorboard_events",
     "run_lock",
     "run_setup",
     "memory_fit",

@@ -11,7 +11,7 @@ data read by seqio pipelines, a tf.data iterator checkpoint) is saved beside it 
 MODEL_DIR/data_state/<step>/shard_<j>/ by the process that reads it, written before the orbax
 save and renamed into place, and is only used together with a complete orbax step; a run on
 another process count restores the shards it reads (data/logical_shards.py). Paths go through
-orbax and tf.io.gfile, so MODEL_DIR may be local or gs://.
+orbax and etils.epath (t5x_lite/files.py), so MODEL_DIR may be local or gs://.
 """
 
 from collections.abc import Callable
@@ -23,15 +23,9 @@ import gin
 import jax
 import jax.experimental.multihost_utils
 import orbax.checkpoint as ocp
-import tensorflow as tf
 
-from t5x_lite import paths, resume_check, step_fallback
+from t5x_lite import files, paths, resume_check, step_fallback
 from t5x_lite.errors import UserError
-
-
-def _rmtree(path: str) -> None:
-  if tf.io.gfile.exists(path):
-    tf.io.gfile.rmtree(path)
 
 
 @gin.configurable
@@ -82,12 +76,12 @@ class Checkpointer:
     return os.path.join(self.data_directory, str(step))
 
   def _prune_data_states(self) -> None:
-    if jax.process_index() != 0 or not tf.io.gfile.isdir(self.data_directory):
+    if jax.process_index() != 0 or not files.isdir(self.data_directory):
       return
     keep = {str(s) for s in self.manager.all_steps()}
-    for name in tf.io.gfile.listdir(self.data_directory):
-      if name.rstrip("/") not in keep:
-        _rmtree(os.path.join(self.data_directory, name.rstrip("/")))
+    for name in files.listdir(self.data_directory):
+      if name not in keep:
+        files.rmtree(os.path.join(self.data_directory, name))
 
   # -- restoring ---------------------------------------------------------------------------------
   def all_steps(self) -> list[int]:
@@ -96,7 +90,7 @@ class Checkpointer:
 
   def data_state_path(self, step: int) -> str | None:
     path = self._data_path(step)
-    return path if tf.io.gfile.isdir(path) else None
+    return path if files.isdir(path) else None
 
   def read_meta(self, step: int) -> dict:
     return dict(
@@ -186,8 +180,8 @@ class Checkpointer:
     so that training past it can write that step again."""
     source = os.path.join(self.directory, str(step))
     target = os.path.join(self.directory, f"unreadable.{step}.{int(time.time())}")
-    if jax.process_index() == 0 and tf.io.gfile.isdir(source):
-      tf.io.gfile.rename(source, target)
+    if jax.process_index() == 0 and files.isdir(source):
+      files.rename(source, target)
     jax.experimental.multihost_utils.sync_global_devices(f"quarantine_{step}")
     self.manager.reload()
     return target
@@ -209,7 +203,7 @@ def measure_write_rate(directory: str, num_bytes: int = 256 << 20) -> float:
   started = time.perf_counter()
   try:
     if paths.is_remote(directory):  # an object store: the upload completes on close
-      with tf.io.gfile.GFile(path, "wb") as f:
+      with files.path(path).open("wb") as f:
         for _ in range(num_bytes // len(chunk)):
           f.write(chunk)
     else:
@@ -220,6 +214,6 @@ def measure_write_rate(directory: str, num_bytes: int = 256 << 20) -> float:
         os.fsync(f.fileno())
     elapsed = time.perf_counter() - started
   finally:
-    if tf.io.gfile.exists(path):
-      tf.io.gfile.remove(path)
+    if files.exists(path):
+      files.remove(path)
   return (num_bytes // len(chunk)) * len(chunk) / max(elapsed, 1e-9)

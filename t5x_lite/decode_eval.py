@@ -18,9 +18,8 @@ import time
 
 import gin
 import jax
-import tensorflow as tf
 
-from t5x_lite import models
+from t5x_lite import files, models
 from t5x_lite.data import batches
 from t5x_lite.errors import UserError
 from t5x_lite.tokens import EOS_ID
@@ -103,8 +102,9 @@ class DecodeEval:
   def _write(self, step: int, rows: list[dict]) -> None:
     if jax.process_index() != 0:
       return
-    tf.io.gfile.makedirs(self._dir)
+    files.makedirs(self._dir)
     path = os.path.join(self._dir, f"{step}.jsonl")
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-      f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    files.write_text(
+      path + ".tmp", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    )
+    files.rename(path + ".tmp", path, overwrite=True)

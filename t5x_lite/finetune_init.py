@@ -21,9 +21,8 @@ import os
 import gin
 import jax
 import jax.numpy as jnp
-import tensorflow as tf
 
-from t5x_lite import hf_files, hf_reader, paths, resume_check
+from t5x_lite import files, hf_files, hf_reader, paths, resume_check
 from t5x_lite.data import initial_vocabulary
 from t5x_lite.errors import UserError, first_line
 
@@ -122,8 +121,8 @@ def _keep_vocabulary(model_dir: str, vocab_path: str | None) -> None:
   """Copies the task's vocabulary into MODEL_DIR: resumes, infer and export_hf read it there."""
   target = os.path.join(model_dir, SPIECE)
   if jax.process_index() == 0 and vocab_path and not hf_files.isfile(target):
-    tf.io.gfile.makedirs(model_dir)
-    tf.io.gfile.copy(vocab_path, target, overwrite=True)
+    files.makedirs(model_dir)
+    files.copy(vocab_path, target)
 
 
 # -- parameters ---------------------------------------------------------------------------------

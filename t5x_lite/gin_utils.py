@@ -32,10 +32,10 @@ def gin_search_path() -> list[str]:
 
 def _resolve_gin_file(name: str, included_from: str | None = None) -> str:
   """The file a `--gin_file` or `include` names: the first search-path root holding it."""
-  if paths.is_remote(name):  # gs:// and other object stores, read through tf.io.gfile
-    import tensorflow as tf
+  if paths.is_remote(name):  # gs:// and other object stores, read through etils.epath
+    from t5x_lite import files
 
-    if tf.io.gfile.exists(name):
+    if files.exists(name):
       return name
   elif os.path.isabs(name) or name.startswith("~"):
     if os.path.isfile(os.path.expanduser(name)):
@@ -54,10 +54,9 @@ _INCLUDE = re.compile(r"""^\s*include\s+(['"])([^'"]+)\1\s*(#.*)?$""")
 
 def _read_text(path: str) -> str:
   if paths.is_remote(path):
-    import tensorflow as tf
+    from t5x_lite import files
 
-    with tf.io.gfile.GFile(path) as f:
-      return f.read()
+    return files.read_text(path)
   try:
     with open(path, encoding="utf-8") as f:
       return f.read()

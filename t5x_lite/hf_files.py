@@ -12,7 +12,7 @@ import sys
 import tempfile
 from typing import Any, NamedTuple
 
-from t5x_lite import paths, step_fallback
+from t5x_lite import files, paths, step_fallback
 from t5x_lite.config import T5Config
 from t5x_lite.errors import UserError, first_line
 from t5x_lite.tokens import EOS_ID, EXTRA_IDS, PAD_ID, UNK_ID
@@ -21,34 +21,14 @@ from t5x_lite.tokens import EOS_ID, EXTRA_IDS, PAD_ID, UNK_ID
 EXECUTION_ONLY_FIELDS = ("name", "dtype", "scan_layers", "scan_unroll", "remat_policy")
 
 
-# -- files: local paths or object stores (gs://), both through tf.io.gfile, as training does ----
+# -- files: local paths or object stores (gs://), through etils.epath, as training does ----------
+# (t5x_lite/files.py; the names the export, import and infer commands read files by)
 
-
-def _gfile():
-  import tensorflow as tf
-
-  return tf.io.gfile
-
-
-def exists(path: str) -> bool:
-  return _gfile().exists(path)
-
-
-def isdir(path: str) -> bool:
-  return _gfile().isdir(path)
-
-
-def isfile(path: str) -> bool:
-  return _gfile().exists(path) and not _gfile().isdir(path)
-
-
-def read_bytes(path: str) -> bytes:
-  with _gfile().GFile(path, "rb") as f:
-    return f.read()
-
-
-def read_text(path: str) -> str:
-  return read_bytes(path).decode("utf-8")
+exists = files.exists
+isdir = files.isdir
+isfile = files.isfile
+read_bytes = files.read_bytes
+read_text = files.read_text
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -432,7 +412,7 @@ def check_output_dir(out_dir: str, overwrite: bool, flag: str = "--overwrite") -
   if exists(out_dir) and not isdir(out_dir):
     raise UserError(f"{out_dir} exists and is not a directory")
   paths.check_creatable(out_dir, "output directory")
-  if isdir(out_dir) and _gfile().listdir(out_dir) and not overwrite:
+  if isdir(out_dir) and files.listdir(out_dir) and not overwrite:
     hint = f" (pass {flag} to replace it)" if flag else ""
     raise UserError(f"output directory {out_dir} exists and is not empty{hint}")
 
@@ -441,24 +421,23 @@ def _publish(tmp: str) -> None:
   """Files rw-r--r--, directories rwxr-xr-x: an export is meant to be shared (mkdtemp and some
   writers create private ones)."""
   os.chmod(tmp, 0o755)
-  for root, dirs, files in os.walk(tmp):
+  for root, dirs, names in os.walk(tmp):
     for d in dirs:
       os.chmod(os.path.join(root, d), 0o755)
-    for f in files:
-      os.chmod(os.path.join(root, f), 0o644)
+    for name in names:
+      os.chmod(os.path.join(root, name), 0o644)
 
 
 def _upload(tmp: str, out_dir: str) -> None:
   """Copies a local tree to an object store; the previous contents, if any, go first."""
-  gfile = _gfile()
-  if gfile.isdir(out_dir):
-    gfile.rmtree(out_dir)
-  for root, _, files in os.walk(tmp):
+  if files.isdir(out_dir):
+    files.rmtree(out_dir)
+  for root, _, names in os.walk(tmp):
     rel = os.path.relpath(root, tmp)
     target = out_dir if rel == "." else os.path.join(out_dir, rel)
-    gfile.makedirs(target)
-    for f in sorted(files):
-      gfile.copy(os.path.join(root, f), os.path.join(target, f), overwrite=True)
+    files.makedirs(target)
+    for name in sorted(names):
+      files.copy(os.path.join(root, name), os.path.join(target, name))
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Training metrics to the console, MODEL_DIR/metrics.jsonl and TensorBoard (process 0 only).
 
-MODEL_DIR may be local or on an object store (gs://): files go through tf.io.gfile.
+MODEL_DIR may be local or on an object store (gs://): files go through etils.epath
+(t5x_lite/files.py), TensorBoard events through t5x_lite/tensorboard_events.py; no TensorFlow.
 """
 
 import json
@@ -10,9 +11,9 @@ import sys
 import time
 
 import jax
-import tensorflow as tf
 
-from t5x_lite import paths
+from t5x_lite import files, paths
+from t5x_lite.tensorboard_events import ScalarEventWriter
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -35,9 +36,8 @@ class MetricsWriter:
     self._rows_dropped = False  # in memory: the file is rewritten with the next row
     self._tb = None
     # Object stores (gs://) cannot append: keep the lines and rewrite the file each time.
-    if self.enabled and tf.io.gfile.exists(self._path):
-      with tf.io.gfile.GFile(self._path) as f:
-        self._lines = f.read().splitlines()
+    if self.enabled and files.exists(self._path):
+      self._lines = files.read_text(self._path).splitlines()
 
   def drop_rows_after(self, step: int | None) -> None:
     """Drops rows past the step a run resumes from (None: a fresh start drops them all).
@@ -61,8 +61,7 @@ class MetricsWriter:
   def _rewrite(self) -> None:
     text = "".join(line + "\n" for line in self._lines)
     if paths.is_remote(self._path):
-      with tf.io.gfile.GFile(self._path, "w") as f:
-        f.write(text)
+      files.write_text(self._path, text)
       return
     tmp = self._path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -84,15 +83,15 @@ class MetricsWriter:
       with open(self._path, "a", encoding="utf-8") as f:
         f.write(self._lines[-1] + "\n")
     if self._tb is None:
-      # tf.summary writes TensorBoard events locally and to gs:// alike; TF is already here.
-      with tf.device("/CPU:0"):
-        self._tb = tf.summary.create_file_writer(os.path.join(self._model_dir, "tensorboard"))
-    step = int(record["step"])
-    with tf.device("/CPU:0"), self._tb.as_default():
-      for key, value in record.items():
-        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-          tf.summary.scalar(key, value, step=step)
-    self._tb.flush()
+      self._tb = ScalarEventWriter(os.path.join(self._model_dir, "tensorboard"))
+    self._tb.scalars(
+      int(record["step"]),
+      {
+        key: value
+        for key, value in record.items()
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+      },
+    )
 
   def console(self, line: str) -> None:
     if self.enabled:

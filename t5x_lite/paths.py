@@ -1,5 +1,6 @@
 """Paths that are local files or object-store URLs (gs://, file://): the one test for which, and
-directories created with a one-line error when they cannot be."""
+directories created with a one-line error when they cannot be. Files are read and written through
+t5x_lite/files.py."""
 
 import contextlib
 import os
@@ -8,7 +9,7 @@ from t5x_lite.errors import UserError, first_line
 
 
 def is_remote(path: str) -> bool:
-  """A URL (gs://, file://, ...), read and written through tf.io.gfile and used as given."""
+  """A URL (gs://, file://, ...), read and written through etils.epath and used as given."""
   return "://" in path
 
 
@@ -47,11 +48,11 @@ def make_dirs(path: str, what: str) -> None:
   is a one-line UserError naming `what` and the system's reason."""
   check_creatable(path, what)
   if is_remote(path):
-    import tensorflow as tf
+    from etils import epath
 
     try:
-      tf.io.gfile.makedirs(path)
-    except tf.errors.OpError as e:
+      epath.Path(orbax_path(path)).mkdir(parents=True, exist_ok=True)
+    except Exception as e:  # noqa: BLE001  (epath's backends raise their own kinds)
       raise UserError(f"{what} {path} cannot be created: {first_line(e)}") from None
     return
   missing = []  # the parents this call creates, outermost last

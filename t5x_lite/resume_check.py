@@ -18,10 +18,10 @@ import hashlib
 import inspect
 from typing import Any
 
-from etils import epath
 import gin
 import jax
 
+from t5x_lite import files
 from t5x_lite.data import batches, logical_shards
 from t5x_lite.data.span_lengths import span_corruption_config
 from t5x_lite.errors import UserError
@@ -200,7 +200,7 @@ def describe(changes: list[str], limit: int = 3) -> str:
 
 def saved_process_count(data_directory: str, step: int) -> int | None:
   """The number of per-process data positions (older layout) saved for `step`, or None."""
-  path = epath.Path(data_directory) / str(step)
-  if not path.is_dir():
+  path = f"{data_directory.rstrip('/')}/{step}"
+  if not files.isdir(path):
     return None
-  return len([p for p in path.iterdir() if p.name.startswith("process_")]) or None
+  return len([n for n in files.listdir(path) if n.startswith("process_")]) or None

@@ -15,9 +15,7 @@ import json
 import os
 import socket
 
-import tensorflow as tf
-
-from t5x_lite import paths
+from t5x_lite import files, paths
 from t5x_lite.errors import UserError
 
 LOCK_NAME = "RUN_LOCK"
@@ -55,7 +53,7 @@ class RunLock:
         replaced = (
           f"removed a stale lock {self.path} (pid {holder.get('pid')} on this host is not running)"
         )
-        tf.io.gfile.remove(self.path)
+        files.remove(self.path)
         if not self._create():
           holder = self._read()
           raise UserError(self._busy_message(holder))
@@ -70,22 +68,19 @@ class RunLock:
       return
     self._held = False
     try:
-      with tf.io.gfile.GFile(self.path) as f:
-        if f.read() != self._content:
-          return
-      tf.io.gfile.remove(self.path)
-    except tf.errors.NotFoundError:
+      if files.read_text(self.path) != self._content:
+        return
+      files.remove(self.path)
+    except FileNotFoundError:
       pass
 
   def _create(self) -> bool:
     if self._remote:
       # No exclusive create on object stores: check, write, read back (a narrow race remains).
-      if tf.io.gfile.exists(self.path):
+      if files.exists(self.path):
         return False
-      with tf.io.gfile.GFile(self.path, "w") as f:
-        f.write(self._content)
-      with tf.io.gfile.GFile(self.path) as f:
-        return f.read() == self._content
+      files.write_text(self.path, self._content)
+      return files.read_text(self.path) == self._content
     try:
       fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -96,10 +91,9 @@ class RunLock:
 
   def _read(self) -> dict:
     try:
-      with tf.io.gfile.GFile(self.path) as f:
-        holder = json.loads(f.read())
+      holder = json.loads(files.read_text(self.path))
       return holder if isinstance(holder, dict) else {}
-    except (tf.errors.OpError, ValueError):
+    except Exception:  # noqa: BLE001  (epath's backends raise their own kinds; json a ValueError)
       return {}  # unreadable or half-written: treat as held by an unknown run
 
   def _is_stale(self, holder: dict) -> bool:

@@ -11,9 +11,8 @@ import tempfile
 
 import gin
 import jax
-import tensorflow as tf
 
-from t5x_lite import gin_utils, paths, quiet_startup, run_lock, tokens
+from t5x_lite import files, gin_utils, paths, quiet_startup, run_lock, tokens
 from t5x_lite.config import T5Config
 from t5x_lite.data import batches
 from t5x_lite.errors import UserError, first_line
@@ -59,7 +58,7 @@ def prepare_model_dir(model_dir: str) -> "ModelDirBefore":
   paths.make_dirs(model_dir, "MODEL_DIR")
   for name in _RUN_DIRS:
     path = os.path.join(model_dir, name)
-    if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+    if files.isfile(path):
       before.undo()
       raise UserError(
         f"{path} is a file where the run keeps its {name} directory; move it away or choose "
@@ -82,7 +81,7 @@ class ModelDirBefore:
   def __init__(self, model_dir: str):
     self.model_dir = model_dir
     # The names in MODEL_DIR, or None when it is not there; then the outermost missing parent.
-    self._names = _listdir(model_dir) if tf.io.gfile.isdir(model_dir) else None
+    self._names = set(files.listdir(model_dir)) if files.isdir(model_dir) else None
     self._top_created = model_dir
     if self._names is None and not paths.is_remote(model_dir):
       while not os.path.exists(os.path.dirname(self._top_created)):
@@ -92,11 +91,10 @@ class ModelDirBefore:
     if jax.process_index() != 0:  # process 0 holds the lock and speaks for the run
       return
     if self._names is not None:
-      for name in _listdir(self.model_dir) - self._names - {run_lock.LOCK_NAME}:
+      for name in set(files.listdir(self.model_dir)) - self._names - {run_lock.LOCK_NAME}:
         _remove(os.path.join(self.model_dir, name))
       return
-    if tf.io.gfile.exists(self.model_dir):
-      tf.io.gfile.rmtree(self.model_dir)
+    files.rmtree(self.model_dir)
     # Parents created for it go too, unless something else has been put there since.
     parent, stop = os.path.dirname(self.model_dir), os.path.dirname(self._top_created)
     while parent != stop:
@@ -107,15 +105,11 @@ class ModelDirBefore:
       parent = os.path.dirname(parent)
 
 
-def _listdir(path: str) -> set[str]:
-  return {name.rstrip("/") for name in tf.io.gfile.listdir(path)}
-
-
 def _remove(path: str) -> None:
-  if tf.io.gfile.isdir(path):
-    tf.io.gfile.rmtree(path)
+  if files.isdir(path):
+    files.rmtree(path)
   else:
-    tf.io.gfile.remove(path)
+    files.remove(path)
 
 
 def check_model_splits(cfg: T5Config, num_partitions: int) -> None:

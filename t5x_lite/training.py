@@ -11,7 +11,6 @@ import signal
 import time
 from typing import Any
 
-from etils import epath
 import gin
 import jax
 from jax.experimental import multihost_utils
@@ -21,6 +20,7 @@ from t5x_lite import (
   checkpoints,
   config,
   decode_eval,
+  files,
   finetune_init,
   flops,
   partitioning,
@@ -130,7 +130,7 @@ def evaluate(
 
 def _write_config(model_dir: str) -> None:
   if jax.process_index() == 0:
-    (epath.Path(model_dir) / "config.gin").write_text(gin.operative_config_str())
+    files.write_text(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,9 +406,9 @@ def _make_data(run: _Run) -> None:
 def _keep_vocabulary(model_dir: str, sentencepiece_path: str | None) -> None:
   """Ready-made examples ship their SentencePiece model: a copy in MODEL_DIR is what export_hf
   and infer use, with no task (and no TensorFlow) to ask."""
-  target = epath.Path(model_dir) / "spiece.model"
+  target = files.path(model_dir) / "spiece.model"
   if sentencepiece_path and jax.process_index() == 0 and not target.exists():
-    target.write_bytes(epath.Path(sentencepiece_path).read_bytes())
+    target.write_bytes(files.path(sentencepiece_path).read_bytes())
 
 
 def _saved_data(run: _Run) -> str | None:

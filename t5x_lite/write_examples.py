@@ -33,7 +33,7 @@ from etils import epath
 import gin
 import numpy as np
 
-from t5x_lite import gin_utils
+from t5x_lite import files, gin_utils
 from t5x_lite.data import batches, ready_made
 from t5x_lite.errors import UserError, run_main
 
@@ -54,7 +54,7 @@ _IDENTITY = (
 
 
 def _parse_args(argv):
-  files, bindings, rest = gin_utils.split_gin_flags(sys.argv[1:] if argv is None else argv)
+  gin_files, bindings, rest = gin_utils.split_gin_flags(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(
     prog="python -m t5x_lite.write_examples", description=__doc__.splitlines()[0]
   )
@@ -72,9 +72,9 @@ def _parse_args(argv):
       raise UserError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
   if args.eval_steps is not None and args.eval_steps < 0:
     raise UserError(f"--eval_steps must be >= 0, got {args.eval_steps}")
-  if not files:
+  if not gin_files:
     raise UserError("no --gin_file given: pass the gin files of the run the examples are for")
-  return files, bindings, args
+  return gin_files, bindings, args
 
 
 def _run_settings() -> dict:
@@ -305,14 +305,14 @@ def _finish(out: epath.Path, record: dict) -> dict:
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  files, bindings, args = _parse_args(argv)
+  gin_files, bindings, args = _parse_args(argv)
   with quiet_startup.banners_hidden():
     batches.load_tasks()  # the seqio tasks: making examples needs TF
   from t5x_lite import config, training  # noqa: F401  (their configurables are in run gins)
 
-  gin_utils.parse_gin(files, bindings)
+  gin_utils.parse_gin(gin_files, bindings)
   settings = _run_settings()
-  out = epath.Path(args.output_dir)
+  out = files.path(args.output_dir)
   if args.worker is not None:  # one worker of a parent below
     write_worker(
       out, json.loads((out / ready_made.INDEX_FILE).read_text()), args.worker, args.workers

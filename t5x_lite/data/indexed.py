@@ -15,9 +15,9 @@ import dataclasses
 import json
 import os
 
-from etils import epath
 import numpy as np
 
+from t5x_lite import files
 from t5x_lite.data import logical_shards, quality
 from t5x_lite.errors import UserError, first_line
 
@@ -93,14 +93,14 @@ class IndexedBatches:
     if self._process_index != 0:
       return
     batches = (position or self.position()).batches
-    path = epath.Path(directory) / POSITION_FILE
+    path = files.path(directory) / POSITION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / (POSITION_FILE + ".tmp")
     tmp.write_text(json.dumps({"format": FORMAT, "source": self.source_name, "batches": batches}))
     tmp.replace(path)
 
   def restore(self, directory: str) -> None:
-    path = epath.Path(directory) / POSITION_FILE
+    path = files.path(directory) / POSITION_FILE
     if not path.exists():
       raise UserError(
         f"the data position in {directory} was not saved by {self.source_name} data (no "

@@ -27,7 +27,7 @@ from etils import epath
 import gin
 import numpy as np
 
-from t5x_lite import paths
+from t5x_lite import files, paths
 from t5x_lite.data import indexed
 from t5x_lite.errors import UserError, first_line
 
@@ -60,7 +60,7 @@ def validation_file(feature: str, rows: range) -> str:
 
 def write_array(directory: str, name: str, array: np.ndarray) -> None:
   """`array` as DIR/name, renamed into place once complete."""
-  path = epath.Path(directory) / name
+  path = files.path(directory) / name
   path.parent.mkdir(parents=True, exist_ok=True)
   buffer = io.BytesIO()
   np.save(buffer, array, allow_pickle=False)
@@ -99,14 +99,14 @@ class Index:
     return self.record["features"]
 
   def vocabulary_path(self) -> str | None:
-    path = epath.Path(self.directory) / VOCABULARY_FILE
+    path = files.path(self.directory) / VOCABULARY_FILE
     return str(path) if path.exists() else None
 
 
 def read_index(directory: str) -> Index:
-  path = epath.Path(directory) / INDEX_FILE
+  path = files.path(directory) / INDEX_FILE
   if not path.exists():
-    what = "does not exist" if not epath.Path(directory).exists() else f"holds no {INDEX_FILE}"
+    what = "does not exist" if not files.path(directory).exists() else f"holds no {INDEX_FILE}"
     raise UserError(
       f"ready_made.directory {directory} {what}; write the examples with python -m "
       f"t5x_lite.write_examples --gin_file=... --output_dir={directory} --steps=N"
@@ -156,7 +156,7 @@ def check_vocabulary(index: Index, sentencepiece_path: str | None) -> None:
   """Refuses a vocabulary file the run names that is not the one the examples were made with."""
   if not sentencepiece_path:
     return
-  path = epath.Path(sentencepiece_path)
+  path = files.path(sentencepiece_path)
   if not path.exists():
     raise UserError(f"the vocabulary file {sentencepiece_path} does not exist")
   digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -181,7 +181,7 @@ class _Split:
     name = (
       train_file(feature, chunk, rows) if self._split == TRAIN else validation_file(feature, rows)
     )
-    path = epath.Path(self._index.directory) / name
+    path = files.path(self._index.directory) / name
     if not path.exists():
       raise UserError(f"ready-made examples file {path} is missing; write the examples again")
     return _load(path)
