@@ -45,22 +45,13 @@ SMALL_MODEL = [
   "--gin.model_config.vocab_size=4224",
 ]
 PROMPTS = ("The history of the <extra_id_0> is long.", "Python is a programming language")
-_BLOCKED = ("tensorflow", "seqio", "tensorflow_datasets")
-_REFUSE_TF = f"""
-import importlib.abc, runpy, sys
-class Refuse(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in {_BLOCKED!r}:
-      raise ImportError(f"{{name}} is not installed here")
-sys.meta_path.insert(0, Refuse())
-module, sys.argv = sys.argv[1], sys.argv[1:]
-runpy.run_module(module, run_name="__main__", alter_sys=True)
-"""
 
 
 def _python(module: str, args: list[str], refuse_tf: bool) -> list[str]:
   if refuse_tf:
-    return [sys.executable, "-c", _REFUSE_TF, module, *args]
+    from t5x_lite.data import testing
+
+    return testing.without_tf_command(sys.executable, module, *args)
   return [sys.executable, "-m", module, *args]
 
 

@@ -15,36 +15,14 @@ import jax
 import numpy as np
 
 from t5x_lite import hf_files
+from t5x_lite.data import testing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-BLOCKED = ("tensorflow", "seqio", "tensorflow_datasets")
-
-# Refuses those imports, as an environment without them does.
-_REFUSE = f"""
-import importlib.abc, sys
-class Refuse(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in {BLOCKED!r}:
-      raise ImportError(f"{{name}} is not installed here")
-sys.meta_path.insert(0, Refuse())
-"""
-# `python -m MODULE ARGS...` so; the process exits 97 if one of them was loaded all the same.
-_LAUNCH = (
-  _REFUSE
-  + f"""
-import atexit, os, runpy
-atexit.register(lambda: any(m.split(".")[0] in {BLOCKED!r} for m in sys.modules) and os._exit(97))
-module = sys.argv[1]
-sys.argv = [module, *sys.argv[2:]]
-runpy.run_module(module, run_name="__main__", alter_sys=True)
-"""
-)
-
 MODEL = [b for b in conftest.TINY_MODEL if not b.startswith("MIXTURE_OR_TASK_NAME")]
 
 
 def without_tf(module: str, *args: str) -> list[str]:
-  return [sys.executable, "-c", _LAUNCH, module, *args]
+  return testing.without_tf_command(sys.executable, module, *args)
 
 
 def flags(model_dir, steps: int, *extra: str) -> list[str]:
@@ -95,11 +73,13 @@ def losses(model_dir) -> dict:
   return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def test_the_refusal_itself_works():
-  out = subprocess.run(
-    [sys.executable, "-c", _REFUSE + "import seqio"], capture_output=True, text=True
+def test_the_refusal_itself_works(tmp_path):
+  probe = tmp_path / "probe.py"
+  probe.write_text(
+    "import importlib.util\nassert importlib.util.find_spec('tensorflow') is None\nimport seqio\n"
   )
-  assert out.returncode == 1 and "seqio is not installed here" in out.stderr
+  out = subprocess.run(without_tf("probe"), capture_output=True, text=True, cwd=tmp_path)
+  assert out.returncode == 1 and "No module named 'seqio' (not installed here)" in out.stderr
   assert subprocess.run(without_tf("json.tool", "--help"), capture_output=True).returncode == 0
 
 

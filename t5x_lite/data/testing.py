@@ -47,3 +47,29 @@ def train_tiny_vocab(directory, vocab_size: int = 64) -> str:
     pathlib.Path(directory) / "vocab_corpus", "corpus", make_documents(200, seed=123), num_shards=1
   )
   return vocab_training.train_vocab(pattern, str(pathlib.Path(directory) / "tiny"), vocab_size)
+
+
+# Packages the train command's process must do without when its data needs none of them.
+TF_PACKAGES = ("tensorflow", "seqio", "tensorflow_datasets")
+_WITHOUT_TF = f"""
+import importlib.abc, importlib.util, runpy, sys
+class Absent(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in {TF_PACKAGES!r}:
+      raise ModuleNotFoundError(f"No module named {{name!r}} (not installed here)", name=name)
+sys.meta_path.insert(0, Absent())
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+  None if name.split(".")[0] in {TF_PACKAGES!r} else _find_spec(name, package)
+)
+import atexit, os
+atexit.register(lambda: any(m.split(".")[0] in {TF_PACKAGES!r} for m in sys.modules) and os._exit(97))
+module, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def without_tf_command(python: str, module: str, *args: str) -> list[str]:
+  """`python -m MODULE ARGS...` as it runs where TensorFlow, seqio and TFDS are not installed:
+  importing them fails, and the process exits 97 if one was loaded all the same."""
+  return [python, "-c", _WITHOUT_TF, module, *args]
