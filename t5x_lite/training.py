@@ -566,14 +566,16 @@ def _finish(run: _Run) -> dict:
 
 def _report_data(run: _Run, final: bool) -> None:
   """What the data streams skipped or repaired (quality.py): one console line the first time
-  there is any, and at the end of the run the counts of all processes, in metrics.jsonl too."""
+  there is any, and at the end of the run the counts of all processes, in metrics.jsonl too.
+  Several processes check the skipped-records limit here, on the counts of all of them."""
   if not run.train_iter.reads_ahead or run.trained_position is None:
     return  # seqio-per-shard data is not counted
   counts = run.train_iter.quality_counts(run.trained_position)
+  if jax.process_count() > 1:  # the whole split's counts, checked by every process alike
+    gathered = multihost_utils.process_allgather(np.array([counts[k] for k in quality.COUNTERS]))
+    counts = dict(zip(quality.COUNTERS, (int(x) for x in np.sum(gathered, axis=0))))
+    run.train_iter.check_skipped(counts)
   if final:
-    if jax.process_count() > 1:
-      gathered = multihost_utils.process_allgather(np.array([counts[k] for k in quality.COUNTERS]))
-      counts = dict(zip(quality.COUNTERS, (int(x) for x in np.sum(gathered, axis=0))))
     run.writer.write({"step": run.step, **{f"data_{k}": v for k, v in counts.items()}})
     if quality.any_reported(counts):
       run.writer.console(f"data: {quality.describe(counts)} (metrics.jsonl: data_*)")

@@ -135,6 +135,14 @@ class StreamIterator:
     seen = (position or self._position).seen
     return quality.totals([dict(zip(quality.COUNTERS, seen[j])) for j in self._shards])
 
+  def check_skipped(self, counts: dict) -> None:
+    """Ends the run when `counts` (of the whole split: all processes') skip more than
+    data_quality allows; the pipeline checks this itself when one process reads every shard."""
+    if quality.too_many_skipped(counts):
+      raise UserError(
+        quality.too_many_skipped_message(counts, self._config.where, self._config.spec.format_hint)
+      )
+
   def close(self) -> None:
     self._iterator = self._first = None
 
