@@ -345,6 +345,8 @@ def _restore(run: _Run) -> None:
   run.trainer = fit_trainer(
     run.trainer, run.s.memory_fit, run.s.batch_size, run.s.use_packing, run.writer.console
   )
+  if run.restored is None:  # the directory, absolute: a relative one depends on where one stands
+    run.writer.console(f"new run in {run.s.model_dir}")
   _make_data(run)
   if run.restored is None:
     # Fine-tuning: a run without checkpoints of its own starts from its initial model (and its
@@ -363,7 +365,9 @@ def _restore(run: _Run) -> None:
   run.step, run.state, meta = run.restored
   run.last_saved = run.step
   _restore_data_position(run, meta)
-  run.writer.console(f"resumed from step {run.step} ({run.ckpt.directory})")
+  run.writer.console(
+    f"resuming {run.s.model_dir} from step {run.step} (checkpoints in {run.ckpt.directory})"
+  )
 
 
 def _make_data(run: _Run) -> None:

@@ -197,7 +197,7 @@ def test_resume_on_another_process_count_continues_exactly(
     f"shard_{j}" for j in range(8)
   ]  # logical_shards.count: gcd(BATCH_SIZE=8, 64)
   resumed = run_training(corpus, tmp_path, model_dir, then)
-  assert f"resumed from step {STOP}" in resumed.stdout
+  assert f" from step {STOP} (checkpoints in " in resumed.stdout
   assert global_rows(model_dir) == global_rows(uninterrupted[then])
   assert_params_close(model_dir, uninterrupted[then])
 

@@ -120,7 +120,7 @@ def test_quickstart_next_commands_run_as_printed(crowded_cwd):
     cwd=elsewhere,
   )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed from step 4" in resumed.stdout and re.search(r"step\s+8/8", resumed.stdout)
+  assert "runs/qs from step 4" in resumed.stdout and re.search(r"step\s+8/8", resumed.stdout)
   generated = subprocess.run(
     commands["generate"],
     shell=True,

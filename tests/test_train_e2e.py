@@ -122,7 +122,7 @@ def test_sigkill_then_restart_is_bit_identical(corpus, reference_run, tmp_path, 
   # The restart in this process: the command's own start-up is tested by the run killed above.
   result = train_in_process(corpus, tmp_path, steps=8, period=4)
   assert result["step"] == 8
-  assert "resumed from step" in capsys.readouterr().out
+  assert f"resuming {tmp_path} from step" in capsys.readouterr().out
   assert_bit_identical(final_params(tmp_path), final_params(ref_dir))
 
 
