@@ -221,3 +221,58 @@ def test_several_processes_check_the_counts_of_all_of_them(vocab, tmp_path):
   assert counts["records"] == 400 and counts["malformed"] == 134
   with pytest.raises(UserError, match=r": 134 of the 400 records read so far were skipped"):
     iterators[0].check_skipped(counts)
+
+
+@pytest.mark.parametrize(
+  "codec, named",
+  [
+    ("utf-16", "UTF-16"),  # with a byte order mark
+    ("utf-16-le", "UTF-16LE"),
+    ("utf-16-be", "UTF-16BE"),
+    ("utf-32", "UTF-32"),
+    ("utf-32-le", "UTF-32LE"),
+    ("utf-32-be", "UTF-32BE"),
+  ],
+)
+def test_utf16_and_utf32_text_are_named_with_their_conversion(tmp_path, codec, named):
+  from t5x_lite.data import text_encoding
+
+  docs = testing.make_documents(53, seed=7, max_words=30)
+  path = tmp_path / "corpus.txt"
+  path.write_bytes("".join(d + "\n" for d in docs).encode(codec))
+  assert text_encoding.wide_encoding(text_encoding.read_head(str(path))) == named
+  assert text_encoding.conversion_hint(str(path)) == (
+    f"{path} is text in {named}, not UTF-8 (what the corpus readers read): convert it with "
+    f"`iconv -f {named} -t UTF-8 {path} > {tmp_path / 'corpus.utf8.txt'}` and give "
+    f"{tmp_path / 'corpus.utf8.txt'} instead"
+  )
+  utf8 = tmp_path / "utf8.txt"
+  utf8.write_text("".join(d + "\n" for d in docs) + "naïve café ünïcödé\n")
+  binary = tmp_path / "model.bin"
+  binary.write_bytes(bytes(range(256)) * 40)
+  for other in (utf8, binary):
+    assert text_encoding.conversion_hint(str(other)) is None
+
+
+def test_a_utf16_corpus_is_refused_with_the_command_that_converts_it(vocab, tmp_path):
+  import shutil
+  import subprocess
+
+  docs = testing.make_documents(53, seed=7, max_words=30)
+  wide = tmp_path / "corpus.txt"
+  wide.write_bytes("".join(d + "\n" for d in docs).encode("utf-16"))
+  configure(vocab, str(wide), str(wide), task="text")
+  with pytest.raises(UserError) as error:
+    read("text", 1)
+  message = str(error.value)
+  assert message.startswith(f"{wide} is text in UTF-16, not UTF-8"), message
+  command = message.split("`")[1]
+  from t5x_lite.data import vocab_training  # training a vocabulary on it says the same
+
+  with pytest.raises(UserError, match="is text in UTF-16, not UTF-8"):
+    list(vocab_training.iter_sentences([str(wide)]))
+  if shutil.which("iconv"):  # the command works as given
+    subprocess.run(command, shell=True, check=True)
+    converted = tmp_path / "corpus.utf8.txt"
+    configure(vocab, str(converted), str(converted), task="text")
+    assert read("text", 1).quality_counts()["binary"] == 0

@@ -41,6 +41,9 @@ FEATURES = (
   "decoder_loss_weights",
 )
 _FOREVER = 2**62
+# Follows the file's name in the message that refuses it (the host looks at such a file again:
+# text in UTF-16 or UTF-32 gets a conversion command instead, text_encoding.py).
+NOT_TEXT = " is not text: "
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +289,7 @@ class _Graph:
       _data_error(
         tf.logical_not(mostly_binary),
         name,
-        " is not text: ",
+        NOT_TEXT,
         c["binary"],
         " of ",
         non_blank,
