@@ -524,9 +524,10 @@ def _train_step(run: _Run) -> None:
       f"compiled the train step in {run.compile_s:.1f} s (step {run.step}; not "
       "counted in step times)"
     )
-    if run.step != run.s.end_step:  # the first window (and the ETA) starts after it
-      run.last_log_time = run.started = time.time()
-      run.last_log_step = run.first_step = run.step
+    # The first window (and the ETA) starts after it: a window of the compiled step alone (log
+    # period 1, a one-step run) reports no step time or MFU.
+    run.last_log_time = run.started = time.time()
+    run.last_log_step = run.first_step = run.step
   if not run.config_written:
     # Written once the first step has run rather than at set-up: a resume that fails before
     # training (a bad override, a refused checkpoint) keeps the config.gin that describes the
@@ -656,23 +657,28 @@ def _maybe_log(run: _Run, due: bool, metrics: dict) -> None:
 
 
 def _evaluate(run: _Run) -> None:
-  run.last_eval = {
-    "step": run.step,
-    **evaluate(
+  losses = (
+    evaluate(
       run.trainer,
       run.state,
       run.eval_batches,
       run.s.eval_steps,
       run.s.mixture_or_task_name,
       logical_shards.make_plan(run.s.batch_size).count,
-    ),
-    **run.decoding(run.state.params, run.step),
-  }
-  run.writer.write(run.last_eval)
-  run.writer.console(
-    f"step {run.step:>7d} | eval loss {run.last_eval['eval_loss']:.4f} | "
-    f"eval acc {run.last_eval['eval_accuracy']:.4f}"
+    )
+    if run.s.eval_steps
+    else {}
   )
+  decoded = run.decoding(run.state.params, run.step)
+  if not losses and not decoded:  # evaluation is off (train.eval_steps=0, no decoding)
+    return
+  run.last_eval = {"step": run.step, **losses, **decoded}
+  run.writer.write(run.last_eval)
+  if losses:
+    run.writer.console(
+      f"step {run.step:>7d} | eval loss {losses['eval_loss']:.4f} | "
+      f"eval acc {losses['eval_accuracy']:.4f}"
+    )
 
 
 def _maybe_eval(run: _Run, due: bool) -> None:
