@@ -190,11 +190,16 @@ class _Graph:
     )
 
   def _shared_file_lines(self, shard):
-    """A shard's lines of the file it shares (line mode), cached in memory as the first epoch
-    reads them: later epochs read no file."""
+    """A shard's lines of the file it shares (line mode), kept in memory by the first epoch that
+    reads them from here: later epochs read no file.
+
+    The cache is filled in one call (`batch` of all the lines right after `cache`): a reader that
+    stops part way (the end of a run, a `take`) leaves no partly filled cache, which TF discards
+    with a warning per shard (cache_dataset_ops.cc "did not fully read the dataset being
+    cached") and fills again on the next epoch."""
     file, residue, modulus = tf.unstack(self.reads[shard][0])
     lines = self._lines(file, tf.constant(0, tf.int64), tf.constant(-1, tf.int64), residue, modulus)
-    return lines.cache()
+    return lines.cache().batch(_FOREVER).unbatch()
 
   def _lines(self, file, begin, end, residue, modulus):
     """(line number, record) of lines [begin, end) of a file (end -1: to its end) whose number is
@@ -383,9 +388,17 @@ class _Graph:
   def shard_stream(self, shard, start, totals):
     """One logical shard's examples from `start` (POSITION), its counters starting at `totals`."""
     shard_seed = tf.constant(self.c.seed * self.c.count, tf.int64) + shard
-    epochs = tf.data.Dataset.range(start[0], _FOREVER)
-    cached = self._shared_file_lines(shard) if self.lines_in_memory else None
-    groups = epochs.flat_map(lambda e: self._epoch_groups(shard, shard_seed, start, e, cached))
+    if self.lines_in_memory:
+      # The first epoch reads the file as it goes (reading all of the shard's lines into memory
+      # would delay the first batch); the next one keeps them for the rest.
+      cached = self._shared_file_lines(shard)
+      later = tf.data.Dataset.range(start[0] + 1, _FOREVER)
+      groups = self._epoch_groups(shard, shard_seed, start, start[0]).concatenate(
+        later.flat_map(lambda e: self._epoch_groups(shard, shard_seed, start, e, cached))
+      )
+    else:
+      epochs = tf.data.Dataset.range(start[0], _FOREVER)
+      groups = epochs.flat_map(lambda e: self._epoch_groups(shard, shard_seed, start, e))
     groups = self._map(groups, self._parse)
     groups = groups.scan(
       (totals, tf.constant(0, tf.int64)), lambda state, g: self._check(shard, state, g)
