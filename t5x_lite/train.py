@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     args.multi_host,
     args.distributed_timeout_s,
   )
+  if jax.process_count() > 1:  # the console shows only the project's own lines
+    quiet_startup.drop_gloo_lines()
   # The seqio tasks (every module of tasks/) and the loop, imported here, inside run_main: a task
   # module that fails to import is then a one-line error. (The data layer keeps TensorFlow off
   # GPUs when it is imported; TF's CUDA probing then prints what no one needs to read.)
