@@ -4,6 +4,7 @@ t5x_lite installed, so they work in a fresh shell whether or not a virtualenv is
 
 from collections.abc import Sequence
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -12,16 +13,38 @@ import sys
 def python() -> str:
   """How to name this interpreter in a printed command.
 
-  `python` when that is what the shell would run anyway (an active virtualenv), else its path:
-  relative when it lies under the working directory (`.venv/bin/python` from the checkout), else
-  absolute.
+  `python` when that is what the shell would run anyway (an active virtualenv), else its absolute
+  path: a command pasted into a shell in another directory finds it too (`.venv/bin/python`
+  works only from the checkout).
   """
   here = os.path.abspath(sys.executable)
   on_path = shutil.which("python")
   if on_path and os.path.abspath(on_path) == here:
     return "python"
-  relative = os.path.relpath(here)
-  return relative if not relative.startswith("..") else here
+  return here
+
+
+def without_bindings(flags: Sequence[str], names: Sequence[str]) -> list[str]:
+  """`flags` less the `--gin.NAME=...` / `--gin_bindings=NAME = ...` that bind one of `names`
+  (so that a printed command that binds them anew binds each once)."""
+
+  def binds(flag: str) -> bool:
+    m = re.match(r"^--(?:gin\.|gin_bindings?=)\s*([\w./]+)\s*=", flag)
+    return bool(m) and m.group(1) in names
+
+  return [f for f in flags if not binds(f)]
+
+
+def absolute_gin_files(flags: Sequence[str]) -> list[str]:
+  """`flags` with each `--gin_file=` that names a file in the working directory made absolute:
+  the command then runs from any directory (the repo's gin/ is searched from anywhere)."""
+  out = []
+  for flag in flags:
+    name = flag.partition("=")[2] if flag.startswith("--gin_file=") else ""
+    if name and not os.path.isabs(name) and "://" not in name and os.path.isfile(name):
+      flag = f"--gin_file={os.path.abspath(name)}"
+    out.append(flag)
+  return out
 
 
 def quote(arg: str) -> str:

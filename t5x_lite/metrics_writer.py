@@ -100,7 +100,8 @@ class MetricsWriter:
   def train_line(self, r: dict, total_steps: int, started: float, first_step: int) -> None:
     done = r["step"] - first_step
     rate = done / max(time.time() - started, 1e-9)
-    eta = (total_steps - r["step"]) / rate if rate > 0 else float("inf")
+    left = total_steps - r["step"]
+    eta = left / rate if rate > 0 else (0.0 if left <= 0 else float("inf"))
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
     speed = (
       f"{r['tokens_per_second']:,.0f} tok/s | {r['step_time_s'] * 1000:.0f} ms/step"

@@ -106,8 +106,9 @@ def _train(gin_files: list[str], bindings: list[str]) -> tuple[dict, float]:
 def next_commands(
   model_dir: str, export_dir: str | None, steps: int, extra: list[str]
 ) -> list[tuple[str, str]]:
-  """(label, shell command) pairs to paste after the quickstart; the flags it was given repeat."""
-  gin_flags = [f"--gin_file={f}" for f in GIN_FILES] + list(extra)
+  """(label, shell command) pairs to paste after the quickstart, in a shell in any directory;
+  the flags it was given repeat, but for the step count that the resume command sets anew."""
+  gin_flags = [f"--gin_file={f}" for f in GIN_FILES] + _repeated(extra)
   out = [
     (
       "resume/extend",
@@ -133,6 +134,12 @@ def next_commands(
     )
     out.append(("in HF", f"{commands.quote(commands.python())} -c {commands.quote(load)}"))
   return out
+
+
+def _repeated(extra: list[str]) -> list[str]:
+  """The user's flags as a printed command repeats them: not the step count or MODEL_DIR it sets
+  itself (gin would take the last of two), and gin files of the working directory absolute."""
+  return commands.absolute_gin_files(commands.without_bindings(extra, ("TRAIN_STEPS", "MODEL_DIR")))
 
 
 def _first_eval(model_dir: str, key: str = "eval_loss") -> float:
@@ -183,7 +190,11 @@ def finetune(args, extra: list[str]) -> int:
   print(f"run directory:   {tuned_dir} (predictions/<step>.jsonl, metrics.jsonl, checkpoints/)")
   if exported:
     print(f"HF export:       {export_dir}")
-  resume_flags = [*run_flags, f"--gin.TRAIN_STEPS={result['step'] + args.finetune_steps}", *extra]
+  resume_flags = [
+    *run_flags,
+    f"--gin.TRAIN_STEPS={result['step'] + args.finetune_steps}",
+    *_repeated(extra),
+  ]
   _print_finetune_next(tuned_dir, resume_flags, files["validation"])
   return 0
 

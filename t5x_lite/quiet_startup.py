@@ -9,6 +9,8 @@ setting wins) and hooks the first import of tensorflow and of jax, wherever it h
 commands import them lazily, so that `--help` and early errors stay fast): that import runs with
 stderr captured, and what it printed is shown only if the import fails. The library itself never
 imports this module: code that uses t5x_lite as a library keeps its own console.
+
+`drop_gloo_lines` keeps Gloo's connection lines off a multi-process command's stdout.
 """
 
 import contextlib
@@ -74,6 +76,37 @@ class _QuietFirstImport(importlib.abc.MetaPathFinder):
           spec.loader = _QuietLoader(spec.loader)
         return spec
     return None
+
+
+# Gloo (jax's CPU collectives across processes) writes "[Gloo] Rank 0 is connected to 1 peer
+# ranks ..." to stdout from C++, once per group of processes, whenever a collective first needs
+# one. A child process copies the command's stdout, less those lines: it reads until the command
+# has exited by any path (os._exit and a crash included), so no line of ours is lost or delayed.
+_WITHOUT_GLOO_LINES = """
+import signal, sys
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+  signal.signal(s, signal.SIG_IGN)  # ends with the command's output, not with its signals
+out = sys.stdout.buffer
+for line in sys.stdin.buffer:
+  if not line.startswith(b"[Gloo] "):
+    out.write(line)
+    out.flush()
+"""
+_filters = []  # the copying processes (kept referenced: they outlive this one's objects)
+
+
+def drop_gloo_lines() -> None:
+  """From now on, the lines Gloo prints are kept off this process's stdout (file descriptor 1,
+  which native code writes to)."""
+  import subprocess
+
+  sys.stdout.flush()
+  child = subprocess.Popen(
+    [sys.executable, "-I", "-S", "-c", _WITHOUT_GLOO_LINES], stdin=subprocess.PIPE
+  )
+  os.dup2(child.stdin.fileno(), 1)
+  child.stdin.close()  # fd 1 is now the only end this process writes to
+  _filters.append(child)
 
 
 def install() -> None:

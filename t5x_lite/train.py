@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     args.multi_host,
     args.distributed_timeout_s,
   )
+  if jax.process_count() > 1:  # the console shows only the project's own lines
+    quiet_startup.drop_gloo_lines()
   from t5x_lite import run_setup, training  # no TensorFlow: only a task's pipeline needs it
 
   run_setup.parse_run_config(gin_files, gin_bindings)

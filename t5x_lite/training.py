@@ -341,6 +341,8 @@ def _restore(run: _Run) -> None:
   run.trainer = fit_trainer(
     run.trainer, run.s.memory_fit, run.s.batch_size, run.s.use_packing, run.writer.console
   )
+  if run.restored is None:  # the directory, absolute: a relative one depends on where one stands
+    run.writer.console(f"new run in {run.s.model_dir}")
   _make_data(run)
   if run.restored is None:
     # Fine-tuning: a run without checkpoints of its own starts from its initial model (and its
@@ -359,7 +361,9 @@ def _restore(run: _Run) -> None:
   run.step, run.state, meta = run.restored
   run.last_saved = run.step
   _restore_data_position(run, meta)
-  run.writer.console(f"resumed from step {run.step} ({run.ckpt.directory})")
+  run.writer.console(
+    f"resuming {run.s.model_dir} from step {run.step} (checkpoints in {run.ckpt.directory})"
+  )
 
 
 def _make_data(run: _Run) -> None:
@@ -538,9 +542,10 @@ def _train_step(run: _Run) -> None:
     # yet: it may take long on a busy host); from now on it saves at the next step (see _loop).
     jax.block_until_ready(metrics)  # the first step warms up too: not a step time
     shutdown.training_started()
-    if run.step != run.s.end_step:  # the first window (and the ETA) starts after it
-      run.last_log_time = run.started = time.time()
-      run.last_log_step = run.first_step = run.step
+    # The first window (and the ETA) starts after it: a window of the first step alone (log
+    # period 1, a one-step run) reports no step time or MFU.
+    run.last_log_time = run.started = time.time()
+    run.last_log_step = run.first_step = run.step
   if not run.config_written:
     # Written once the first step has run rather than at set-up: a resume that fails before
     # training (a bad override, a refused checkpoint) keeps the config.gin that describes the
@@ -584,14 +589,16 @@ def _finish(run: _Run) -> dict:
 
 def _report_data(run: _Run, final: bool) -> None:
   """What the data streams skipped or repaired (quality.py): one console line the first time
-  there is any, and at the end of the run the counts of all processes, in metrics.jsonl too."""
+  there is any, and at the end of the run the counts of all processes, in metrics.jsonl too.
+  Several processes check the skipped-records limit here, on the counts of all of them."""
   if not run.train_iter.reads_ahead or run.trained_position is None:
     return  # seqio-per-shard data is not counted
   counts = run.train_iter.quality_counts(run.trained_position)
+  if jax.process_count() > 1:  # the whole split's counts, checked by every process alike
+    gathered = multihost_utils.process_allgather(np.array([counts[k] for k in quality.COUNTERS]))
+    counts = dict(zip(quality.COUNTERS, (int(x) for x in np.sum(gathered, axis=0))))
+    run.train_iter.check_skipped(counts)
   if final:
-    if jax.process_count() > 1:
-      gathered = multihost_utils.process_allgather(np.array([counts[k] for k in quality.COUNTERS]))
-      counts = dict(zip(quality.COUNTERS, (int(x) for x in np.sum(gathered, axis=0))))
     run.writer.write({"step": run.step, **{f"data_{k}": v for k, v in counts.items()}})
     if quality.any_reported(counts):
       run.writer.console(f"data: {quality.describe(counts)} (metrics.jsonl: data_*)")
@@ -678,23 +685,28 @@ def _device_peak_bytes() -> int | None:
 
 
 def _evaluate(run: _Run) -> None:
-  run.last_eval = {
-    "step": run.step,
-    **evaluate(
+  losses = (
+    evaluate(
       run.trainer,
       run.state,
       run.eval_batches,
       run.s.eval_steps,
       run.s.mixture_or_task_name,
       logical_shards.make_plan(run.s.batch_size).count,
-    ),
-    **run.decoding(run.state.params, run.step),
-  }
-  run.writer.write(run.last_eval)
-  run.writer.console(
-    f"step {run.step:>7d} | eval loss {run.last_eval['eval_loss']:.4f} | "
-    f"eval acc {run.last_eval['eval_accuracy']:.4f}"
+    )
+    if run.s.eval_steps
+    else {}
   )
+  decoded = run.decoding(run.state.params, run.step)
+  if not losses and not decoded:  # evaluation is off (train.eval_steps=0, no decoding)
+    return
+  run.last_eval = {"step": run.step, **losses, **decoded}
+  run.writer.write(run.last_eval)
+  if losses:
+    run.writer.console(
+      f"step {run.step:>7d} | eval loss {losses['eval_loss']:.4f} | "
+      f"eval acc {losses['eval_accuracy']:.4f}"
+    )
 
 
 def _maybe_eval(run: _Run, due: bool) -> None:

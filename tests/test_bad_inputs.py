@@ -83,9 +83,9 @@ CASES = [
       f"--gin.jsonl_corpus.train_files='{c['root']}/no_text_key.jsonl'",
       f"--gin.jsonl_corpus.validation_files='{c['root']}/no_text_key.jsonl'",
     ),
-    "no_text_key.jsonl: 20 of the 20 records read so far were skipped (20 malformed, 0 empty, "
-    "0 binary), more than data_quality.max_skipped_fraction=0.01: each line one JSON object "
-    "with a string in its 'text' field",
+    "holds no documents: its files are empty or hold only blank or skipped lines (each line "
+    "one JSON object with a string in its 'text' field); 20 of the 20 records read were skipped "
+    "(20 malformed, 0 empty, 0 binary)",
     False,
   ),
   (

@@ -167,3 +167,112 @@ def test_a_run_reports_what_it_skipped_once_and_in_metrics(tiny_corpus, tmp_path
   data_rows = [r for r in rows if "data_records" in r]
   assert len(data_rows) == 1 and data_rows[0]["data_malformed"] == 2
   assert data_rows[0]["step"] == 4
+
+
+def tsv_with_missing_targets(path: pathlib.Path, rows: int, every: int) -> str:
+  """A seq2seq TSV whose every `every`-th row lacks its target column."""
+  lines = [f"question {i}" if i % every == 0 else f"question {i}\tanswer {i}" for i in range(rows)]
+  path.write_text("".join(line + "\n" for line in lines))
+  return str(path)
+
+
+def configure_seq2seq(path: str, vocab: str, count: int) -> None:
+  gin.clear_config()
+  gin.parse_config(
+    [
+      f"seq2seq_files.train_files = '{path}'",
+      f"seq2seq_files.eval_files = '{path}'",
+      f"seq2seq_files.vocabulary = '{vocab}'",
+      f"logical_shards.count = {count}",
+    ]
+  )
+
+
+def test_the_skipped_limit_holds_for_the_whole_split_not_per_shard(vocab, tmp_path):
+  """400 rows, a third without a target, over 32 logical shards: each shard skips only 4 of its
+  12 or 13 rows (within 10 free), the split 134 of 400 (more than 10 + 1%)."""
+  path = tsv_with_missing_targets(tmp_path / "rows.tsv", 400, every=3)
+  configure_seq2seq(path, vocab, count=32)
+  with pytest.raises(UserError) as error:
+    next(pipeline.train_iterator("seq2seq_files", LENGTHS, 32))
+  assert str(error.value).startswith(f"{path}: 134 of the 400 records read so far were skipped")
+  assert "data_quality.max_skipped_fraction=0.01" in str(error.value)
+
+  # Within the limit (14 of 400: 10 free + 1%) the split reads on.
+  path = tsv_with_missing_targets(tmp_path / "fine.tsv", 400, every=29)
+  configure_seq2seq(path, vocab, count=32)
+  assert next(pipeline.train_iterator("seq2seq_files", LENGTHS, 32))
+
+
+def test_several_processes_check_the_counts_of_all_of_them(vocab, tmp_path):
+  """A process reading half the shards leaves the limit to the trainer, which checks the sum of
+  every process's counts (training._report_data gathers them)."""
+  path = tsv_with_missing_targets(tmp_path / "rows.tsv", 400, every=3)
+  configure_seq2seq(path, vocab, count=32)
+  iterators = [
+    pipeline.train_iterator("seq2seq_files", LENGTHS, 32, process_index=i, process_count=2)
+    for i in range(2)
+  ]
+  for it in iterators:
+    next(it)  # no process fails on its own half
+  from t5x_lite.data import quality
+
+  counts = quality.totals([it.quality_counts() for it in iterators])
+  assert counts["records"] == 400 and counts["malformed"] == 134
+  with pytest.raises(UserError, match=r": 134 of the 400 records read so far were skipped"):
+    iterators[0].check_skipped(counts)
+
+
+@pytest.mark.parametrize(
+  "codec, named",
+  [
+    ("utf-16", "UTF-16"),  # with a byte order mark
+    ("utf-16-le", "UTF-16LE"),
+    ("utf-16-be", "UTF-16BE"),
+    ("utf-32", "UTF-32"),
+    ("utf-32-le", "UTF-32LE"),
+    ("utf-32-be", "UTF-32BE"),
+  ],
+)
+def test_utf16_and_utf32_text_are_named_with_their_conversion(tmp_path, codec, named):
+  from t5x_lite.data import text_encoding
+
+  docs = testing.make_documents(53, seed=7, max_words=30)
+  path = tmp_path / "corpus.txt"
+  path.write_bytes("".join(d + "\n" for d in docs).encode(codec))
+  assert text_encoding.wide_encoding(text_encoding.read_head(str(path))) == named
+  assert text_encoding.conversion_hint(str(path)) == (
+    f"{path} is text in {named}, not UTF-8 (what the corpus readers read): convert it with "
+    f"`iconv -f {named} -t UTF-8 {path} > {tmp_path / 'corpus.utf8.txt'}` and give "
+    f"{tmp_path / 'corpus.utf8.txt'} instead"
+  )
+  utf8 = tmp_path / "utf8.txt"
+  utf8.write_text("".join(d + "\n" for d in docs) + "naïve café ünïcödé\n")
+  binary = tmp_path / "model.bin"
+  binary.write_bytes(bytes(range(256)) * 40)
+  for other in (utf8, binary):
+    assert text_encoding.conversion_hint(str(other)) is None
+
+
+def test_a_utf16_corpus_is_refused_with_the_command_that_converts_it(vocab, tmp_path):
+  import shutil
+  import subprocess
+
+  docs = testing.make_documents(53, seed=7, max_words=30)
+  wide = tmp_path / "corpus.txt"
+  wide.write_bytes("".join(d + "\n" for d in docs).encode("utf-16"))
+  configure(vocab, str(wide), str(wide), task="text")
+  with pytest.raises(UserError) as error:
+    read("text", 1)
+  message = str(error.value)
+  assert message.startswith(f"{wide} is text in UTF-16, not UTF-8"), message
+  command = message.split("`")[1]
+  from t5x_lite.data import vocab_training  # training a vocabulary on it says the same
+
+  with pytest.raises(UserError, match="is text in UTF-16, not UTF-8"):
+    list(vocab_training.iter_sentences([str(wide)]))
+  if shutil.which("iconv"):  # the command works as given
+    subprocess.run(command, shell=True, check=True)
+    converted = tmp_path / "corpus.utf8.txt"
+    configure(vocab, str(converted), str(converted), task="text")
+    assert read("text", 1).quality_counts()["binary"] == 0

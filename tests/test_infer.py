@@ -162,6 +162,7 @@ def test_cli_ids_and_text(runs, spm_path, capsys):
       f"--model_dir={model_dir}",
       f"--vocab={spm_path}",
       f"--max_decode_length={MAX_DECODE}",
+      "--max_input_length=0",  # the third text is longer than the run's 16
       *[f"--input={t}" for t in TEXTS],
     ]
   )
@@ -176,6 +177,7 @@ def test_cli_ids_and_text(runs, spm_path, capsys):
       f"--model_dir={model_dir}",
       f"--vocab={spm_path}",
       f"--max_decode_length={MAX_DECODE}",
+      "--max_input_length=0",
       "--ids",
       *[f"--input={t}" for t in TEXTS],
     ],
@@ -189,3 +191,26 @@ def test_cli_ids_and_text(runs, spm_path, capsys):
   rows = [json.loads(line) for line in done.stdout.splitlines()]
   assert [r["input_ids"] for r in rows] == input_ids  # same ids as the exported HF tokenizer
   assert [r["output_ids"] for r in rows] == expected
+
+
+def test_an_input_longer_than_the_run_is_truncated_with_one_line(runs, spm_path, capsys):
+  """The run's input length is 16: a far longer input is cut to its first 15 tokens and EOS,
+  decoded as that, and stderr says so in one line; --max_input_length=0 keeps it whole."""
+  model_dir, _, decoder = runs("v1_0-scan")
+  long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)
+  flags = [f"--model_dir={model_dir}", f"--vocab={spm_path}", "--max_decode_length=4", "--ids"]
+  infer.main([*flags, f"--input={long_text}"])
+  out, err = capsys.readouterr()
+  vocab = infer.load_vocabulary(str(model_dir), str(spm_path), {})
+  full = list(vocab.encode(long_text)) + [1]
+  assert len(full) > 16
+  (row,) = [json.loads(line) for line in out.splitlines()]
+  assert row["input_ids"] == full[:15] + [1]
+  assert row["output_ids"] == decoder.generate([full[:15] + [1]], 4)[0]
+  assert err.splitlines() == [
+    f"input 1 is {len(full)} tokens, longer than the run's input length 16: truncated to its "
+    "first 15 tokens and EOS (--max_input_length=0 keeps it whole)"
+  ]
+  infer.main([*flags, "--max_input_length=0", f"--input={long_text}"])
+  out, err = capsys.readouterr()
+  assert json.loads(out)["input_ids"] == full and err == ""

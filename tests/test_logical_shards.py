@@ -238,3 +238,44 @@ def test_shards_sharing_a_file_read_the_same_from_memory_or_from_the_file(corpus
     assert epochs_begun() >= 2
   finally:
     gin.clear_config()
+
+
+STOPPED_PART_WAY = """
+import gc, sys
+import gin
+from t5x_lite.data import pipeline
+import t5x_lite.tasks
+gin.parse_config(sys.argv[1:])
+it = pipeline.train_iterator("text_span_corruption", {"inputs": 32, "targets": 8}, 8)
+next(it)
+it.close()
+del it
+gc.collect()
+print("stopped", flush=True)
+"""
+
+
+def test_a_stream_stopped_part_way_leaves_tf_nothing_to_warn_about(corpus, tmp_path):
+  """Shards sharing a file keep its lines in memory; a run that ends before they were all read
+  (here: one batch of 4 shards of 250 lines) must not make TF discard a partly filled cache with
+  a warning per shard at the end of the run (cache_dataset_ops.cc "did not fully read")."""
+  import subprocess
+  import sys
+
+  one_file = testing.write_text_shards(tmp_path, "one", testing.make_documents(1000, seed=3), 1)
+  bindings = [
+    f"text_corpus.train_files = '{one_file}'",
+    f"text_corpus.validation_files = '{one_file}'",
+    f"task_vocabulary.path = '{corpus['vocab']}'",
+    f"logical_shards.count = {COUNT}",
+  ]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", JAX_PLATFORMS="cpu")
+  done = subprocess.run(
+    [sys.executable, "-c", STOPPED_PART_WAY, *bindings],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
+  assert done.returncode == 0 and "stopped" in done.stdout, done.stderr[-3000:]
+  assert "did not fully read the dataset being cached" not in done.stderr

@@ -178,6 +178,8 @@ def uninterrupted(corpus, tmp_path_factory):
 def test_two_processes_train_on_the_same_rows_as_one(uninterrupted):
   two, one = uninterrupted[2], uninterrupted[1]
   assert (two / "logs" / "process_1.log").read_text().strip()
+  for i in range(2):  # the console (process 0's log is a copy of it) shows only our lines
+    assert "[Gloo]" not in (two / "logs" / f"process_{i}.log").read_text()
   rows_two, rows_one = global_rows(two), global_rows(one)
   assert sorted(rows_one) == list(range(STEPS))
   assert all(len(r) == 8 for r in rows_one.values())
@@ -197,9 +199,55 @@ def test_resume_on_another_process_count_continues_exactly(
     f"shard_{j}" for j in range(8)
   ]  # logical_shards.count: gcd(BATCH_SIZE=8, 64)
   resumed = run_training(corpus, tmp_path, model_dir, then)
-  assert f"resumed from step {STOP}" in resumed.stdout
+  assert f" from step {STOP} (checkpoints in " in resumed.stdout
   assert global_rows(model_dir) == global_rows(uninterrupted[then])
   assert_params_close(model_dir, uninterrupted[then])
+
+
+GLOO_CHILD = """
+import os, sys
+from t5x_lite import quiet_startup
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+process = int(sys.argv[1])
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=process)
+quiet_startup.drop_gloo_lines()
+print("before", flush=True)
+print("gathered", multihost_utils.process_allgather(np.array([process])).tolist(), flush=True)
+sys.stdout.write("last line, then os._exit\\n")
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_gloo_lines_are_kept_off_stdout_and_none_of_ours_is_lost(tmp_path):
+  """Gloo prints "[Gloo] Rank 0 is connected to 1 peer ranks ..." to stdout from C++ at the first
+  collective; the train command drops those lines (quiet_startup.drop_gloo_lines) and every line
+  of its own still arrives, in order, whatever way the process ends."""
+  port = closed_port()
+  env = child_env(tmp_path, XLA_FLAGS="")
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", GLOO_CHILD, str(i), str(port)],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  try:
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    assert out.splitlines() == ["before", "gathered [[0], [1]]", "last line, then os._exit"]
+    assert "[Gloo]" not in err
 
 
 def test_a_process_count_the_shards_cannot_serve_is_one_line(corpus, tmp_path):

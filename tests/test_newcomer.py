@@ -105,19 +105,41 @@ def test_quickstart_next_commands_run_as_printed(crowded_cwd):
   commands = dict(re.findall(r"^  (resume/extend|generate|in HF):\s+(.+)$", out, re.MULTILINE))
   assert set(commands) == {"resume/extend", "generate", "in HF"}, out
   assert all(c.startswith(sys.executable) for c in commands.values())  # not a bare `python`
+  assert commands["resume/extend"].count("TRAIN_STEPS") == 1, commands["resume/extend"]
 
+  # Pasted into a shell in another directory.
+  elsewhere = crowded_cwd / "elsewhere"
+  elsewhere.mkdir()
   resumed = subprocess.run(
-    commands["resume/extend"], shell=True, capture_output=True, text=True, env=env, timeout=600
+    commands["resume/extend"],
+    shell=True,
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+    cwd=elsewhere,
   )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed from step 4" in resumed.stdout and re.search(r"step\s+8/8", resumed.stdout)
+  assert "runs/qs from step 4" in resumed.stdout and re.search(r"step\s+8/8", resumed.stdout)
   generated = subprocess.run(
-    commands["generate"], shell=True, capture_output=True, text=True, env=env, timeout=300
+    commands["generate"],
+    shell=True,
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    cwd=elsewhere,
   )
   assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr[-3000:]
   pytest.importorskip("transformers")
   in_hf = subprocess.run(
-    commands["in HF"], shell=True, capture_output=True, text=True, env=env, timeout=300
+    commands["in HF"],
+    shell=True,
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    cwd=elsewhere,
   )
   assert in_hf.returncode == 0 and in_hf.stdout.strip(), in_hf.stderr[-3000:]
 
@@ -148,19 +170,25 @@ def test_printed_commands_name_the_interpreter(monkeypatch, tmp_path):
   monkeypatch.setenv("PATH", fresh_shell_env()["PATH"])
   monkeypatch.chdir(tmp_path)
   assert commands.python() == os.path.abspath(sys.executable)  # outside the checkout: absolute
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(venv_bin)))  # e.g. the checkout, for .venv/
+  assert commands.python() == os.path.abspath(sys.executable)  # there too: pasted anywhere
+  monkeypatch.chdir(tmp_path)
   monkeypatch.setenv("PATH", venv_bin + os.pathsep + os.environ["PATH"])
   assert commands.python() == "python"  # what an active virtualenv runs anyway
 
-  printed = dict(quickstart.next_commands("/r/q s", "/r/q s/hf", 300, ["--gin.BATCH_SIZE=8"]))
+  (tmp_path / "mine.gin").write_text("BATCH_SIZE = 8\n")
+  extra = ["--gin_file=mine.gin", "--gin.TRAIN_STEPS=300", "--gin.BATCH_SIZE=8"]
+  printed = dict(quickstart.next_commands("/r/q s", "/r/q s/hf", 300, extra))
   assert shlex.split(printed["resume/extend"]) == [
     "python",
     "-m",
     "t5x_lite.train",
-    "--gin_file=models/quickstart_tiny.gin",
+    "--gin_file=models/quickstart_tiny.gin",  # found in the repo's gin/ from any directory
     "--gin_file=runs/quickstart.gin",
+    f"--gin_file={tmp_path / 'mine.gin'}",  # the user's own: absolute
     "--gin.BATCH_SIZE=8",
     "--gin.MODEL_DIR='/r/q s'",
-    "--gin.TRAIN_STEPS=600",
+    "--gin.TRAIN_STEPS=600",  # once
   ]
   assert shlex.split(printed["generate"])[3:] == [
     "--model_dir=/r/q s",

@@ -175,7 +175,7 @@ def test_a_step_without_its_data_position_names_the_ways_on(base_run, corpus, tm
   # ... and the step moved aside.
   (ckpt / "4").rename(ckpt / "moved.4")
   assert train(corpus, model_dir, 6)["step"] == 6
-  assert f"resumed from step 2 ({ckpt})" in capsys.readouterr().out
+  assert f"resuming {model_dir} from step 2 (checkpoints in {ckpt})" in capsys.readouterr().out
 
 
 def test_replayed_steps_appear_once_in_metrics(base_run, corpus, tmp_path):
@@ -377,3 +377,18 @@ def test_a_run_of_an_earlier_version_exports_and_resumes(corpus, base_run, tmp_p
   )
   assert result["step"] == 6
   assert metrics_steps(model_dir)[0][-1] == 6
+
+
+def test_every_start_prints_the_absolute_model_dir(corpus, base_run, tmp_path, monkeypatch, capsys):
+  """A relative MODEL_DIR names a directory under the working directory: each start says which,
+  so a run started from another directory is seen to be a new one."""
+  shutil.copytree(base_run, tmp_path / "here" / "run")
+  (tmp_path / "elsewhere").mkdir()
+  monkeypatch.chdir(tmp_path / "here")
+  train(corpus, "run", 5)
+  assert f"resuming {tmp_path / 'here' / 'run'} from step 4 (checkpoints in " in (
+    capsys.readouterr().out
+  )
+  monkeypatch.chdir(tmp_path / "elsewhere")
+  train(corpus, "run", 1)
+  assert f"new run in {tmp_path / 'elsewhere' / 'run'}\n" in capsys.readouterr().out

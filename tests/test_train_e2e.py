@@ -122,7 +122,7 @@ def test_sigkill_then_restart_is_bit_identical(corpus, reference_run, tmp_path, 
   # The restart in this process: the command's own start-up is tested by the run killed above.
   result = train_in_process(corpus, tmp_path, steps=8, period=4)
   assert result["step"] == 8
-  assert "resumed from step" in capsys.readouterr().out
+  assert f"resuming {tmp_path} from step" in capsys.readouterr().out
   assert_bit_identical(final_params(tmp_path), final_params(ref_dir))
 
 
@@ -238,3 +238,18 @@ def test_user_errors_are_one_line(args, message):
   lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
   assert "Traceback" not in out.stderr
+
+
+def test_one_step_without_evaluation_reports_no_eval_and_no_step_time(corpus, tmp_path, capsys):
+  """Evaluation off (train.eval_steps=0): no eval line, no eval row. One step: it holds the
+  compile, so it has no step time or MFU of its own."""
+  train_in_process(corpus, tmp_path, steps=1, period=1, extra=["train.eval_steps = 0"])
+  out = capsys.readouterr().out
+  assert "eval loss" not in out
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert not [r for r in records if any(k.startswith("eval_") for k in r)]
+  (row,) = [r for r in records if "loss" in r]
+  assert row["step"] == 1 and row["compile_s"] > 0
+  assert row["step_time_s"] is None and row["mfu"] is None and row["tokens_per_second"] is None
+  (line,) = [l for l in out.splitlines() if l.startswith("step ")]
+  assert "compiled step, not timed | MFU n/a | ETA 0m00s" in line and "ms/step" not in line

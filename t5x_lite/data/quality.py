@@ -9,9 +9,11 @@ Every record a stream reads is counted (per logical shard, cumulatively, saved w
   empty         documents, or one side of a seq2seq example, empty after stripping whitespace
   invalid_utf8  documents with invalid UTF-8 bytes, kept with U+FFFD in their place
   binary        records with NUL bytes (no text holds one), skipped
-Malformed, empty and binary records are skipped. A stream stops the run when it has skipped more
+Malformed, empty and binary records are skipped. The run stops when the split has skipped more
 than `data_quality.max_skipped_fraction` of its non-blank records (after the first
 `data_quality.allowed_skipped`, so one broken last line of a small file is reported, not fatal),
+counted over the whole split: all logical shards of all processes, the allowance once (one
+process checks each batch in its pipeline, several check the gathered counts at each log point);
 and at once when a group of records is mostly binary: that file is not text.
 """
 
@@ -28,6 +30,27 @@ ERROR_TAG = "t5x_lite data error: "
 def data_quality_config(max_skipped_fraction: float = 0.01, allowed_skipped: int = 10):
   """The share of non-blank records a stream may skip, beyond `allowed_skipped` of them."""
   return float(max_skipped_fraction), int(allowed_skipped)
+
+
+def skipped(counts: dict) -> int:
+  return sum(int(counts.get(name, 0)) for name in SKIPPED)
+
+
+def too_many_skipped(counts: dict) -> bool:
+  """Whether a whole split's counts skip more than `data_quality` allows (the graph's check,
+  streams.py, computes the same)."""
+  fraction, free = data_quality_config()
+  return skipped(counts) > free + int(fraction * (counts["records"] - counts["blank"]))
+
+
+def too_many_skipped_message(counts: dict, where: str, format_hint: str) -> str:
+  fraction, _ = data_quality_config()
+  return (
+    f"{where}: {skipped(counts)} of the {counts['records'] - counts['blank']} records read so far "
+    f"were skipped ({counts['malformed']} malformed, {counts['empty']} empty, "
+    f"{counts['binary']} binary), more than data_quality.max_skipped_fraction={fraction}: "
+    f"{format_hint}; repair or remove the bad records, or raise the setting"
+  )
 
 
 def totals(per_shard: list[dict]) -> dict:

@@ -19,7 +19,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from t5x_lite.data import logical_shards, quality, streams
+from t5x_lite.data import logical_shards, quality, streams, text_encoding
 from t5x_lite.errors import UserError, first_line
 
 POSITION_FILE = "position.json"
@@ -45,7 +45,9 @@ def data_error(error: tf.errors.OpError, split: str) -> UserError:
     # The assertion printed the message as a quoted string: undo its escapes.
     for escaped, plain in (("\\'", "'"), ('\\"', '"'), ("\\\\", "\\")):
       text = text.replace(escaped, plain)
-    return UserError(text)
+    refused, not_text, _ = text.partition(streams.NOT_TEXT)
+    hint = text_encoding.conversion_hint(refused) if not_text else None
+    return UserError(hint or text)
   return UserError(f"cannot read the {split} data: {first_line(message, limit=None)}")
 
 
@@ -134,6 +136,14 @@ class StreamIterator:
     """This process's data-quality counters (quality.COUNTERS) as of `position`."""
     seen = (position or self._position).seen
     return quality.totals([dict(zip(quality.COUNTERS, seen[j])) for j in self._shards])
+
+  def check_skipped(self, counts: dict) -> None:
+    """Ends the run when `counts` (of the whole split: all processes') skip more than
+    data_quality allows; the pipeline checks this itself when one process reads every shard."""
+    if quality.too_many_skipped(counts):
+      raise UserError(
+        quality.too_many_skipped_message(counts, self._config.where, self._config.spec.format_hint)
+      )
 
   def close(self) -> None:
     self._iterator = self._first = None

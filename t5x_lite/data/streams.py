@@ -41,6 +41,9 @@ FEATURES = (
   "decoder_loss_weights",
 )
 _FOREVER = 2**62
+# Follows the file's name in the message that refuses it (the host looks at such a file again:
+# text in UTF-16 or UTF-32 gets a conversion command instead, text_encoding.py).
+NOT_TEXT = " is not text: "
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,13 @@ class StreamConfig:
       return tuple((f, 0, 1) for f in range(shard, files, self.count))
     file = shard % files
     return ((file, shard // files, len(range(file, self.count, files))),)
+
+  @property
+  def where(self) -> str:
+    """The split, for messages: its file when it has one."""
+    if len(self.spec.files) == 1:
+      return self.spec.files[0]
+    return f"the {self.split} split ({self.spec.setting})"
 
   @property
   def lines_in_memory(self) -> bool:
@@ -180,11 +190,16 @@ class _Graph:
     )
 
   def _shared_file_lines(self, shard):
-    """A shard's lines of the file it shares (line mode), cached in memory as the first epoch
-    reads them: later epochs read no file."""
+    """A shard's lines of the file it shares (line mode), kept in memory by the first epoch that
+    reads them from here: later epochs read no file.
+
+    The cache is filled in one call (`batch` of all the lines right after `cache`): a reader that
+    stops part way (the end of a run, a `take`) leaves no partly filled cache, which TF discards
+    with a warning per shard (cache_dataset_ops.cc "did not fully read the dataset being
+    cached") and fills again on the next epoch."""
     file, residue, modulus = tf.unstack(self.reads[shard][0])
     lines = self._lines(file, tf.constant(0, tf.int64), tf.constant(-1, tf.int64), residue, modulus)
-    return lines.cache()
+    return lines.cache().batch(_FOREVER).unbatch()
 
   def _lines(self, file, begin, end, residue, modulus):
     """(line number, record) of lines [begin, end) of a file (end -1: to its end) whose number is
@@ -273,62 +288,72 @@ class _Graph:
     name = self._file_name(group)
     non_blank = c["records"] - c["blank"]
     mostly_binary = tf.logical_and(c["binary"] > 0, 2 * c["binary"] >= non_blank)
-    skipped = t["malformed"] + t["empty"] + t["binary"]
-    allowed = self.allowed_skipped + tf.cast(
-      self.max_skipped_fraction * tf.cast(t["records"] - t["blank"], tf.float64), tf.int64
-    )
     documents = documents_in_epoch + tf.cast(group["features"]["targets"].nrows(), tf.int64)
     empty_epoch = group["end"] & group["whole_epoch"] & tf.equal(documents, 0)
     checks = [
       _data_error(
         tf.logical_not(mostly_binary),
         name,
-        " is not text: ",
+        NOT_TEXT,
         c["binary"],
         " of ",
         non_blank,
         f" records read hold NUL bytes; remove it from {self.c.spec.setting}",
       ),
-      _data_error(
-        skipped <= allowed,
-        name,
-        ": ",
-        skipped,
-        " of the ",
-        t["records"] - t["blank"],
-        " records read so far were skipped (",
-        t["malformed"],
-        " malformed, ",
-        t["empty"],
-        " empty, ",
-        t["binary"],
-        " binary), more than data_quality.max_skipped_fraction="
-        f"{self.max_skipped_fraction}: {self.c.spec.format_hint}; repair or remove the file, "
-        "or raise the setting",
-      ),
-      _data_error(tf.logical_not(empty_epoch), self._no_documents(shard)),
+      _data_error(tf.logical_not(empty_epoch), self._no_documents(shard, _skipped_note(t))),
     ]
     with tf.control_dependencies(checks):
       out = {**group, "totals_before": tf.identity(totals), "totals_after": new_totals}
     next_documents = tf.where(group["end"], tf.constant(0, tf.int64), documents)
     return (new_totals, next_documents), out
 
-  def _no_documents(self, shard):
+  def _no_documents(self, shard, skipped_note):
     where = f"the {self.c.split} split ({self.c.spec.setting})"
     if self.c.count == 1:
-      return (
-        f"{where} holds no documents: its files are empty or hold only blank or skipped "
-        f"lines ({self.c.spec.format_hint}); check the files"
+      return tf.strings.join(
+        [
+          f"{where} holds no documents: its files are empty or hold only blank or skipped "
+          f"lines ({self.c.spec.format_hint})",
+          skipped_note,
+          "; check the files",
+        ]
       )
     return tf.strings.join(
       [
         f"{where} gives logical data shard ",
         tf.strings.as_string(shard),
         f" of {self.c.count} no document: its files are empty or hold only blank or skipped "
-        f"lines ({self.c.spec.format_hint}), or too few documents for logical_shards.count="
-        f"{self.c.count}; check the files or lower logical_shards.count (a divisor of "
-        "BATCH_SIZE)",
+        f"lines ({self.c.spec.format_hint})",
+        skipped_note,
+        f", or too few documents for logical_shards.count={self.c.count}; check the files or "
+        "lower logical_shards.count (a divisor of BATCH_SIZE)",
       ]
+    )
+
+  def check_skipped(self, totals):
+    """Fails when the counters `totals` (of the whole split) skip more than data_quality
+    allows (quality.too_many_skipped)."""
+    t = dict(zip(quality.COUNTERS, tf.unstack(totals)))
+    skipped = t["malformed"] + t["empty"] + t["binary"]
+    allowed = self.allowed_skipped + tf.cast(
+      self.max_skipped_fraction * tf.cast(t["records"] - t["blank"], tf.float64), tf.int64
+    )
+    return _data_error(
+      skipped <= allowed,
+      self.c.where,
+      ": ",
+      skipped,
+      " of the ",
+      t["records"] - t["blank"],
+      " records read so far were skipped (",
+      t["malformed"],
+      " malformed, ",
+      t["empty"],
+      " empty, ",
+      t["binary"],
+      " binary), more than data_quality.max_skipped_fraction="
+      f"{self.max_skipped_fraction}: {self.c.spec.format_hint}; repair or remove the bad "
+      "records, or raise the setting",
     )
 
   # -- examples -------------------------------------------------------------------------------
@@ -363,9 +388,17 @@ class _Graph:
   def shard_stream(self, shard, start, totals):
     """One logical shard's examples from `start` (POSITION), its counters starting at `totals`."""
     shard_seed = tf.constant(self.c.seed * self.c.count, tf.int64) + shard
-    epochs = tf.data.Dataset.range(start[0], _FOREVER)
-    cached = self._shared_file_lines(shard) if self.lines_in_memory else None
-    groups = epochs.flat_map(lambda e: self._epoch_groups(shard, shard_seed, start, e, cached))
+    if self.lines_in_memory:
+      # The first epoch reads the file as it goes (reading all of the shard's lines into memory
+      # would delay the first batch); the next one keeps them for the rest.
+      cached = self._shared_file_lines(shard)
+      later = tf.data.Dataset.range(start[0] + 1, _FOREVER)
+      groups = self._epoch_groups(shard, shard_seed, start, start[0]).concatenate(
+        later.flat_map(lambda e: self._epoch_groups(shard, shard_seed, start, e, cached))
+      )
+    else:
+      epochs = tf.data.Dataset.range(start[0], _FOREVER)
+      groups = epochs.flat_map(lambda e: self._epoch_groups(shard, shard_seed, start, e))
     groups = self._map(groups, self._parse)
     groups = groups.scan(
       (totals, tf.constant(0, tf.int64)), lambda state, g: self._check(shard, state, g)
@@ -382,6 +415,27 @@ def _with_eos(tokens: tf.RaggedTensor, length: int) -> tf.Tensor:
   return tf.concat([tokens, tf.RaggedTensor.from_tensor(eos)], axis=1).to_tensor(
     0, shape=[None, length]
   )
+
+
+def _skipped_note(t: dict) -> tf.Tensor:
+  """`; N of the M records read were skipped (...)` when a shard skipped any, else ""."""
+  skipped = t["malformed"] + t["empty"] + t["binary"]
+  note = tf.strings.join(
+    [
+      "; ",
+      tf.strings.as_string(skipped),
+      " of the ",
+      tf.strings.as_string(t["records"] - t["blank"]),
+      " records read were skipped (",
+      tf.strings.as_string(t["malformed"]),
+      " malformed, ",
+      tf.strings.as_string(t["empty"]),
+      " empty, ",
+      tf.strings.as_string(t["binary"]),
+      " binary)",
+    ]
+  )
+  return tf.where(skipped > 0, note, "")
 
 
 def _features(inputs, targets, lengths: dict) -> dict:
@@ -419,9 +473,18 @@ def process_dataset(
     num_parallel_calls=min(n, parallelism),
     deterministic=True,
   )
-  merged = per_shard.batch(n, drop_remainder=True).map(
-    lambda b: {k: tf.reshape(v, tf.concat([[n * rows], tf.shape(v)[2:]], 0)) for k, v in b.items()}
-  )
+  # The skipped-records limit holds for the whole split: checked here when this process reads
+  # all of its shards, else by the trainer over the counts of all processes (training.py).
+  whole_split = sorted(shards) == list(range(config.count))
+
+  def merge(b):
+    checks = (
+      [graph.check_skipped(tf.reduce_sum(b["totals_after"][:, -1], 0))] if whole_split else []
+    )
+    with tf.control_dependencies(checks):
+      return {k: tf.reshape(v, tf.concat([[n * rows], tf.shape(v)[2:]], 0)) for k, v in b.items()}
+
+  merged = per_shard.batch(n, drop_remainder=True).map(merge)
   options = tf.data.Options()
   options.deterministic = True
   # Parallelism is set explicitly; tf.data's autotuning thread would only delay exit.

@@ -9,6 +9,7 @@ import json
 import os
 
 from t5x_lite import paths, progress
+from t5x_lite.data import text_encoding
 from t5x_lite.errors import UserError
 from t5x_lite.tokens import EOS_ID, PAD_ID, UNK_ID
 
@@ -86,8 +87,9 @@ def iter_sentences(
           position = raw.tell()
         if line_no <= _BINARY_PROBE_LINES and "\x00" in line:
           raise UserError(
-            f"{path} is a binary file, not text (it holds NUL bytes); give text or JSON-lines "
-            f"corpus files (.gz ones are decompressed)"
+            text_encoding.conversion_hint(path)
+            or f"{path} is a binary file, not text (it holds NUL bytes); give text or "
+            f"JSON-lines corpus files (.gz ones are decompressed)"
           )
         if input_format == "jsonl":
           try:
