@@ -43,6 +43,7 @@ SMALL_RESUME = {"batch": 8, "inputs": 32, "targets": 8, "steps": 12, "period": 6
 SMALL_MODEL = [
   "--gin.model_config.name='t5-efficient-tiny-dm64-ff128-nh2-kv32-nl2'",
   "--gin.model_config.vocab_size=4224",
+  "--gin.train.num_microbatches=1",
 ]
 PROMPTS = ("The history of the <extra_id_0> is long.", "Python is a programming language")
 
@@ -61,7 +62,8 @@ def _run(cmd: list[str], timeout: float = 600, env=None) -> str:
   )
   if done.returncode != 0:
     raise RuntimeError(
-      f"{' '.join(cmd[:4])} ... failed:\n{done.stdout[-1500:]}{done.stderr[-3000:]}"
+      f"{' '.join(c for c in cmd if chr(10) not in c)[:300]} failed:\n"
+      f"{done.stdout[-1500:]}{done.stderr[-3000:]}"
     )
   return done.stdout
 
@@ -181,7 +183,7 @@ def throughput(work: pathlib.Path, small: bool, refuse_tf: bool, plan: dict) -> 
     predicted = plan.get(name, {}).get("total_bytes")
     results.append(
       {
-        "model": name,
+        "model": name if not small else f"{name} (small stand-in)",
         "step_time_s": last["step_time_s"],
         "tokens_per_s": last["tokens_per_second"],
         "mfu": last["mfu"],
@@ -329,11 +331,10 @@ def _table(report: dict) -> str:
   for r in report["throughput"]:
     gb = lambda b: f"{b / 1e9:7.1f}" if b else "    n/a"  # noqa: E731
     lines.append(
-      f"{r['model']:<24} {r['step_time_s'] * 1000:8.1f} {r['tokens_per_s']:11,.0f} "
+      f"{r['model'][:24]:<24} {r['step_time_s'] * 1000:8.1f} {r['tokens_per_s']:11,.0f} "
       f"{100 * (r['mfu'] or 0):6.1f}% {gb(r['device_peak_bytes'])}  {gb(r['plan_predicted_bytes'])}  "
       f"{r['memory_fit'][:60]}"
     )
-    lines.append("")
   r = report["resume"]
   lines.append(
     f"resume: loss {r['first_loss']:.3f} -> {r['last_loss']:.3f} in {r['steps']} steps; "
