@@ -134,25 +134,7 @@ def _chain_to_tf(entry: str) -> list[str] | None:
   return None
 
 
-def _not_yet(reason: str):
-  return pytest.mark.xfail(strict=False, reason=reason)
-
-
-@pytest.mark.parametrize(
-  "entry",
-  [
-    pytest.param(
-      "train",
-      marks=_not_yet(
-        "training imports the seqio pipeline (t5x_lite.data.pipeline) at module level"
-      ),
-    ),
-    pytest.param(
-      "infer", marks=_not_yet("infer reads the vocabulary with seqio.SentencePieceVocabulary")
-    ),
-    *[e for e in ENTRY_POINTS if e not in ("train", "infer")],
-  ],
-)
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_commands_start_without_the_tf_packages(entry):
   """What the command imports when it runs, and everything that imports in turn at module level,
   imports none of the TF packages (the data modules that need them are imported lazily, where

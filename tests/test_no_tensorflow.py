@@ -149,3 +149,18 @@ def test_ready_made_examples_are_the_tasks_batches_without_tf(tiny_corpus, tmp_p
   assert more.returncode == 2 and "write more with --steps=31" in more.stderr
   assert len(more.stderr.strip().splitlines()) == 1
   assert not (tmp_path / "more").exists()
+
+
+def test_the_tasks_configurables_are_all_known_to_a_process_without_them():
+  # A process without the tasks sets aside bindings of exactly these names (gin_utils.parse_gin).
+  import gin
+
+  from t5x_lite import gin_utils
+  import t5x_lite.tasks  # noqa: F401  (registers them all)
+
+  registered = {
+    c.name
+    for c in gin.config._REGISTRY._selector_map.values()  # pylint: disable=protected-access
+    if c.module.startswith(("t5x_lite.data", "t5x_lite.tasks"))
+  }
+  assert registered <= set(gin_utils.TASK_DATA_CONFIGURABLES)
