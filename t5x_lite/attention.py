@@ -4,7 +4,8 @@
   xla    unscaled float32 scores [batch, heads, q, k] in memory, softmax, weighted sum of values
          (layers.dot_product_attention); every platform, every dtype
   cudnn  cuDNN's fused attention through `jax.nn.dot_product_attention`: the scores never reach
-         memory, the relative position bias is an additive input with a gradient. GPU, bfloat16
+         memory, the relative position bias is an additive input with a gradient. GPU programs
+         in bfloat16 (an error there where it cannot run); other platforms run xla
   auto   cudnn where it applies (`choose`), else xla: the default
 Both compute the same function (no 1/sqrt(d) scaling, float32 softmax); the setting is an
 execution option that a resumed run may change.
@@ -68,10 +69,8 @@ def target_platform() -> str:
   return _compile_platform.get() or jax.default_backend()
 
 
-def cudnn_unsupported(dtype: str, head_dim: int, q_len: int, k_len: int, platform: str):
-  """Why cuDNN's fused attention cannot run this attention, or None."""
-  if platform != "gpu":
-    return f"it runs on GPUs only (this program is for {platform})"
+def cudnn_unsupported(dtype: str, head_dim: int, q_len: int, k_len: int):
+  """Why cuDNN's fused attention cannot run this attention on a GPU, or None."""
   if dtype not in CUDNN_DTYPES:
     return f"it needs dtype {' or '.join(CUDNN_DTYPES)} (got {dtype})"
   if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
@@ -84,16 +83,18 @@ def cudnn_unsupported(dtype: str, head_dim: int, q_len: int, k_len: int, platfor
 def choose(setting: str, dtype: str, head_dim: int, q_len: int, k_len: int, dropout: bool) -> str:
   """The kernel ('xla' or 'cudnn') for one attention, as traced now.
 
-  Attention dropout exists only in the xla kernel; 'auto' then takes it, an explicit 'cudnn' is
-  an error. One-token decoding steps (q_len 1) always run xla: there is nothing to fuse.
+  Programs for other platforms than GPUs run xla whatever the setting, so that a configuration
+  chosen for GPUs still initialises, evaluates and decodes on a CPU. On a GPU, 'cudnn' is an
+  error where cuDNN cannot run (attention dropout exists only in the xla kernel); 'auto' then
+  takes xla. One-token decoding steps (q_len 1) always run xla: there is nothing to fuse.
   """
-  if setting == "xla" or q_len == 1:
+  if setting == "xla" or q_len == 1 or target_platform() != "gpu":
     return "xla"
-  why_not = cudnn_unsupported(dtype, head_dim, q_len, k_len, target_platform())
-  if setting == "auto":
-    return "xla" if why_not or dropout else "cudnn"
+  why_not = cudnn_unsupported(dtype, head_dim, q_len, k_len)
   if dropout:
-    why_not = "it has no attention dropout (dropout_rate > 0 with dropout enabled)"
+    why_not = why_not or "it has no attention dropout (dropout_rate > 0 with dropout enabled)"
+  if setting == "auto":
+    return "xla" if why_not else "cudnn"
   if why_not:
     raise UserError(f"model_config.attention_impl='{setting}' cannot be used: {why_not}")
   return setting

@@ -195,8 +195,9 @@ def dot_product_attention(
 def attend(cfg: T5Config, query, key, value, bias, mask: attention.AttentionMask, weights_fn):
   """Attention by the kernel `cfg.attention_impl` resolves to (attention.choose).
 
-  Projections and the context carry checkpoint names that remat policies save (network.py); the
-  xla kernel's logits and softmax carry none: they are recomputed from the saved query and key.
+  Projections and the xla kernel's context carry checkpoint names that remat policies save
+  (network.py); its logits and softmax carry none: they are recomputed from the saved query and
+  key.
   """
   query = checkpoint_name(query, "query")
   key = checkpoint_name(key, "key")
@@ -213,11 +214,12 @@ def attend(cfg: T5Config, query, key, value, bias, mask: attention.AttentionMask
     out = dot_product_attention(
       query, key, value, bias, mask.dense, activation_dtype(cfg), weights_fn
     )
-  else:
-    out = attention.fused_attention(
-      query, key, value, bias, mask, attention.JAX_IMPLEMENTATION[kernel]
-    )
-  return checkpoint_name(out, "attention_context")
+    return checkpoint_name(out, "attention_context")
+  # Not named: the policies that keep the context keep the fused kernel's outputs, the context
+  # among them (network.saving_fused_attention); a named copy would be saved twice.
+  return attention.fused_attention(
+    query, key, value, bias, mask, attention.JAX_IMPLEMENTATION[kernel]
+  )
 
 
 class Attention(nn.Module):
