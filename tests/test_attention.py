@@ -173,3 +173,31 @@ def test_lean_and_save_dots_keep_the_fused_kernels_outputs():
     assert policy(fused_forward)
     assert not policy(other)
   assert not network.remat_policy("full")(fused_forward)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_gpu_attention_benchmark_runs_on_cpu_at_small_shapes(capsys):
+  """benchmarks/gpu_attention.py end to end: xla against the fused path's XLA stand-in (four
+  compiles of the recipe step and its gradient: a minute on CPU, so CI's slow set)."""
+  import importlib
+  import json
+  import pathlib
+  import sys
+
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+  try:
+    script = importlib.import_module("gpu_attention")
+  finally:
+    sys.path.pop(0)
+  assert script.main(["--small", "--steps=1", "--curve_steps=2"]) == 0
+  out = capsys.readouterr().out
+  assert "fused side runs the same code" in out
+  summary = json.loads(out.strip().splitlines()[-1])
+  assert summary["fused_stand_in"] and [r["attention"] for r in summary["rows"]] == [
+    "xla",
+    "fused (xla stand-in)",
+  ]
+  agreement = summary["rows"][-1]["agreement"]
+  assert agreement["agrees"] and agreement["encoder_table_grad_rel_err"] < 1e-3
+  assert all(r["step_s"] > 0 and r["tokens_per_s"] > 0 for r in summary["rows"])
