@@ -7,7 +7,9 @@
 Defaults: t5-efficient-base and t5-efficient-tiny-nl32, bfloat16 activations, batch 128,
 inputs 512 / targets 114, the recipe's train step (per-layer Adafactor, z-loss) on one device.
 MFU is against flops.peak_flops_per_device (vendor dense bf16 peak; measured matmul rate on
-CPU). Peak memory comes from the device's memory_stats() (absent on CPU). The largest batch is
+CPU). Attention runs as model_config.attention_impl='auto' would (cuDNN's fused kernel on GPUs;
+rows measured before that setting existed are the xla kernel's: --attention_impl=xla). Peak
+memory comes from the device's memory_stats() (absent on CPU). The largest batch is
 found by doubling from --batch until allocation fails or --max_batch is reached. Nothing here
 requires an accelerator.
 """
@@ -75,6 +77,12 @@ def main() -> int:
   parser.add_argument("--max_batch", type=int, default=4096, help="stop doubling here (0: don't)")
   parser.add_argument("--remat_policy", default="none")
   parser.add_argument(
+    "--attention_impl",
+    default="auto",
+    help="model_config.attention_impl: auto (cuDNN on GPUs), xla or cudnn; "
+    "benchmarks/gpu_attention.py compares them in one process",
+  )
+  parser.add_argument(
     "--scan_unroll",
     type=int,
     default=1,
@@ -99,6 +107,7 @@ def main() -> int:
       dtype=args.dtype,
       remat_policy=args.remat_policy,
       scan_unroll=args.scan_unroll,
+      attention_impl=args.attention_impl,
     )
     print(json.dumps(measure(cfg, args.batch, lengths, args.steps)), flush=True)
     largest, batch = args.batch, args.batch * 2

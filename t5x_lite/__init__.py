@@ -35,7 +35,7 @@ LAYERS = {
     "shutdown",
     "quiet_startup",
   ),
-  "model": ("config", "layers", "network", "models", "partitioning", "optimizers"),
+  "model": ("config", "attention", "layers", "network", "models", "partitioning", "optimizers"),
   "data": ("data", "tasks"),  # the sub-packages, whole (tasks: the top-level tasks/ folder)
   "training": (
     "trainer",

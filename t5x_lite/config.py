@@ -17,13 +17,19 @@ DTYPES = ("float32", "bfloat16")
 # Rematerialisation policies, applied per layer (see network.remat_policy):
 #   none                nothing is recomputed (fastest, most memory)
 #   full                everything is recomputed in the backward pass (least memory)
-#   minimal             matmul outputs without batch dimensions are saved (T5X's 'minimal')
-#   save_dots           every matmul output is saved; elementwise ops are recomputed
+#   minimal             matmul outputs without batch dimensions are saved (T5X's 'minimal');
+#                       attention (batched matmuls, or a fused kernel) is recomputed
+#   save_dots           every matmul output is saved, and a fused attention kernel's outputs;
+#                       elementwise ops are recomputed
 #   save_attention_out  only each layer's attention and mlp outputs are saved
 #   lean                bfloat16 query/key/value, attention context and output, MLP pre-activation
-#                       are saved; attention scores are recomputed (the recipe's default: a
-#                       scanned stack then needs no more memory than an unscanned one)
+#                       are saved; the xla kernel's attention scores are recomputed (the recipe's
+#                       default: a scanned stack then needs no more memory than an unscanned one).
+#                       A fused kernel keeps no scores: its outputs are saved, nothing is redone
 REMAT_POLICIES = ("none", "full", "minimal", "save_dots", "save_attention_out", "lean")
+# Which kernel computes attention (see attention.py): T5's XLA core, cuDNN's fused attention
+# (GPU, bfloat16), or 'auto', cuDNN where it applies and XLA elsewhere.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,8 @@ class T5Config:
   shared_heads: bool = False
   # T5-Efficient `-skv`: one projection gives both keys and values (the value is the key).
   tied_key_value: bool = False
+  # An execution option: every value computes the same function (see attention.py).
+  attention_impl: str = "auto"
 
   def __post_init__(self):
     for field in (
@@ -87,6 +95,11 @@ class T5Config:
       raise UserError(
         f"model {self.name!r}: remat_policy must be one of {', '.join(REMAT_POLICIES)}, "
         f"got {self.remat_policy!r}"
+      )
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise UserError(
+        f"model {self.name!r}: attention_impl must be one of {', '.join(ATTENTION_IMPLS)}, "
+        f"got {self.attention_impl!r}"
       )
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UserError(
@@ -233,11 +246,13 @@ def model_config(
   scan_layers: bool = True,
   scan_unroll: int = 1,
   remat_policy: str = "none",
+  attention_impl: str = "auto",
 ) -> T5Config:
   """The model every gin file configures: a named model, with optional overrides.
 
   Dimension overrides left as None keep what the name says. Model gins bind only `name` (and
-  dimensions); run gins bind dtype, dropout_rate, scan_layers, scan_unroll and remat_policy.
+  dimensions); run gins bind dtype, dropout_rate, scan_layers, scan_unroll, remat_policy and
+  attention_impl.
   """
   cfg = resolve_model_name(name)
   dims = dict(
@@ -261,6 +276,7 @@ def model_config(
     scan_layers=scan_layers,
     scan_unroll=scan_unroll,
     remat_policy=remat_policy,
+    attention_impl=attention_impl,
     **overrides,
   )
 

@@ -18,7 +18,14 @@ from t5x_lite.errors import UserError, first_line
 from t5x_lite.tokens import EOS_ID, EXTRA_IDS, PAD_ID, UNK_ID
 
 # T5Config fields with no counterpart in HF's T5Config: they only say how our code runs.
-EXECUTION_ONLY_FIELDS = ("name", "dtype", "scan_layers", "scan_unroll", "remat_policy")
+EXECUTION_ONLY_FIELDS = (
+  "name",
+  "dtype",
+  "scan_layers",
+  "scan_unroll",
+  "remat_policy",
+  "attention_impl",
+)
 
 
 # -- files: local paths or object stores (gs://), through etils.epath, as training does ----------

@@ -11,6 +11,7 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
+from t5x_lite import attention
 from t5x_lite.config import T5Config
 
 # Replaces attention logits where the mask is off; finite so fully masked rows stay finite.
@@ -173,12 +174,7 @@ def dot_product_attention(
   heads (1: one key/value head shared by all query heads); bias float32 [batch|1, heads, q, k]
   (the relative position bias); mask boolean [batch|1, 1, q, k]. Returns [batch, q, heads, d_kv].
   The mask selects rather than adds, so no [batch, heads, q, k] bias is ever materialised.
-  Projections and the context carry checkpoint names that remat policies save (network.py); the
-  logits and softmax carry none: they are recomputed from the saved query and key.
   """
-  query = checkpoint_name(query, "query")
-  key = checkpoint_name(key, "key")
-  value = checkpoint_name(value, "value")
   batch, q_len, heads, d_kv = query.shape
   kv_heads, k_len = key.shape[2], key.shape[1]
   grouped = query.reshape(batch, q_len, kv_heads, heads // kv_heads, d_kv)
@@ -193,14 +189,44 @@ def dot_product_attention(
     weights = weights_fn(weights)
   weights = weights.reshape(batch, kv_heads, heads // kv_heads, q_len, k_len)
   out = jnp.einsum("bgrqk,bkgd->bqgrd", weights, value.astype(dtype))
-  return checkpoint_name(out.reshape(batch, q_len, heads, d_kv), "attention_context")
+  return out.reshape(batch, q_len, heads, d_kv)
+
+
+def attend(cfg: T5Config, query, key, value, bias, mask: attention.AttentionMask, weights_fn):
+  """Attention by the kernel `cfg.attention_impl` resolves to (attention.choose).
+
+  Projections and the xla kernel's context carry checkpoint names that remat policies save
+  (network.py); its logits and softmax carry none: they are recomputed from the saved query and
+  key.
+  """
+  query = checkpoint_name(query, "query")
+  key = checkpoint_name(key, "key")
+  value = checkpoint_name(value, "value")
+  kernel = attention.choose(
+    cfg.attention_impl,
+    cfg.dtype,
+    cfg.d_kv,
+    query.shape[1],
+    key.shape[1],
+    dropout=weights_fn is not None,
+  )
+  if kernel == "xla":
+    out = dot_product_attention(
+      query, key, value, bias, mask.dense, activation_dtype(cfg), weights_fn
+    )
+    return checkpoint_name(out, "attention_context")
+  # Not named: the policies that keep the context keep the fused kernel's outputs, the context
+  # among them (network.saving_fused_attention); a named copy would be saved twice.
+  return attention.fused_attention(
+    query, key, value, bias, mask, attention.JAX_IMPLEMENTATION[kernel]
+  )
 
 
 class Attention(nn.Module):
   """Multi-head attention without 1/sqrt(d) scaling; the query init is scaled instead.
 
-  `bias` [batch|1, heads, q, k] is the relative position bias (or None) and `mask` a boolean
-  [batch|1, 1, q, k]. With `decode=True` keys and values of past steps live in the 'cache'
+  `bias` [batch|1, heads, q, k] is the relative position bias (or None) and `mask` an
+  attention.AttentionMask. With `decode=True` keys and values of past steps live in the 'cache'
   collection and each call processes one new token at position `decode_step`.
   Keys and values have `cfg.num_kv_heads` heads: one with shared heads (`-sh`, multi-query
   attention), whose projections are named ('embed', 'kv') so the rules replicate that single head
@@ -253,7 +279,7 @@ class Attention(nn.Module):
     weights_fn = None
     if self.enable_dropout and cfg.dropout_rate > 0:
       weights_fn = nn.Dropout(cfg.dropout_rate, deterministic=False)
-    out = dot_product_attention(query, key, value, bias, mask, dtype, weights_fn)
+    out = attend(cfg, query, key, value, bias, mask, weights_fn)
     out = constrain(out, "batch", "length", "heads", "kv")  # [batch, q, heads, kv]
     out = out.reshape(out.shape[:2] + (cfg.inner_dim,))
     out = Dense(cfg.d_model, ("joined_kv", "embed"), attention_init, dtype, name="out")(out)

@@ -24,6 +24,7 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
+from t5x_lite import attention
 from t5x_lite.config import T5Config
 from t5x_lite.layers import (
   MLP,
@@ -44,16 +45,28 @@ def remat_policy(name: str):
   return {
     "full": policies.nothing_saveable,
     "minimal": policies.dots_with_no_batch_dims_saveable,
-    "save_dots": policies.checkpoint_dots,
+    "save_dots": saving_fused_attention(policies.checkpoint_dots),
     "save_attention_out": policies.save_only_these_names("attention_out", "mlp_out"),
     # bfloat16 projections, attention context and MLP pre-activations are kept; attention
     # logits/softmax (recomputed from query and key: the only matmuls redone) and the float32
-    # norm internals (elementwise) are not. See config.REMAT_POLICIES.
-    "lean": policies.save_only_these_names(*LEAN_SAVED_NAMES),
+    # norm internals (elementwise) are not. With a fused kernel there are no scores to drop: its
+    # outputs are kept and nothing of attention is recomputed. See config.REMAT_POLICIES.
+    "lean": saving_fused_attention(policies.save_only_these_names(*LEAN_SAVED_NAMES)),
   }[name]
 
 
 LEAN_SAVED_NAMES = ("query", "key", "value", "attention_context", "attention_out", "mlp_hidden")
+
+
+def saving_fused_attention(policy):
+  """`policy`, also saving a fused attention kernel's forward outputs (the context and its
+  softmax statistics, [batch, heads, q] float32): its backward needs them, and without them the
+  forward kernel would run again in the backward pass."""
+
+  def save(prim, *args, **params):
+    return prim.name in attention.FUSED_FORWARD_PRIMITIVES or policy(prim, *args, **params)
+
+  return save
 
 
 def dropout(cfg: T5Config, enable: bool, x):
@@ -68,7 +81,7 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, bias, mask):
-    # x: [batch, length, embed]; bias: [batch|1, heads, length, length]; mask: [batch, 1, length, length]
+    # x: [batch, length, embed]; bias: [batch|1, heads, length, length]; mask: AttentionMask
     cfg, drop = self.cfg, self.enable_dropout
     h = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
     h = Attention(cfg, drop, name="attention")(h, h, bias, mask)
@@ -138,14 +151,24 @@ def default_positions(tokens, positions):
 
 
 def attention_mask(query_valid, key_valid, query_segments=None, key_segments=None, causal=False):
-  """[batch, q] and [batch, k] -> boolean [batch, 1, q, k]: both valid, same segment, causal."""
+  """[batch, q] and [batch, k] -> attention.AttentionMask: both valid, same segment, causal.
+
+  Unpacked rows (no segments) are padded at the end, so their valid counts are lengths too.
+  """
   mask = query_valid[:, :, None] & key_valid[:, None, :]
   if query_segments is not None:
     mask &= query_segments[:, :, None] == key_segments[:, None, :]
   if causal:
     q, k = query_valid.shape[1], key_valid.shape[1]
     mask &= jnp.arange(q)[:, None] >= jnp.arange(k)[None, :]
-  return mask[:, None]
+  if query_segments is not None:
+    return attention.AttentionMask(mask[:, None], causal=causal)
+  return attention.AttentionMask(
+    mask[:, None],
+    attention.suffix_lengths(query_valid),
+    attention.suffix_lengths(key_valid),
+    causal,
+  )
 
 
 class Encoder(nn.Module):
@@ -249,7 +272,7 @@ def _step_masks(relpos, batch: int, decode_step, key_positions, encoder_valid):
   query_pos = jnp.full((batch, 1), decode_step, jnp.int32)
   key_pos = jnp.broadcast_to(key_positions, (batch,) + key_positions.shape)
   bias = relpos(query_pos, key_pos)
-  mask = (key_pos <= decode_step)[:, None, None, :]
+  mask = attention.AttentionMask((key_pos <= decode_step)[:, None, None, :])
   cross_mask = attention_mask(jnp.ones((batch, 1), bool), encoder_valid)
   return bias, mask, cross_mask
 

@@ -203,17 +203,31 @@ def plan_one(cfg, target_name: str, devices, settings: RunSettings, num_microbat
   return dict(_planned[key])
 
 
+def attention_kernel(cfg, platform: str, lengths: dict) -> str:
+  """The kernel the encoder's self-attention resolves to on `platform` (attention.choose)."""
+  from t5x_lite import attention
+
+  with attention.compiling_for(platform):
+    length = lengths["inputs"]
+    return attention.choose(
+      cfg.attention_impl, cfg.dtype, cfg.d_kv, length, length, dropout=cfg.dropout_rate > 0
+    )
+
+
 def _compile_and_measure(
   cfg, target_name: str, devices, settings: RunSettings, num_microbatches: int
 ) -> dict:
-  from t5x_lite import config, memory_fit
+  from t5x_lite import attention, config, memory_fit
 
   trainer = build_trainer(cfg, devices, settings, num_microbatches)
-  limit = device_bytes(TARGETS[target_name])
+  target = TARGETS[target_name]
+  limit = device_bytes(target)
   start = time.perf_counter()
   # libtpu refuses programs whose temporaries exceed HBM: then temp and total are None, as
-  # when the state alone is too large (then nothing is compiled).
-  fp = memory_fit.measure(trainer, settings.batch_size, settings.use_packing, limit)
+  # when the state alone is too large (then nothing is compiled). attention_impl='auto'
+  # resolves for the target, not for this process's CPU backend.
+  with attention.compiling_for(target.platform):
+    fp = memory_fit.measure(trainer, settings.batch_size, settings.use_packing, limit)
   flops = (
     config.train_flops_per_example(cfg, settings.lengths["inputs"], settings.lengths["targets"])
     * settings.batch_size
@@ -223,6 +237,7 @@ def _compile_and_measure(
     "devices": len(devices),
     "hosts": len({d.process_index for d in devices}),
     "mesh": dict(trainer.mesh.shape),
+    "attention": attention_kernel(cfg, target.platform, settings.lengths),
     "per_device_bytes": fp.as_dict(),
     "peak_bytes": fp.peak,
     "device_bytes": limit,
@@ -235,7 +250,8 @@ def _compile_and_measure(
 def flops_overhead(cfg, lengths: dict, policies) -> dict[str, float]:
   """Extra train FLOPs of each remat policy over 'none', from XLA's cost analysis of the
   unscanned step on the host CPU for one example. FLOPs are linear in the layer counts, so
-  1+1, 2+1 and 1+2 layer models give the per-layer costs of the full depth."""
+  1+1, 2+1 and 1+2 layer models give the per-layer costs of the full depth. Counted with the
+  xla attention kernel (a fused kernel is opaque to the cost analysis)."""
   import jax
   import jax.numpy as jnp
 
@@ -243,7 +259,12 @@ def flops_overhead(cfg, lengths: dict, policies) -> dict[str, float]:
 
   def step_flops(policy: str, enc: int, dec: int) -> float:
     small = dataclasses.replace(
-      cfg, scan_layers=False, remat_policy=policy, num_encoder_layers=enc, num_decoder_layers=dec
+      cfg,
+      scan_layers=False,
+      remat_policy=policy,
+      num_encoder_layers=enc,
+      num_decoder_layers=dec,
+      attention_impl="xla",
     )
     model = EncoderDecoderModel(small)
     params = model.abstract_params()

@@ -10,7 +10,7 @@
   position saved per process (older versions) is treated as a data change. An error unless `train.allow_data_change=True`; then the parameters and optimizer state
   are restored, the data stream starts afresh with the new settings, and one console line says so.
 - Everything else (train steps, periods, eval steps, partitions, microbatches, dtype, remat,
-  dropout): applies from the resumed step on, silently.
+  dropout, attention kernel): applies from the resumed step on, silently.
 Checkpoints written before a setting was stored are checked on the settings they have.
 """
 
@@ -27,7 +27,9 @@ from t5x_lite.data.span_lengths import span_corruption_config
 from t5x_lite.errors import UserError
 
 # T5Config fields that only change how the same function is computed.
-EXECUTION_FIELDS = frozenset({"name", "dtype", "scan_unroll", "remat_policy", "dropout_rate"})
+EXECUTION_FIELDS = frozenset(
+  {"name", "dtype", "scan_unroll", "remat_policy", "dropout_rate", "attention_impl"}
+)
 # gin configurables that locate a task's training data; validation-only settings may change.
 DATA_LOCATIONS = (
   "c4_tfds",
