@@ -20,7 +20,7 @@ import gin
 import jax
 import tensorflow as tf
 
-from t5x_lite import models
+from t5x_lite import models, storage_faults
 from t5x_lite.data import pipeline, registry
 from t5x_lite.tokens import EOS_ID
 
@@ -95,8 +95,9 @@ class DecodeEval:
   def _write(self, step: int, rows: list[dict]) -> None:
     if jax.process_index() != 0:
       return
-    tf.io.gfile.makedirs(self._dir)
     path = os.path.join(self._dir, f"{step}.jsonl")
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-      f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    with storage_faults.writing("predictions", path):
+      tf.io.gfile.makedirs(self._dir)
+      with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+      tf.io.gfile.rename(path + ".tmp", path, overwrite=True)

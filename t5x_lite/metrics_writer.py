@@ -12,7 +12,7 @@ import time
 import jax
 import tensorflow as tf
 
-from t5x_lite import paths
+from t5x_lite import paths, storage_faults
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -34,6 +34,7 @@ class MetricsWriter:
     self._lines: list[str] = []
     self._rows_dropped = False  # in memory: the file is rewritten with the next row
     self._tb = None
+    self._tb_dir = os.path.join(model_dir, "tensorboard")
     # Object stores (gs://) cannot append: keep the lines and rewrite the file each time.
     if self.enabled and tf.io.gfile.exists(self._path):
       with tf.io.gfile.GFile(self._path) as f:
@@ -77,16 +78,24 @@ class MetricsWriter:
       for k, v in record.items()
     }
     self._lines.append(json.dumps(record))
+    with storage_faults.writing("metrics", self._path):
+      self._write_lines()
+    with storage_faults.writing("TensorBoard events", self._tb_dir):
+      self._write_events(record)
+
+  def _write_lines(self) -> None:
     if self._rows_dropped or paths.is_remote(self._path):
       self._rewrite()
       self._rows_dropped = False
     else:
       with open(self._path, "a", encoding="utf-8") as f:
         f.write(self._lines[-1] + "\n")
+
+  def _write_events(self, record: dict) -> None:
     if self._tb is None:
       # tf.summary writes TensorBoard events locally and to gs:// alike; TF is already here.
       with tf.device("/CPU:0"):
-        self._tb = tf.summary.create_file_writer(os.path.join(self._model_dir, "tensorboard"))
+        self._tb = tf.summary.create_file_writer(self._tb_dir)
     step = int(record["step"])
     with tf.device("/CPU:0"), self._tb.as_default():
       for key, value in record.items():
@@ -117,4 +126,5 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
+      with storage_faults.writing("TensorBoard events", self._tb_dir):
+        self._tb.close()

@@ -18,7 +18,7 @@ import socket
 import tensorflow as tf
 
 from t5x_lite import paths
-from t5x_lite.errors import UserError
+from t5x_lite.errors import UserError, first_line
 
 LOCK_NAME = "RUN_LOCK"
 
@@ -64,8 +64,13 @@ class RunLock:
     self._held = True
     return replaced
 
-  def release(self) -> None:
-    """Removes the lock if it is still ours (a user may have removed and re-taken it)."""
+  def release(self, quiet: bool = False) -> None:
+    """Removes the lock if it is still ours (a user may have removed and re-taken it).
+
+    A lock that cannot be removed (the storage fails) is left in place with one warning line
+    (none when `quiet`: the run is ending on an error of its own); the next start on this host
+    replaces it, its pid being gone.
+    """
     if not self._held:
       return
     self._held = False
@@ -76,6 +81,9 @@ class RunLock:
       tf.io.gfile.remove(self.path)
     except tf.errors.NotFoundError:
       pass
+    except (OSError, tf.errors.OpError) as e:
+      if not quiet:
+        print(f"warning: could not remove the run lock {self.path}: {first_line(e)}", flush=True)
 
   def _create(self) -> bool:
     if self._remote:
