@@ -85,8 +85,10 @@ class Checkpointer:
     through `faults` before Orbax's save, which waits for every process.
     """
     faults = faults or storage_faults.Faults()
-    with faults.held():
-      self.wait()  # Orbax's save would wait for the previous one too
+    with faults.held(), self._failed_save():
+      # Orbax's save would wait for the previous one too. (Not self.wait(): pruning data
+      # positions now would race with other processes writing this step's.)
+      self.manager.wait_until_finished()
     with faults.held():
       if save_data_iterator is not None:
         # Every process writes its own shards into the step's directory (each renamed into place).
