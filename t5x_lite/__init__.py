@@ -40,6 +40,7 @@ LAYERS = {
     "trainer",
     "training",
     "checkpoints",
+    "storage_faults",
     "resume_check",
     "metrics_writer",
     "run_lock",

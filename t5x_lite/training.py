@@ -216,14 +216,7 @@ def train(
     _start(run)
     started = True
     run_setup.send_library_logs_to(s.model_dir)
-    try:
-      _loop(run)
-      result = _finish(run)
-    except StorageError as e:
-      raise _stopped_by_storage(run, e) from None
-    finally:
-      run.train_iter.close()  # before returning: see DataIterator.close
-    return result
+    return _train_to_end(run)
   finally:
     preemption.close()
     if lock:
@@ -232,6 +225,17 @@ def train(
       lock.release(quiet=sys.exc_info()[0] is not None)
     if not started:  # a failed start (a bad setting, a refused resume) leaves no trace
       before.undo()
+
+
+def _train_to_end(run: "_Run") -> dict:
+  """The loop and the end of the run; a failed write stops it in one line (StorageError)."""
+  try:
+    _loop(run)
+    return _finish(run)
+  except StorageError as e:
+    raise _stopped_by_storage(run, e) from None
+  finally:
+    run.train_iter.close()  # before returning: see DataIterator.close
 
 
 def _checked(s: Settings) -> Settings:
