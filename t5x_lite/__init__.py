@@ -41,6 +41,7 @@ LAYERS = {
     "trainer",
     "training",
     "checkpoints",
+    "storage_faults",
     "resume_check",
     "metrics_writer",
     "tensorboard_events",

@@ -12,9 +12,13 @@ MODEL_DIR/data_state/<step>/shard_<j>/ by the process that reads it, written bef
 save and renamed into place, and is only used together with a complete orbax step; a run on
 another process count restores the shards it reads (data/logical_shards.py). Paths go through
 orbax and etils.epath (t5x_lite/files.py), so MODEL_DIR may be local or gs://.
+
+A save that fails (in the background or not) is a StorageError naming its step
+(storage_faults.py); `check_for_errors` finds a failed background save without waiting.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+import contextlib
 import os
 import time
 from typing import Any
@@ -24,8 +28,8 @@ import jax
 import jax.experimental.multihost_utils
 import orbax.checkpoint as ocp
 
-from t5x_lite import files, paths, resume_check, step_fallback
-from t5x_lite.errors import UserError
+from t5x_lite import files, paths, resume_check, step_fallback, storage_faults
+from t5x_lite.errors import StorageError, UserError
 
 
 @gin.configurable
@@ -46,6 +50,10 @@ class Checkpointer:
       create=True,
       enable_async_checkpointing=async_save,
       cleanup_tmp_directories=True,
+      # A step directory that cannot be created fails save() itself. Created in the background
+      # (Orbax's default), the failure left Orbax's writer threads waiting 300 s for a directory
+      # that never came, and the process could not exit meanwhile.
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
     )
     self.manager = ocp.CheckpointManager(
       self.directory,
@@ -53,24 +61,81 @@ class Checkpointer:
       item_names=("state", "meta"),
       item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
     )
+    self._saving: int | None = None  # the step of the last save started
+    self._unchecked = False  # whether that save's end is yet to be looked at
 
   # -- saving ------------------------------------------------------------------------------------
   def save(
-    self, step: int, state: Any, meta: dict, save_data_iterator: Callable[[str], None] | None
+    self,
+    step: int,
+    state: Any,
+    meta: dict,
+    save_data_iterator: Callable[[str], None] | None,
+    faults: storage_faults.Faults | None = None,
   ) -> None:
-    """Starts saving `state` at `step` (asynchronously); the data position is written first."""
-    if save_data_iterator is not None:
-      # Every process writes its own shards into the step's directory (each renamed into place).
-      save_data_iterator(self._data_path(step))
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-      force=True,
-    )
+    """Starts saving `state` at `step` (asynchronously); the data position is written first.
+
+    What each process writes alone (the previous save's end, its data position) is agreed on
+    through `faults` before Orbax's save, which waits for every process.
+    """
+    faults = faults or storage_faults.Faults()
+    with faults.held(), self._failed_save():
+      # Orbax's save would wait for the previous one too. (Not self.wait(): pruning data
+      # positions now would race with other processes writing this step's.)
+      self.manager.wait_until_finished()
+    with faults.held():
+      if save_data_iterator is not None:
+        # Every process writes its own shards into the step's directory (each renamed into place).
+        with storage_faults.writing(f"the data position of step {step}", self._data_path(step)):
+          save_data_iterator(self._data_path(step))
+    faults.agree()
+    self._saving, self._unchecked = step, True
+    with self._failed_save():
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+      )
+
+  def check_for_errors(self) -> None:
+    """Raises a StorageError if the last background save has failed; never waits.
+
+    Orbax hands a background error to its finalizing thread, which raises it when joined:
+    joining it once it has ended costs nothing. (With several processes it ends only after a
+    barrier with the others.)
+    """
+    if self._unchecked and not self.manager.is_saving_in_progress():
+      self._unchecked = False
+      with self._failed_save():
+        self.manager.wait_until_finished()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
-    self._prune_data_states()
+    with self._failed_save():
+      self.manager.wait_until_finished()
+    with storage_faults.writing("old data positions", self.data_directory):
+      self._prune_data_states()
+
+  @contextlib.contextmanager
+  def _failed_save(self) -> Iterator[None]:
+    try:
+      yield
+    except StorageError:
+      raise
+    except Exception as e:
+      if not storage_faults.is_storage_error(e):
+        raise
+      raise storage_faults.failure(
+        f"checkpoint step {self._saving}", os.path.join(self.directory, str(self._saving)), e
+      ) from e
+
+  def latest_complete(self) -> int | None:
+    """The newest step that was saved completely, as the storage lists it (None when it
+    cannot be listed)."""
+    try:
+      steps = self.all_steps()
+    except Exception:  # noqa: BLE001  (storage that failed a write may fail a listing too)
+      return None
+    return steps[-1] if steps else None
 
   def _data_path(self, step: int) -> str:
     return os.path.join(self.data_directory, str(step))
@@ -181,14 +246,16 @@ class Checkpointer:
     source = os.path.join(self.directory, str(step))
     target = os.path.join(self.directory, f"unreadable.{step}.{int(time.time())}")
     if jax.process_index() == 0 and files.isdir(source):
-      files.rename(source, target)
+      with storage_faults.writing(f"unreadable checkpoint step {step} (moving it aside)", target):
+        files.rename(source, target)
     jax.experimental.multihost_utils.sync_global_devices(f"quarantine_{step}")
     self.manager.reload()
     return target
 
   def close(self) -> None:
     self.wait()
-    self.manager.close()
+    with self._failed_save():
+      self.manager.close()
 
 
 def measure_write_rate(directory: str, num_bytes: int = 256 << 20) -> float:

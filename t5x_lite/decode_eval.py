@@ -19,7 +19,7 @@ import time
 import gin
 import jax
 
-from t5x_lite import files, models
+from t5x_lite import files, models, storage_faults
 from t5x_lite.data import batches
 from t5x_lite.errors import UserError
 from t5x_lite.tokens import EOS_ID
@@ -102,9 +102,10 @@ class DecodeEval:
   def _write(self, step: int, rows: list[dict]) -> None:
     if jax.process_index() != 0:
       return
-    files.makedirs(self._dir)
     path = os.path.join(self._dir, f"{step}.jsonl")
-    files.write_text(
-      path + ".tmp", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    )
-    files.rename(path + ".tmp", path, overwrite=True)
+    with storage_faults.writing("predictions", path):
+      files.makedirs(self._dir)
+      files.write_text(
+        path + ".tmp", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+      )
+      files.rename(path + ".tmp", path, overwrite=True)

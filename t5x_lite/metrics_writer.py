@@ -12,7 +12,7 @@ import time
 
 import jax
 
-from t5x_lite import files, paths
+from t5x_lite import files, paths, storage_faults
 from t5x_lite.tensorboard_events import ScalarEventWriter
 
 
@@ -35,6 +35,7 @@ class MetricsWriter:
     self._lines: list[str] = []
     self._rows_dropped = False  # in memory: the file is rewritten with the next row
     self._tb = None
+    self._tb_dir = os.path.join(model_dir, "tensorboard")
     # Object stores (gs://) cannot append: keep the lines and rewrite the file each time.
     if self.enabled and files.exists(self._path):
       self._lines = files.read_text(self._path).splitlines()
@@ -76,14 +77,22 @@ class MetricsWriter:
       for k, v in record.items()
     }
     self._lines.append(json.dumps(record))
+    with storage_faults.writing("metrics", self._path):
+      self._write_lines()
+    with storage_faults.writing("TensorBoard events", self._tb_dir):
+      self._write_events(record)
+
+  def _write_lines(self) -> None:
     if self._rows_dropped or paths.is_remote(self._path):
       self._rewrite()
       self._rows_dropped = False
     else:
       with open(self._path, "a", encoding="utf-8") as f:
         f.write(self._lines[-1] + "\n")
+
+  def _write_events(self, record: dict) -> None:
     if self._tb is None:
-      self._tb = ScalarEventWriter(os.path.join(self._model_dir, "tensorboard"))
+      self._tb = ScalarEventWriter(self._tb_dir)
     self._tb.scalars(
       int(record["step"]),
       {
@@ -117,4 +126,5 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
+      with storage_faults.writing("TensorBoard events", self._tb_dir):
+        self._tb.close()

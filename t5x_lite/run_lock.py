@@ -16,7 +16,7 @@ import os
 import socket
 
 from t5x_lite import files, paths
-from t5x_lite.errors import UserError
+from t5x_lite.errors import UserError, first_line
 
 LOCK_NAME = "RUN_LOCK"
 
@@ -62,8 +62,13 @@ class RunLock:
     self._held = True
     return replaced
 
-  def release(self) -> None:
-    """Removes the lock if it is still ours (a user may have removed and re-taken it)."""
+  def release(self, quiet: bool = False) -> None:
+    """Removes the lock if it is still ours (a user may have removed and re-taken it).
+
+    A lock that cannot be removed (the storage fails) is left in place with one warning line
+    (none when `quiet`: the run is ending on an error of its own); the next start on this host
+    replaces it, its pid being gone.
+    """
     if not self._held:
       return
     self._held = False
@@ -73,6 +78,9 @@ class RunLock:
       files.remove(self.path)
     except FileNotFoundError:
       pass
+    except Exception as e:  # noqa: BLE001  (epath's backends raise their own kinds)
+      if not quiet:
+        print(f"warning: could not remove the run lock {self.path}: {first_line(e)}", flush=True)
 
   def _create(self) -> bool:
     if self._remote:

@@ -199,13 +199,21 @@ def send_library_logs_to(model_dir: str) -> str:
     log_dir = os.path.join(model_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
   path = os.path.join(log_dir, f"python_{jax.process_index()}.log")
-  handler = logging.FileHandler(path, encoding="utf-8")
+  handler = _LogFile(path, encoding="utf-8")
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
   held = [h for h in logging.getLogger().handlers if isinstance(h, _HeldRecords)]
   _route_library_logs(handler)
   for record in held[0].records if held else []:
     handler.handle(record)
   return path
+
+
+class _LogFile(logging.FileHandler):
+  """The library log file, best effort: a record that cannot be written (the disk is full) is
+  dropped, not reported on the console with a traceback; the run's own writes report the fault."""
+
+  def handleError(self, record: logging.LogRecord) -> None:
+    pass
 
 
 def _route_library_logs(handler: logging.Handler) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -29,9 +30,10 @@ from t5x_lite import (
   run_lock,
   run_setup,
   shutdown,
+  storage_faults,
 )
 from t5x_lite.data import batches, logical_shards, quality
-from t5x_lite.errors import UserError
+from t5x_lite.errors import StorageError, UserError
 from t5x_lite.memory_fit import fit_trainer
 from t5x_lite.metrics_writer import MetricsWriter
 from t5x_lite.models import EncoderDecoderModel
@@ -130,7 +132,9 @@ def evaluate(
 
 def _write_config(model_dir: str) -> None:
   if jax.process_index() == 0:
-    files.write_text(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
+    path = os.path.join(model_dir, "config.gin")
+    with storage_faults.writing("config.gin", path):
+      files.write_text(path, gin.operative_config_str())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,16 +212,26 @@ def train(
     _start(run)
     started = True
     run_setup.send_library_logs_to(s.model_dir)
-    _loop(run)
-    result = _finish(run)
-    run.train_iter.close()  # before returning: see DataIterator.close
-    return result
+    return _train_to_end(run)
   finally:
     preemption.close()
     if lock:
-      lock.release()
+      # Storage that failed a write may not let the lock go either: then it is left for the
+      # next start on this host to replace (its pid is gone).
+      lock.release(quiet=sys.exc_info()[0] is not None)
     if not started:  # a failed start (a bad setting, a refused resume) leaves no trace
       before.undo()
+
+
+def _train_to_end(run: "_Run") -> dict:
+  """The loop and the end of the run; a failed write stops it in one line (StorageError)."""
+  try:
+    _loop(run)
+    return _finish(run)
+  except StorageError as e:
+    raise _stopped_by_storage(run, e) from None
+  finally:
+    run.train_iter.close()  # before returning: see DataIterator.close
 
 
 def _checked(s: Settings) -> Settings:
@@ -256,6 +270,7 @@ class _Run:
   trainer: Trainer
   ckpt: checkpoints.Checkpointer
   flops_per_example: float
+  faults: storage_faults.Faults = dataclasses.field(default_factory=storage_faults.Faults)
   writer: MetricsWriter | None = None  # opened once a checkpoint is accepted (or none is there)
   peak: float | None = None  # FLOP/s per device that MFU is measured against (set in _start)
   train_iter: Any = None  # a StreamIterator or, for seqio-per-shard data, a DataIterator
@@ -551,7 +566,8 @@ def _train_step(run: _Run) -> None:
     # training (a bad override, a refused checkpoint) keeps the config.gin that describes the
     # checkpoints already there. (gin lists only the configurables called so far; all are
     # called by now.) It is written again at the end.
-    _write_config(run.s.model_dir)
+    with run.faults.held():
+      _write_config(run.s.model_dir)
     run.config_written = True
 
 
@@ -565,20 +581,32 @@ def _loop(run: _Run) -> None:
     do_log = step % s.log_period == 0 or step == s.end_step or stop_now
     do_eval = step % s.eval_period == 0 or step == s.train_steps
     do_save = step % s.checkpoint_period == 0 or step == s.end_step or stop_now
+    if jax.process_count() == 1:
+      run.ckpt.check_for_errors()  # a failed background save stops the run at the next step
     if do_log or do_eval or do_save:
-      _maybe_log(run, do_log, _check_finite(run))
-      _report_data(run, final=False)
-    _maybe_eval(run, do_eval)
+      # Each process's writes, and its background saves, are agreed on at this step: a failure
+      # on any process stops all of them here, before the save below waits for all of them.
+      with run.faults.held():
+        run.ckpt.check_for_errors()
+        _maybe_log(run, do_log, _check_finite(run))
+        _report_data(run, final=False)
+        _maybe_eval(run, do_eval)
+      run.faults.agree()
     _maybe_save(run, do_save)
     if stop_now:
+      with run.faults.held():
+        run.ckpt.wait()  # the line below says the step is saved: it is, once this returns
+      run.faults.agree()
       run.writer.console(f"{run.preemption.signal_name}: saved step {step}, exiting")
       return
 
 
 def _finish(run: _Run) -> dict:
+  with run.faults.held():
+    run.ckpt.close()
+    _write_config(run.s.model_dir)
+  run.faults.agree()
   _report_data(run, final=True)
-  run.ckpt.close()
-  _write_config(run.s.model_dir)
   run.writer.close()
   return {
     "step": run.step,
@@ -735,6 +763,20 @@ def _maybe_save(run: _Run, due: bool) -> None:
     if position is not None
     else run.train_iter.save
   )
-  run.ckpt.save(run.step, run.state, meta, save_data)
+  run.ckpt.save(run.step, run.state, meta, save_data, run.faults)
   run.last_saved = run.step
   run.last_log_time = time.time()  # nor the blocking part of the save
+
+
+def _stopped_by_storage(run: _Run, error: StorageError) -> StorageError:
+  """The one line a failed write ends the run with: the step, MODEL_DIR, what is kept."""
+  kept = run.ckpt.latest_complete()
+  resume = (
+    f"checkpoints up to step {kept} are intact; the same command resumes from step {kept}"
+    if kept is not None
+    else "no checkpoint was completed; the same command starts the run again"
+  )
+  return StorageError(
+    f"stopped at step {run.step}: {error}; MODEL_DIR is {run.s.model_dir}: {resume} once it can "
+    f"be written again (free space, fix permissions)"
+  )
