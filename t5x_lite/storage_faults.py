@@ -57,8 +57,18 @@ def reason(error: BaseException) -> str:
     match = _TS_OS_ERROR.search(str(seen))
     if match:
       return _errno_text(int(match.group(1)))
+    named = _named_os_error(str(seen))  # TF's gfile names the error in its text alone
+    if named:
+      return named
     seen = seen.__cause__ or seen.__context__
   return first_line(error, limit=200)
+
+
+def _named_os_error(text: str) -> str | None:
+  for code in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT):
+    if os.strerror(code) in text:
+      return _errno_text(code)
+  return None
 
 
 def _errno_text(code: int) -> str:

@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -768,8 +769,24 @@ def _maybe_save(run: _Run, due: bool) -> None:
   run.last_log_time = time.time()  # nor the blocking part of the save
 
 
+def _let_saves_in_flight_end(run: _Run, timeout_s: float = 20.0) -> None:
+  """An earlier step's asynchronous save may still complete after another write failed: the line
+  names the latest complete step after it (waited for in a daemon thread: bounded, never a hang)."""
+
+  def wait() -> None:
+    try:
+      run.ckpt.manager.wait_until_finished()
+    except Exception:  # noqa: BLE001  (its own failure is reported already, or is the one at hand)
+      pass
+
+  waiting = threading.Thread(target=wait, name="saves-in-flight", daemon=True)
+  waiting.start()
+  waiting.join(timeout_s)
+
+
 def _stopped_by_storage(run: _Run, error: StorageError) -> StorageError:
   """The one line a failed write ends the run with: the step, MODEL_DIR, what is kept."""
+  _let_saves_in_flight_end(run)
   kept = run.ckpt.latest_complete()
   resume = (
     f"checkpoints up to step {kept} are intact; the same command resumes from step {kept}"

@@ -93,7 +93,7 @@ def assert_one_line_stop(code: int, out: str, seconds: float, model_dir, saved: 
 def assert_resumes_to_the_end(cmd, model_dir, from_step: int):
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stdout + done.stderr
-  assert f"resumed from step {from_step}" in done.stdout, done.stdout
+  assert f"from step {from_step} (checkpoints in" in done.stdout, done.stdout
   assert steps_saved(model_dir)[-1] == STEPS
   rows = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
   trained = [r["step"] for r in rows if "loss" in r]
@@ -233,3 +233,9 @@ def test_exit_code_is_documented():
   root = pathlib.Path(conftest.__file__).parent.parent
   for doc in ("README.md", os.path.join("docs", "resume.md")):
     assert f"exit code {STORAGE_EXIT_CODE}" in (root / doc).read_text(), doc
+
+
+def test_an_error_that_names_its_os_error_in_text_only():
+  # TF's gfile (which writes the stream reader's data positions) raises errors without an errno.
+  error = RuntimeError("/r/data_state/8/shard_0/position.json.tmp; No space left on device")
+  assert storage_faults.reason(error) == "No space left on device (ENOSPC)"
