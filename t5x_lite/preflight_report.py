@@ -45,7 +45,11 @@ def _data(data: dict, required: dict, host_cores: int | None) -> list[str]:
     f"{need[40]:,.0f} / {need[60]:,.0f} examples/s per host at 40% / 60% MFU, "
     f"{cores[40]} / {cores[60]} cores at the {per_core:,.0f} examples per core-second read here"
   )
-  remedy = "pre-tokenize with `python -m t5x_lite.cache_tokenized` (several times the rate)"
+  remedy = (
+    "pre-tokenize with `python -m t5x_lite.cache_tokenized` (several times the rate), or write "
+    "ready-made examples on other hosts with `python -m t5x_lite.write_examples` (no input work "
+    "left on this one)"
+  )
   if host_cores is None and cores[60] <= 1:
     line = f"data: fed by one core ({rate})"
   elif host_cores is None:
