@@ -109,7 +109,10 @@ def _describe(settings: dict, args) -> tuple[dict, bytes | None]:
   from t5x_lite.data import logical_shards, pipeline
 
   task, lengths, batch = settings["task"], settings["feature_lengths"], settings["batch_size"]
-  blocks = [logical_shards.make_plan(batch, w, args.workers).rows for w in range(args.workers)]
+  try:  # the workers split each batch's rows as that many training processes would
+    blocks = [logical_shards.make_plan(batch, w, args.workers).rows for w in range(args.workers)]
+  except UserError as e:
+    raise UserError(f"--workers={args.workers}: {e}") from None
   vocab_size = run_setup.task_vocab_size(task)
   try:
     spm = hf_files.sentencepiece_bytes_of(pipeline.get_vocabulary(task))
