@@ -82,7 +82,7 @@ def fake_examples(directory, steps=6, batch=4, blocks=((0, 2), (2, 4)), chunk_st
     "features": {"encoder_input_tokens": {"dtype": "uint16"}},
     "vocab_size": 32100,
     "vocabulary_sha256": None,
-    "data_settings": {"batch_size": batch},
+    "data_settings": {"mixture_or_task_name": "t", "batch_size": batch, "logical_shards": 2},
     "examples_id": "x",
   }
   for k in range(-(-steps // chunk_steps)):
@@ -166,6 +166,31 @@ def test_the_source_follows_gin(tmp_path):
     assert batches.data_settings("t", {"inputs": 3, "targets": 2}, 8, 0)["batch_size"] == 8
   finally:
     gin.clear_config()
+
+
+def test_a_resume_compares_the_examples_like_other_data_settings(tmp_path):
+  from t5x_lite import resume_check
+
+  fake_examples(tmp_path)
+  lengths = {"inputs": 3, "targets": 2}
+  with gin.unlock_config():
+    gin.bind_parameter("ready_made.directory", str(tmp_path))
+  try:
+    settings = resume_check.data_settings("t", lengths, 4, False, 0)
+    assert settings["source"] == "ready-made examples" and settings["examples_id"] == "x"
+    assert resume_check.data_changes({"data": settings}, settings, None) == []
+    other = {**settings, "examples_id": "y"}
+    assert resume_check.data_changes({"data": settings}, other, None) == ["examples_id 'x' -> 'y'"]
+    # The task's own stream and its ready-made examples are different data positions.
+    task = {k: v for k, v in settings.items() if k not in ("source", "examples_id")}
+    assert "source None -> 'ready-made examples'" in resume_check.data_changes(
+      {"data": task}, settings, None
+    )
+  finally:
+    gin.clear_config()
+  synthetic_settings = batches.data_settings("synthetic", lengths, 4, 0, model_vocab_size=256)
+  assert synthetic_settings["vocabulary"] == "synthetic 256"
+  assert resume_check.data_changes({"data": synthetic_settings}, synthetic_settings, None) == []
 
 
 @pytest.mark.slow  # writes twice, killed once: a minute on a shared 2-core host
