@@ -14,6 +14,7 @@ import time
 import conftest
 import jax
 import numpy as np
+import pytest
 
 from t5x_lite import hf_files
 from t5x_lite.data import testing
@@ -102,6 +103,8 @@ def test_synthetic_data_trains_resumes_and_exports_without_tf(tmp_path):
   assert "15570688" in run(without_tf("t5x_lite.model_info", "t5-efficient-tiny")).stdout
 
 
+@pytest.mark.slow  # writes examples and trains three times: a minute on a shared 2-core host
+@pytest.mark.ci
 def test_ready_made_examples_are_the_tasks_batches_without_tf(tiny_corpus, tmp_path):
   steps, examples = 30, tmp_path / "examples"
   task = [*tiny_corpus.flags(), "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'"]
