@@ -252,21 +252,16 @@ _UNBOUND = object()
 
 
 def bound_value(selector: str, default=_UNBOUND):
-  """The value gin binds to `selector` (e.g. 'train.batch_size'), its macros followed; `default`
-  when nothing binds it (without a default: a one-line error)."""
+  """The value gin binds to `selector` (e.g. 'train.batch_size'), a macro (`%NAME`) evaluated;
+  `default` when nothing binds it (without a default: a one-line error)."""
   try:
     value = gin.query_parameter(selector)
   except ValueError:
     if default is _UNBOUND:
       raise UserError(f"the gin files bind no {selector}; pass --gin.{selector}=VALUE") from None
     return default
-  seen = set()
-  while isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
-    name = value.scoped_selector.rpartition("/")[0]
-    if name in seen:
-      raise UserError(f"gin macro {name} refers to itself")
-    seen.add(name)
-    value = gin.query_parameter(f"{name}/macro.value")
+  if isinstance(value, gin.config.ConfigurableReference):
+    return value.scoped_configurable_fn()
   return value
 
 

@@ -150,14 +150,10 @@ class RunSettings:
 
 
 def run_settings() -> RunSettings:
-  import gin
+  from t5x_lite import gin_utils
 
   def value(name, default=None):
-    try:
-      v = gin.query_parameter(f"train.{name}")
-    except ValueError:
-      return default
-    return v.scoped_configurable_fn() if isinstance(v, gin.config.ConfigurableReference) else v
+    return gin_utils.bound_value(f"train.{name}", default)
 
   lengths = value("task_feature_lengths")
   batch_size = value("batch_size")

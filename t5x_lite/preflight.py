@@ -77,13 +77,11 @@ def _memory(gin_args: list[str], target: str) -> dict:
 
 def _data(settings, hosts: int, seconds: float) -> dict:
   """One host's share of the logical shards, read here."""
-  import gin
-
+  from t5x_lite import gin_utils
   from t5x_lite.data import measure
   from t5x_lite.errors import UserError, first_line
 
-  task = gin.query_parameter("train.mixture_or_task_name")
-  task = task.scoped_configurable_fn() if hasattr(task, "scoped_configurable_fn") else task
+  task = gin_utils.bound_value("train.mixture_or_task_name")
   try:
     return measure.measure_reading(
       task, settings.lengths, settings.batch_size, process_count=hosts, seconds=seconds
@@ -142,16 +140,6 @@ def _checkpoint(cfg, settings, model_dir, period: int, required: dict, write_mb:
   return result
 
 
-def _gin_value(name: str, default=None):
-  import gin
-
-  try:
-    value = gin.query_parameter(name)
-  except ValueError:
-    return default
-  return value.scoped_configurable_fn() if hasattr(value, "scoped_configurable_fn") else value
-
-
 def main(argv=None) -> int:
   from t5x_lite import gin_utils
   from t5x_lite.errors import UserError
@@ -180,8 +168,8 @@ def main(argv=None) -> int:
   checkpoint = _checkpoint(
     cfg,
     settings,
-    _gin_value("train.model_dir"),
-    _gin_value("train.checkpoint_period", 1000),
+    gin_utils.bound_value("train.model_dir", None),
+    gin_utils.bound_value("train.checkpoint_period", 1000),
     required,
     args.write_mb,
   )
