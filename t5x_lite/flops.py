@@ -70,8 +70,15 @@ def _host_key() -> str:
       model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), model)
   except OSError:
     pass
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return f"{platform.node()} | {model} | {cores} cores"
+  return f"{platform.node()} | {model} | {cpu_cores()} cores"
+
+
+def cpu_cores() -> int:
+  """The cores this process may run on (respects taskset and cgroup CPU sets)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
 
 
 def _read_cache() -> dict:

@@ -12,6 +12,7 @@ memory the pipelines added.
 import os
 import time
 
+from t5x_lite import flops
 from t5x_lite.data import batches as sources
 from t5x_lite.errors import UserError
 
@@ -85,7 +86,7 @@ def measure_reading(
     "first_batch_s": round(first_batch_s, 2),
     "examples_per_s": round(examples / elapsed, 1),
     "examples_per_core_s": round(examples / max(cpu, 1e-9), 1),
-    "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    "cores": flops.cpu_cores(),
     "cores_busy": round(cpu / elapsed, 2),
     "resident_bytes": added,
     "measured_s": round(elapsed, 1),
