@@ -42,7 +42,7 @@ def test_synthetic_examples_have_the_span_corruption_layout():
 def test_synthetic_batches_depend_on_seed_and_step_only():
   def rows(process, count, seed=0, steps=2):
     size = 8 // count
-    it = synthetic.SyntheticBatches(
+    it = synthetic.train_batches(
       LENGTHS, 8, range(process * size, (process + 1) * size), seed, 32100
     )
     return [next(it)["encoder_input_tokens"] for _ in range(steps)]
@@ -106,7 +106,7 @@ def test_ready_made_reads_by_global_example_index(tmp_path):
   )
 
   def firsts(batch, rows, steps):
-    it = ready_made.ReadyMadeBatches(index, batch, rows)
+    it = ready_made.train_batches(index, batch, rows)
     return [list(next(it)["encoder_input_tokens"][:, 0]) for _ in range(steps)]
 
   # One process of batch 4, or two of 2 rows each: the same examples, across files and chunks.
@@ -114,7 +114,7 @@ def test_ready_made_reads_by_global_example_index(tmp_path):
   assert firsts(4, range(2, 4), 6)[5] == [502, 503]
   # Another batch size reads the same sequence of examples (global index = step x batch + row).
   assert firsts(8, range(0, 8), 3)[1] == [200, 201, 202, 203, 300, 301, 302, 303]
-  it = ready_made.ReadyMadeBatches(index, 4, range(4))
+  it = ready_made.train_batches(index, 4, range(4))
   it.seek(6)
   with pytest.raises(UserError, match="end at example 24"):
     next(it)

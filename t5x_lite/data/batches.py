@@ -120,16 +120,17 @@ def train_iterator(
       batch_sharding=batch_sharding,
       saved_data=saved_data,
     )
-  _check_indexed(kind, use_packing)
+  if use_packing and kind == SYNTHETIC:
+    raise UserError("synthetic data is not packed; set train.use_packing=False")
   rows = _process_rows(batch_size, process_index, process_count, batch_sharding)
   lengths = {k: int(v) for k, v in task_feature_lengths.items()}
   if kind == SYNTHETIC:
-    return synthetic.SyntheticBatches(
+    return synthetic.train_batches(
       lengths, batch_size, rows, seed or 0, synthetic.vocab_size(model_vocab_size), process_index
     )
   index = _index()
   ready_made.check_run(index, mixture_or_task_name, lengths, batch_size, end_step or 0)
-  return ready_made.ReadyMadeBatches(index, batch_size, rows, process_index)
+  return ready_made.train_batches(index, batch_size, rows, process_index)
 
 
 def eval_batches(
@@ -165,11 +166,6 @@ def eval_batches(
     num_ids = synthetic.vocab_size(model_vocab_size)
     return synthetic.eval_batches(lengths, batch_size, rows, seed or 0, num_ids, steps)
   return ready_made.eval_batches(_index(), batch_size, rows, steps)
-
-
-def _check_indexed(kind: str, use_packing: bool) -> None:
-  if use_packing and kind == SYNTHETIC:
-    raise UserError("synthetic data is not packed; set train.use_packing=False")
 
 
 def data_settings(

@@ -4,7 +4,7 @@ Global example index = step x batch + row, so a process reads its rows of step s
 process count reads the same global batches, and the data position is the number of batches
 consumed. The loop drives these sources as it drives the stream reader (stream_iterator.py):
 
-  it = SyntheticBatches(...) or ReadyMadeBatches(...)   # this process's rows of each step
+  it = synthetic.train_batches(...) or ready_made.train_batches(...)  # rows of each step
   batch = next(it); at = it.position()                 # batches consumed after that batch
   it.save(directory, at); it.restore(directory)        # one small JSON file, written by process 0
 
@@ -13,7 +13,6 @@ No TensorFlow: an accelerator host reads these with numpy alone.
 
 import dataclasses
 import json
-import os
 
 import numpy as np
 
@@ -32,25 +31,29 @@ class IndexPosition:
   batches: int
 
 
-class IndexedBatches:
-  """This process's rows [first_row, first_row + rows) of each global batch of `batch_size`.
+def _rows_of_step(read, batch_size: int, rows: range, step: int) -> dict[str, np.ndarray]:
+  """This process's rows of global batch `step`, as int32 arrays (what the pipelines deliver)."""
+  examples = read(step * batch_size + rows.start, len(rows))
+  return {k: np.asarray(v, np.int32) for k, v in examples.items()}
 
-  Subclasses give `_read(first_example, count)`: the examples with global indices
-  [first_example, first_example + count) as {feature: array}, in the order of the index.
-  """
+
+class IndexedBatches:
+  """This process's rows of each global batch of `batch_size`, read through `read(first, count)`:
+  the examples with global indices [first, first + count) of the source's sequence, as
+  {feature: array}."""
 
   reads_ahead = True
-  source_name = "indexed"
 
-  def __init__(self, batch_size: int, rows: range, process_index: int = 0):
+  def __init__(
+    self, read, batch_size: int, rows: range, process_index: int = 0, source_name: str = "indexed"
+  ):
+    self._read = read
     self._batch_size = batch_size
     self._rows = rows
     self._process_index = process_index
+    self.source_name = source_name
     self._batches = 0
     self._digests: logical_shards.RowDigests | None = None
-
-  def _read(self, first_example: int, count: int) -> dict[str, np.ndarray]:
-    raise NotImplementedError
 
   def record_rows(self, path: str, first_row: int) -> None:
     """Appends the sha256 of each row to `path` (pipeline.row_digests_dir)."""
@@ -64,8 +67,7 @@ class IndexedBatches:
 
   def __next__(self) -> dict[str, np.ndarray]:
     step = self._batches
-    first = step * self._batch_size + self._rows.start
-    batch = {k: np.asarray(v, np.int32) for k, v in self._read(first, len(self._rows)).items()}
+    batch = _rows_of_step(self._read, self._batch_size, self._rows, step)
     self._batches += 1
     if self._digests:
       self._digests.record(step, batch)
@@ -119,16 +121,12 @@ class IndexedBatches:
 class IndexedEvalBatches:
   """The evaluation batches of an indexed source: the same `steps` batches at every evaluation."""
 
-  def __init__(self, read_batch, steps: int):
-    self._read_batch, self._steps = read_batch, steps
+  def __init__(self, read, batch_size: int, rows: range, steps: int):
+    self._read, self._batch_size, self._rows, self._steps = read, batch_size, rows, steps
 
   def start(self) -> None:
     pass
 
   def __iter__(self):
     for step in range(self._steps):
-      yield {k: np.asarray(v, np.int32) for k, v in self._read_batch(step).items()}
-
-
-def saved_by_indexed(directory: str | None) -> bool:
-  return bool(directory) and os.path.exists(os.path.join(directory, POSITION_FILE))
+      yield _rows_of_step(self._read, self._batch_size, self._rows, step)

@@ -203,25 +203,25 @@ class _Split:
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
-class ReadyMadeBatches(indexed.IndexedBatches):
-  source_name = "ready-made examples"
+def train_batches(
+  index: Index, batch_size: int, rows: range, process_index: int = 0
+) -> indexed.IndexedBatches:
+  split = _Split(index, TRAIN)
 
-  def __init__(self, index: Index, batch_size: int, rows: range, process_index: int = 0):
-    super().__init__(batch_size, rows, process_index)
-    self._index = index
-    self._train = _Split(index, TRAIN)
-
-  def _read(self, first_example: int, count: int) -> dict[str, np.ndarray]:
-    if first_example + count > self._index.examples:
+  def read(first: int, count: int) -> dict[str, np.ndarray]:
+    if first + count > index.examples:
       raise UserError(
-        f"the examples in {self._index.directory} end at example {self._index.examples}; this "
-        f"step needs up to {first_example + count}: write more with --steps"
+        f"the examples in {index.directory} end at example {index.examples}; this step needs up "
+        f"to {first + count}: write more with --steps"
       )
-    return self._train.read(first_example, count, self._index.record["chunk_steps"])
+    return split.read(first, count, index.record["chunk_steps"])
+
+  return indexed.IndexedBatches(read, batch_size, rows, process_index, "ready-made examples")
 
 
 def eval_batches(index: Index, batch_size: int, rows: range, steps: int):
-  held = index.record.get("eval_steps", 0) * index.batch_size
+  held_steps = index.record.get("eval_steps", 0)
+  held = held_steps * index.batch_size
   if steps * batch_size > held:
     raise UserError(
       f"the examples in {index.directory} hold {held} validation examples, this run evaluates "
@@ -229,9 +229,9 @@ def eval_batches(index: Index, batch_size: int, rows: range, steps: int):
       f"the examples with --eval_steps={-(-steps * batch_size // index.batch_size)}"
     )
   split = _Split(index, VALIDATION)
-  per_file = index.record.get("eval_steps", 0)
+  # The validation files hold all their steps in one chunk.
   return indexed.IndexedEvalBatches(
-    lambda step: split.read(step * batch_size + rows.start, len(rows), max(per_file, 1)), steps
+    lambda first, count: split.read(first, count, max(held_steps, 1)), batch_size, rows, steps
   )
 
 

@@ -105,30 +105,27 @@ def _model_ready(inputs, targets, inputs_length: int, targets_length: int) -> di
   }
 
 
-class SyntheticBatches(indexed.IndexedBatches):
-  source_name = "synthetic"
+def _reader(lengths: dict, seed: int, num_ids: int, stream: int):
+  """read(first, count): the examples [first, first + count) of one synthetic stream."""
+  density, mean_span = span_lengths.span_corruption_config()
 
-  def __init__(
-    self,
-    lengths: dict,
-    batch_size: int,
-    rows: range,
-    seed: int,
-    num_ids: int,
-    process_index: int = 0,
-    stream: int = 0,
-  ):
-    super().__init__(batch_size, rows, process_index)
-    density, mean_span = span_lengths.span_corruption_config()
-    self._make = lambda index: example(seed, stream, index, lengths, num_ids, density, mean_span)
-
-  def _read(self, first_example: int, count: int) -> dict[str, np.ndarray]:
-    rows = [self._make(i) for i in range(first_example, first_example + count)]
+  def read(first: int, count: int) -> dict[str, np.ndarray]:
+    rows = [
+      example(seed, stream, i, lengths, num_ids, density, mean_span)
+      for i in range(first, first + count)
+    ]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+  return read
+
+
+def train_batches(
+  lengths: dict, batch_size: int, rows: range, seed: int, num_ids: int, process_index: int = 0
+) -> indexed.IndexedBatches:
+  read = _reader(lengths, seed, num_ids, stream=0)
+  return indexed.IndexedBatches(read, batch_size, rows, process_index, "synthetic")
 
 
 def eval_batches(lengths: dict, batch_size: int, rows: range, seed: int, num_ids: int, steps: int):
-  source = SyntheticBatches(lengths, batch_size, rows, seed, num_ids, stream=_EVAL_STREAM)
-  return indexed.IndexedEvalBatches(
-    lambda step: source._read(step * batch_size + rows.start, len(rows)), steps
-  )
+  read = _reader(lengths, seed, num_ids, stream=_EVAL_STREAM)
+  return indexed.IndexedEvalBatches(read, batch_size, rows, steps)
