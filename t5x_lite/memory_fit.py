@@ -205,6 +205,7 @@ def fit_trainer(
 
   configured = (cfg.remat_policy, trainer.num_microbatches)
   # The configured step is compiled whatever its state's size: the error names its bytes.
+  trainers[configured] = trainer
   cache[configured] = measure(trainer, batch_size, use_packing)
   needed = cache[configured].total
   if needed is not None and needed <= limit:
@@ -235,7 +236,7 @@ def fit_trainer(
     gin.bind_parameter("memory_fit_choice.remat_policy", policy)
     gin.bind_parameter("memory_fit_choice.num_microbatches", count)
   memory_fit_choice()
-  return trainers.get((policy, count)) or rebuild(trainer, policy, count)
+  return trainers[(policy, count)]
 
 
 @gin.configurable

@@ -207,6 +207,11 @@ class Trainer:
       self._compiled_step = self._train_step.lower(state, batch).compile()
     return self._compiled_step
 
+  @property
+  def has_compiled_step(self) -> bool:
+    """Whether compile_train_step has made the executable the next step runs."""
+    return self._compiled_step is not None
+
   def train_step(self, state: TrainState, batch: dict):
     """One update from this process's rows (numpy) or from a batch make_global_batch placed."""
     if not all(isinstance(v, jax.Array) for v in batch.values()):

@@ -517,7 +517,7 @@ def _compile(run: _Run, batch: dict) -> None:
   """Compiles the train step before the first step, while a signal still ends start-up at once
   (the first step then only runs it). memory_fit's compile, where it made one, is that step's."""
   started = time.time()
-  if run.trainer._compiled_step is None:  # pylint: disable=protected-access
+  if not run.trainer.has_compiled_step:
     run.trainer.compile_train_step(run.state, batch)
   run.compile_s = time.time() - started
   run.writer.console(
