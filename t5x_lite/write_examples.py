@@ -314,20 +314,18 @@ def main(argv=None) -> int:
   from t5x_lite import config, training  # noqa: F401  (their configurables are in run gins)
 
   gin_utils.parse_gin(gin_files, bindings)
-  settings = _run_settings()
   out = files.path(args.output_dir)
-  if args.worker is not None:  # one worker of a parent below
+  if args.worker is not None:  # one worker of a parent below: the parent wrote the index
     write_worker(
       out, json.loads((out / ready_made.INDEX_FILE).read_text()), args.worker, args.workers
     )
     return 0
-  record, spm = _describe(settings, args)
-  record = _start_index(out, record, spm)
+  record, spm = _describe(_run_settings(), args)
   record["made_by"] = {
     "command": "python -m t5x_lite.write_examples " + shlex.join(argv),
     "gin_config": gin.config_str(),
   }
-  _write_index(out, record)
+  record = _start_index(out, record, spm)
   started = time.perf_counter()
   if args.workers == 1:
     write_worker(out, record, 0, 1)
