@@ -42,8 +42,9 @@ def parse_run_config(gin_files: list[str], gin_bindings: list[str], reads_data: 
       batches.load_tasks()
     except ImportError as e:
       raise UserError(
-        f"this run's data is read by a seqio task, which needs {e.name or 'TensorFlow and seqio'} "
-        f"(not installed here): install them, or train on examples written where they are "
+        f"this run's data is read by a seqio task, which needs TensorFlow and seqio ("
+        f"{e.name or 'one of them'} is not installed here): install them, or train on examples "
+        f"written where they are "
         f"(python -m t5x_lite.write_examples, then --gin.ready_made.directory=...)"
       ) from None
   gin_utils.parse_gin(gin_files, gin_bindings)
